@@ -1,0 +1,120 @@
+"""Service settings, read once from the environment (``LUNA_*`` plus the providers' usual variables).
+
+Every knob lives here so the README's configuration table has one source. Secrets are ``SecretStr`` so they
+never print in logs or ``repr``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TurnPolicyName = Literal["auto", "always", "never", "llm"]
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Prices(BaseSettings):
+    """Unit prices in USD used to compute per-turn cost (public list prices, 2026-11)."""
+
+    model_config = SettingsConfigDict(env_prefix="LUNA_PRICE_", extra="ignore")
+
+    stt_per_minute: float = 0.006  # OpenAI gpt-4o-transcribe
+    llm_input_per_mtok: float = 0.07  # glm-4.7-flash
+    llm_output_per_mtok: float = 0.40
+    tts_per_mchar: float = 15.0  # Azure neural TTS
+    rtk_per_minute: float = 0.0005  # RealtimeKit audio-only participant minute
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LUNA_", env_file=".env", extra="ignore")
+
+    # --- service -------------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = Field(
+        default=None, description="Base URL people use to reach the demo page; printed at startup."
+    )
+    log_level: str = "info"
+    log_json: bool = False
+
+    # --- bots and browser ----------------------------------------------------------------------------
+    chromium_path: Path = Path("/usr/bin/chromium")
+    max_bots: int = Field(default=4, ge=1, description="Bots one process holds at once (each is a Chromium context).")
+    bot_name: str = "Luna"
+    bot_picture: str | None = None
+    join_timeout_s: float = 30.0
+    alone_timeout_s: float = Field(default=60.0, description="Leave after this long with no human in the room.")
+    max_duration_s: float = Field(default=4 * 3600.0, description="Hard cap on one bot's stay.")
+    local_ice: Literal["any", "loopback"] = Field(
+        default="any", description="Local room: 'loopback' keeps only 127.0.0.1 ICE candidates (tests)."
+    )
+    default_backend: Literal["auto", "local", "rtk"] = "auto"
+
+    # --- conversation -------------------------------------------------------------------------------
+    turn_policy: TurnPolicyName = "auto"
+    follow_up_window_s: float = 8.0
+    end_of_speech_ms: int = 500
+    max_utterance_s: float = 30.0
+    preroll_ms: int = 300
+    barge_in_min_ms: int = 300
+    vad_aggressiveness: int = Field(default=2, ge=0, le=3)
+
+    # --- providers ----------------------------------------------------------------------------------
+    stt_provider: Literal["auto", "openai", "whisper"] = "auto"
+    llm_provider: Literal["auto", "botsession", "openai_chat", "demo"] = "auto"
+    tts_provider: Literal["auto", "azure", "offline"] = "auto"
+
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("OPENAI_API_KEY", "LUNA_OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=_env("OPENAI_BASE_URL", "LUNA_OPENAI_BASE_URL")
+    )
+    stt_model: str = "gpt-4o-transcribe"
+    stt_mode: Literal["realtime", "http"] = "realtime"
+    stt_language: str | None = Field(default=None, description="ISO-639-1 hint; unset = auto-detect (zh+en mixed).")
+
+    botsession_url: str | None = None
+    botsession_token: SecretStr | None = None
+    botsession_hmac_secret: SecretStr | None = None
+    botsession_timeout_s: float = 20.0
+    rate_limited_line: str = Field(default="", description="Said once when BotSession answers 429; empty = silence.")
+
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "glm-4.7-flash"
+    llm_system_prompt: str = (
+        "You are Luna, a friendly assistant taking part in a voice call with several people. "
+        "Answer briefly, in the language you were spoken to, in plain spoken sentences without markdown."
+    )
+
+    azure_speech_key: SecretStr | None = Field(
+        default=None, validation_alias=_env("AZURE_SPEECH_KEY", "LUNA_AZURE_SPEECH_KEY")
+    )
+    azure_speech_region: str | None = Field(
+        default=None, validation_alias=_env("AZURE_SPEECH_REGION", "LUNA_AZURE_SPEECH_REGION")
+    )
+    azure_speech_endpoint: str | None = Field(
+        default=None, validation_alias=_env("AZURE_SPEECH_ENDPOINT", "LUNA_AZURE_SPEECH_ENDPOINT")
+    )
+    tts_voice: str = "zh-CN-XiaoxiaoNeural"
+    tts_voice_en: str | None = None
+
+    # --- RealtimeKit --------------------------------------------------------------------------------
+    rtk_account_id: str | None = None
+    rtk_app_id: str | None = None
+    rtk_api_token: SecretStr | None = None
+    rtk_preset: str = "group_call_participant"
+    rtk_api_base: str = "https://api.cloudflare.com/client/v4"
+
+    prices: Prices = Field(default_factory=Prices)
+
+    @property
+    def rtk_configured(self) -> bool:
+        return bool(self.rtk_account_id and self.rtk_app_id and self.rtk_api_token)
