@@ -1,0 +1,180 @@
+// Luna's page. It joins a room through a room adapter (rooms/<backend>.js), captures every other participant's
+// audio and streams it to Python over the bridge WebSocket, and plays what Python sends into a WebAudio graph
+// whose MediaStreamDestination track is Luna's microphone in the room. The bridge protocol is documented in
+// src/luna_voice/bridge/protocol.py. The page builds its audio graph itself at load (no test hooks), so an
+// AudioContext left suspended by the autoplay policy shows up here and not only in production.
+
+const KIND_CAPTURE = 1;
+const KIND_PLAYBACK = 2;
+const HEADER = 16;
+
+// Config comes in the URL fragment (base64url JSON), which is never sent to a server or written to access logs.
+const b64 = location.hash.slice(1).replace(/-/g, "+").replace(/_/g, "/");
+const cfg = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))));
+const statusEl = document.getElementById("status");
+const participants = new Map(); // id -> {index, name, trackId, sink, source, node, seq}
+let nextIndex = 1;
+let bridge;
+let room;
+let ended = false;
+
+const wallClockMs = () => performance.timeOrigin + performance.now();
+
+function send(obj) {
+  if (bridge && bridge.readyState === WebSocket.OPEN) bridge.send(JSON.stringify(obj));
+}
+
+function log(level, message) {
+  console[level === "error" ? "error" : "log"](message);
+  send({ type: "log", level, message });
+}
+
+function setState(state, sub_code = null, reason = null) {
+  statusEl.textContent = state + (sub_code ? ` (${sub_code})` : "");
+  window.lunaBot.state = state;
+  send({ type: "room_state", state, sub_code, reason });
+  if (state === "left" || state === "failed") {
+    ended = true;
+    for (const id of [...participants.keys()]) dropParticipant(id);
+  }
+}
+
+window.lunaBot = { state: "starting", participants: () => [...participants.values()].map((p) => p.name) };
+
+// --- audio graph ------------------------------------------------------------------------------------------
+const ctx = new AudioContext({ sampleRate: 48000, latencyHint: "interactive" });
+const silentOut = ctx.createGain();
+silentOut.gain.value = 0;
+silentOut.connect(ctx.destination); // keeps capture worklets pulled by the render graph
+await ctx.audioWorklet.addModule(new URL("./audio/capture-worklet.js", import.meta.url));
+await ctx.audioWorklet.addModule(new URL("./audio/playback-worklet.js", import.meta.url));
+const playback = new AudioWorkletNode(ctx, "luna-playback", { numberOfInputs: 0, outputChannelCount: [1] });
+const mic = ctx.createMediaStreamDestination();
+mic.channelCount = 1;
+playback.connect(mic);
+playback.connect(silentOut);
+const micTrack = mic.stream.getAudioTracks()[0];
+if (ctx.state !== "running") await ctx.resume().catch(() => {});
+playback.port.onmessage = ({ data }) => send(data); // "played" marks and "cleared"
+
+// --- bridge -----------------------------------------------------------------------------------------------
+function openBridge() {
+  return new Promise((resolve, reject) => {
+    bridge = new WebSocket(cfg.bridgeUrl);
+    bridge.binaryType = "arraybuffer";
+    bridge.onopen = () => {
+      bridge.send(JSON.stringify({
+        type: "hello", token: cfg.token, backend: cfg.backend, audio_context: ctx.state,
+        capture_rate: 16000, playback_rate: ctx.sampleRate,
+      }));
+      resolve();
+    };
+    bridge.onerror = () => reject(new Error("bridge unreachable"));
+    bridge.onclose = (ev) => {
+      statusEl.textContent = `bridge closed ${ev.code} ${ev.reason}`;
+      if (!ended && room) room.leave(); // Python is gone: do not stay in the room unattended
+    };
+    bridge.onmessage = ({ data }) => {
+      if (typeof data === "string") {
+        const msg = JSON.parse(data);
+        if (msg.type === "clear") playback.port.postMessage({ type: "clear" });
+        else if (msg.type === "leave") leave();
+        return;
+      }
+      const view = new DataView(data);
+      if (data.byteLength < HEADER || view.getUint8(1) !== KIND_PLAYBACK) return;
+      const seq = view.getUint32(4, true);
+      const buffer = data.slice(HEADER);
+      playback.port.postMessage({ type: "pcm", seq, buffer }, [buffer]);
+    };
+  });
+}
+
+// --- per-participant capture -------------------------------------------------------------------------------
+function frameHeader(index, seq) {
+  const head = new DataView(new ArrayBuffer(HEADER));
+  head.setUint8(0, 1);
+  head.setUint8(1, KIND_CAPTURE);
+  head.setUint16(2, index, true);
+  head.setUint32(4, seq >>> 0, true);
+  head.setFloat64(8, wallClockMs(), true);
+  return head.buffer;
+}
+
+function stopCapture(p) {
+  if (p.node) p.node.disconnect();
+  if (p.source) p.source.disconnect();
+  if (p.sink) p.sink.srcObject = null;
+  p.node = p.source = p.sink = null;
+  p.trackId = null;
+}
+
+function participantJoined({ id, name }) {
+  if (participants.has(id)) return participants.get(id);
+  const p = { index: nextIndex++, id, name, seq: 0, trackId: null };
+  participants.set(id, p);
+  send({ type: "participant_joined", index: p.index, id, name });
+  return p;
+}
+
+async function audioTrack({ id, name, track }) {
+  const p = participants.get(id) || participantJoined({ id, name });
+  if (!track || p.trackId === track.id) return;
+  stopCapture(p); // the track was replaced (device change, reconnect): re-attach
+  p.trackId = track.id;
+  const stream = new MediaStream([track]);
+  // Chromium gives WebAudio silence from a remote track unless a media element is also playing it.
+  p.sink = new Audio();
+  p.sink.muted = true;
+  p.sink.srcObject = stream;
+  await p.sink.play().catch((err) => log("warn", `sink for ${name} refused to play: ${err}`));
+  p.source = ctx.createMediaStreamSource(stream);
+  p.node = new AudioWorkletNode(ctx, "luna-capture", { numberOfInputs: 1, outputChannelCount: [1] });
+  p.node.port.onmessage = ({ data }) => {
+    if (!bridge || bridge.readyState !== WebSocket.OPEN) return;
+    const frame = new Uint8Array(HEADER + data.byteLength);
+    frame.set(new Uint8Array(frameHeader(p.index, p.seq++)), 0);
+    frame.set(new Uint8Array(data), HEADER);
+    bridge.send(frame.buffer);
+  };
+  p.source.connect(p.node);
+  p.node.connect(silentOut);
+}
+
+function dropParticipant(id) {
+  const p = participants.get(id);
+  if (!p) return;
+  stopCapture(p);
+  participants.delete(id);
+  send({ type: "participant_left", index: p.index, id });
+}
+
+async function leave() {
+  if (ended) return;
+  setState("left", "dismissed");
+  try {
+    await room.leave();
+  } catch (err) {
+    log("warn", `leave failed: ${err}`);
+  }
+}
+
+// --- start ------------------------------------------------------------------------------------------------
+try {
+  await openBridge();
+  log("info", `audio context ${ctx.state} at ${ctx.sampleRate} Hz`);
+  setState("joining");
+  const { createRoom } = await import(`./rooms/${cfg.backend}.js`);
+  room = await createRoom(cfg.room, {
+    participantJoined,
+    participantLeft: ({ id }) => dropParticipant(id),
+    audioTrack,
+    state: (state, subCode, reason) => { if (!ended) setState(state, subCode, reason); },
+    log,
+  });
+  await room.join(micTrack);
+  if (micTrack.readyState !== "live") throw new Error("Luna's microphone track is not live");
+  setState("joined");
+} catch (err) {
+  setState("failed", "join_failed", String(err && err.message ? err.message : err));
+}

@@ -1,0 +1,21 @@
+// Room adapter for the local room (our WebRTC mesh on loopback). Same interface as rooms/rtk.js:
+//   createRoom(config, handlers) -> {join(micTrack), leave()}
+//   handlers: participantJoined({id,name}), participantLeft({id}), audioTrack({id,name,track}),
+//             state(state, subCode, reason), log(level, message)
+import { LocalRoom } from "../lib/local-room.js";
+
+export async function createRoom(config, handlers) {
+  const room = new LocalRoom({ signalUrl: config.signalUrl, name: config.name, kind: "bot", iceFilter: config.iceFilter });
+  room.addEventListener("participant-joined", ({ detail }) => handlers.participantJoined(detail));
+  room.addEventListener("participant-left", ({ detail }) => handlers.participantLeft(detail));
+  room.addEventListener("track", ({ detail }) =>
+    handlers.audioTrack({ id: detail.participant.id, name: detail.participant.name, track: detail.track }),
+  );
+  room.addEventListener("closed", ({ detail }) => {
+    if (!detail.expected) handlers.state("left", "room_ended", `local room hub closed (${detail.code})`);
+  });
+  return {
+    join: (micTrack) => room.join(micTrack),
+    leave: async () => room.leave(),
+  };
+}

@@ -1,0 +1,247 @@
+"""The asyncio driver around the conversation core: it runs the VAD, the providers and the bridge I/O.
+
+All decisions live in ``conversation.core``; this module only turns the core's actions into tasks and feeds
+their results back, always on the event loop's thread. Each provider call is a task of its own, so a slow or
+failing provider never blocks audio, and cancelling a turn is cancelling its tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import soxr
+import structlog
+import webrtcvad
+
+from luna_voice.conversation import actions as act
+from luna_voice.conversation.core import Conversation
+from luna_voice.providers.base import (
+    PIPELINE_RATE,
+    ProviderError,
+    RateLimited,
+    ReplyEngine,
+    SpeechToText,
+    TextToSpeech,
+    TranscriptionStream,
+    Usage,
+)
+
+log = structlog.get_logger(__name__)
+
+_FINISH = object()
+
+
+class Pipeline:
+    def __init__(
+        self,
+        core: Conversation,
+        *,
+        stt: SpeechToText,
+        llm: ReplyEngine,
+        tts: TextToSpeech,
+        send_audio: Callable[[int, bytes], None],
+        send_control: Callable[[str], None],
+        publish: Callable[[dict[str, Any]], None],
+        vad_aggressiveness: int = 2,
+        playback_rate: int = 48_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.stt, self.llm, self.tts = stt, llm, tts
+        self._send_audio = send_audio
+        self._send_control = send_control
+        self._publish = publish
+        self._vad = webrtcvad.Vad(vad_aggressiveness)
+        self._playback_rate = playback_rate
+        self._clock = clock
+        self._utterances: dict[str, asyncio.Queue[Any]] = {}
+        self._replies: dict[str, asyncio.Task[None]] = {}
+        self._speech: dict[str, tuple[asyncio.Queue[tuple[int, str]], asyncio.Task[None]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ticker: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self._ticker = asyncio.create_task(self._tick_loop(), name="pipeline-ticker")
+
+    async def aclose(self) -> None:
+        tasks = [t for t in (self._ticker, *self._tasks, *self._replies.values()) if t is not None]
+        tasks += [task for _, task in self._speech.values()]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+    # ------------------------------------------------------------------ inputs from the bridge
+    def participant_joined(self, pid: str, name: str) -> None:
+        self.core.participant_joined(pid, name, self._clock())
+        self._run()
+
+    def participant_left(self, pid: str) -> None:
+        self.core.participant_left(pid, self._clock())
+        self._run()
+
+    def frame(self, pid: str, timestamp_ms: float, pcm: bytes) -> None:
+        is_speech = len(pcm) == 640 and self._vad.is_speech(pcm, PIPELINE_RATE)
+        self.core.audio(pid, timestamp_ms / 1000, pcm, is_speech, self._clock())
+        self._run()
+
+    def played(self, seq: int, idle: bool) -> None:
+        self.core.played(seq, idle, self._clock())
+        self._run()
+
+    # ------------------------------------------------------------------ actions
+    def _run(self) -> None:
+        for action in self.core.drain():
+            self._perform(action)
+        self._wake.set()
+
+    def _perform(self, a: act.Action) -> None:  # noqa: C901 - a flat dispatch reads best
+        if isinstance(a, act.SendAudio):
+            self._send_audio(a.seq, a.pcm)
+        elif isinstance(a, act.StartTranscription):
+            q: asyncio.Queue[Any] = asyncio.Queue()
+            q.put_nowait(a.pcm)
+            self._utterances[a.utterance_id] = q
+            self._spawn(self._transcribe(a.utterance_id, self.stt.open_stream(prompt=a.prompt), q))
+        elif isinstance(a, act.TranscriptionAudio):
+            if (q := self._utterances.get(a.utterance_id)) is not None:
+                q.put_nowait(a.pcm)
+        elif isinstance(a, act.FinishTranscription):
+            if (q := self._utterances.pop(a.utterance_id, None)) is not None:
+                q.put_nowait(_FINISH)
+        elif isinstance(a, act.RequestReply):
+            self._replies[a.turn_id] = asyncio.create_task(self._reply(a))
+        elif isinstance(a, act.CancelReply):
+            if (task := self._replies.pop(a.turn_id, None)) is not None:
+                task.cancel()
+        elif isinstance(a, act.Synthesize):
+            if a.turn_id not in self._speech:
+                sq: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+                self._speech[a.turn_id] = (sq, asyncio.create_task(self._speak(a.turn_id, sq)))
+            self._speech[a.turn_id][0].put_nowait((a.index, a.text))
+        elif isinstance(a, act.CancelSynthesis):
+            if (entry := self._speech.pop(a.turn_id, None)) is not None:
+                entry[1].cancel()
+        elif isinstance(a, act.ClearPlayback):
+            self._send_control("clear")
+        elif isinstance(a, act.RecordSpoken):
+            self._spawn(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.interrupted))
+        elif isinstance(a, act.Publish):
+            self._publish(a.event)
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ provider tasks
+    async def _transcribe(self, uid: str, stream: TranscriptionStream, q: asyncio.Queue[Any]) -> None:
+        try:
+            while (item := await q.get()) is not _FINISH:
+                await stream.push(item)
+            result = await stream.finish()
+        except ProviderError as exc:
+            log.warning("stt.failed", utterance=uid, reason=exc.reason)
+            self.core.transcript_failed(uid, exc.reason, self._clock())
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await stream.cancel()
+            raise
+        except Exception as exc:
+            log.exception("stt.crashed", utterance=uid)
+            self.core.transcript_failed(uid, f"unexpected error: {type(exc).__name__}", self._clock())
+        else:
+            self.core.transcript(uid, result.text, result.language, result.usage, self._clock())
+        self._run()
+
+    async def _reply(self, a: act.RequestReply) -> None:
+        usage = Usage()
+        try:
+            async for item in self.llm.reply(a.request):
+                if isinstance(item, Usage):
+                    usage += item
+                else:
+                    self.core.reply_delta(a.turn_id, item, self._clock())
+                    self._run()
+        except RateLimited as exc:
+            self.core.reply_failed(a.turn_id, exc.reason, self._clock(), rate_limited=True)
+        except ProviderError as exc:
+            log.warning("llm.failed", turn=a.turn_id, reason=exc.reason)
+            self.core.reply_failed(a.turn_id, exc.reason, self._clock())
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("llm.crashed", turn=a.turn_id)
+            self.core.reply_failed(a.turn_id, f"unexpected error: {type(exc).__name__}", self._clock())
+        else:
+            self.core.reply_done(a.turn_id, usage, self._clock())
+        finally:
+            self._replies.pop(a.turn_id, None)
+        self._run()
+
+    async def _speak(self, turn_id: str, q: asyncio.Queue[tuple[int, str]]) -> None:
+        """Synthesize a turn's sentences one after another, so their audio reaches the core in order.
+
+        The task ends when its queue is empty; a later sentence of the same turn starts a new one.
+        """
+        try:
+            while not q.empty():
+                if not await self._speak_one(turn_id, *q.get_nowait()):
+                    return
+        finally:
+            if self._speech.get(turn_id, (None,))[0] is q:
+                del self._speech[turn_id]
+
+    async def _speak_one(self, turn_id: str, index: int, text: str) -> bool:
+        usage = Usage()
+        resampler = None
+        if self.tts.sample_rate != self._playback_rate:
+            resampler = soxr.ResampleStream(self.tts.sample_rate, self._playback_rate, 1, dtype="int16")
+        try:
+            async for item in self.tts.synthesize(text):
+                if isinstance(item, Usage):
+                    usage += item
+                    continue
+                pcm = item
+                if resampler is not None:
+                    pcm = resampler.resample_chunk(np.frombuffer(item, np.int16)).tobytes()
+                self.core.speech_audio(turn_id, index, pcm, self._clock())
+                self._run()
+            if resampler is not None:
+                tail = resampler.resample_chunk(np.zeros(0, np.int16), last=True).tobytes()
+                self.core.speech_audio(turn_id, index, tail, self._clock())
+        except ProviderError as exc:
+            log.warning("tts.failed", turn=turn_id, reason=exc.reason)
+            self.core.speech_failed(turn_id, index, exc.reason, self._clock())
+            self._run()
+            return False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("tts.crashed", turn=turn_id)
+            self.core.speech_failed(turn_id, index, f"unexpected error: {type(exc).__name__}", self._clock())
+            self._run()
+            return False
+        self.core.speech_done(turn_id, index, usage, self._clock())
+        self._run()
+        return True
+
+    async def _tick_loop(self) -> None:
+        while True:
+            now = self._clock()
+            due = self.core.next_deadline(now)
+            delay = 0.1 if due is None else min(0.1, max(0.005, due - now))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+            self.core.tick(self._clock())
+            for action in self.core.drain():
+                self._perform(action)

@@ -1,0 +1,90 @@
+"""What the conversation core asks its driver to do. Plain data; the driver performs the I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from luna_voice.providers.base import ReplyRequest
+
+
+@dataclass(frozen=True)
+class StartTranscription:
+    utterance_id: str
+    speaker_id: str
+    prompt: str
+    pcm: bytes  # pre-roll and first voiced frames
+
+
+@dataclass(frozen=True)
+class TranscriptionAudio:
+    utterance_id: str
+    pcm: bytes
+
+
+@dataclass(frozen=True)
+class FinishTranscription:
+    utterance_id: str
+
+
+@dataclass(frozen=True)
+class RequestReply:
+    turn_id: str
+    request: ReplyRequest
+
+
+@dataclass(frozen=True)
+class CancelReply:
+    turn_id: str
+
+
+@dataclass(frozen=True)
+class Synthesize:
+    turn_id: str
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class CancelSynthesis:
+    turn_id: str
+
+
+@dataclass(frozen=True)
+class SendAudio:
+    seq: int
+    pcm: bytes
+
+
+@dataclass(frozen=True)
+class ClearPlayback:
+    pass
+
+
+@dataclass(frozen=True)
+class RecordSpoken:
+    turn_id: str
+    text: str
+    interrupted: bool
+
+
+@dataclass(frozen=True)
+class Publish:
+    """An event for captions and status watchers (``GET /rooms/{id}/luna/events``)."""
+
+    event: dict[str, Any]
+
+
+Action = (
+    StartTranscription
+    | TranscriptionAudio
+    | FinishTranscription
+    | RequestReply
+    | CancelReply
+    | Synthesize
+    | CancelSynthesis
+    | SendAudio
+    | ClearPlayback
+    | RecordSpoken
+    | Publish
+)

@@ -1,0 +1,430 @@
+"""The conversation core: a sans-I/O state machine for one bot in one room.
+
+Events go in as method calls that carry the current time (``now``, wall-clock seconds) — audio frames with a
+VAD flag, transcripts, reply deltas, synthesized audio, playback marks from the page, participants joining and
+leaving. Actions come out of ``drain()`` (see ``actions.py``) and the driver performs them. Nothing here does
+I/O or reads a clock, so scripted multi-speaker timelines run in milliseconds in the tests.
+
+Rules that are easy to get wrong, in one place:
+
+* One endpointer per speaker; two people talking at once become two utterances and two turns, in the order
+  their speech ended.
+* Luna works on one turn at a time. An answered utterance that arrives while she is busy is queued, except
+  that a follow-on from the *same* speaker while she is still thinking (no audio yet) is merged into the turn
+  being prepared (the reply is restarted with both parts). Queued turns older than ``stale_after_s`` by the
+  time she is free are dropped as ``stale`` — answering a question from half a minute ago confuses a room.
+* Barge-in: a human with ``barge_in_min_ms`` of voiced audio while Luna's voice is queued or playing stops her
+  (cancel reply and synthesis, ``clear`` the page). Only the played part of the reply is kept in history, known
+  from the page's playback marks. Luna never hears herself: the page captures remote participants only.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from luna_voice.conversation import actions as act
+from luna_voice.conversation.endpointing import (
+    EndpointConfig,
+    Endpointer,
+    EndpointEvent,
+    UtteranceAudio,
+    UtteranceEnded,
+    UtteranceStarted,
+)
+from luna_voice.conversation.pacing import Pacer
+from luna_voice.conversation.policy import PolicyName, TurnPolicy
+from luna_voice.conversation.turns import QUEUED, SPEAKING, THINKING, Sentence, Turn
+from luna_voice.providers.base import ReplyRequest, RoomLine, Usage
+
+
+class Chunker(Protocol):
+    def feed(self, delta: str) -> list[str]: ...
+
+    def flush(self) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    room_id: str
+    bot_name: str = "Luna"
+    policy: PolicyName = "auto"
+    follow_up_window_s: float = 8.0
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
+    barge_in_min_ms: int = 300
+    context_seconds: float = 300.0
+    context_chars: int = 4000
+    stale_after_s: float = 20.0
+    rate_limited_line: str = ""
+    playback_rate: int = 48_000
+    lead_s: float = 0.6
+    max_turns_kept: int = 200
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    seq: int
+    turn_id: str
+    sentence: int
+    samples: int
+
+
+class Conversation:
+    def __init__(
+        self,
+        config: CoreConfig,
+        *,
+        is_addressed: Callable[[str], bool],
+        is_backchannel: Callable[[str], bool],
+        new_chunker: Callable[[], Chunker],
+        price: Callable[[Usage], float] = lambda usage: 0.0,
+    ) -> None:
+        self.cfg = config
+        self.policy = TurnPolicy(config.policy, is_addressed, config.follow_up_window_s)
+        self._is_addressed = is_addressed
+        self._is_backchannel = is_backchannel
+        self._new_chunker = new_chunker
+        self._price = price
+        self.participants: dict[str, str] = {}
+        self.turns: dict[str, Turn] = {}
+        self.usage = Usage()
+        self.stats = {"frames_in": 0, "frames_out": 0, "barge_ins": 0, "playback_gaps": 0}
+        self._endpointers: dict[str, Endpointer] = {}
+        self._open: dict[str, tuple[str, float]] = {}  # speaker -> (utterance id, speech started)
+        self._by_utterance: dict[str, Turn] = {}
+        self._active: Turn | None = None
+        self._chunker: Chunker | None = None
+        self._queue: deque[Turn] = deque()
+        self._pacer: Pacer[tuple[str, int]] = Pacer(rate=config.playback_rate, lead_s=config.lead_s)
+        self._inflight: deque[_InFlight] = deque()
+        self._context: deque[RoomLine] = deque()
+        self._ids = itertools.count(1)
+        self._out: list[act.Action] = []
+        self._speaking = False
+
+    # ------------------------------------------------------------------ inputs: room
+    def participant_joined(self, pid: str, name: str, now: float) -> None:
+        self.participants[pid] = name
+        self._publish({"type": "participants", "participants": self.participant_list()})
+
+    def participant_left(self, pid: str, now: float) -> None:
+        ep = self._endpointers.pop(pid, None)
+        if ep is not None:
+            self._endpoint(pid, ep.close(), now)
+        self.participants.pop(pid, None)
+        self._publish({"type": "participants", "participants": self.participant_list()})
+
+    def participant_list(self) -> list[dict[str, str]]:
+        return [{"id": pid, "name": name} for pid, name in self.participants.items()]
+
+    def audio(self, pid: str, t_end: float, pcm: bytes, is_speech: bool, now: float) -> None:
+        """One 20 ms capture frame of participant ``pid`` whose last sample was taken at ``t_end``."""
+        self.stats["frames_in"] += 1
+        ep = self._endpointers.get(pid)
+        if ep is None:
+            ep = self._endpointers[pid] = Endpointer(self.cfg.endpoint)
+        self._endpoint(pid, ep.feed(t_end, pcm, is_speech), now)
+        if ep.speaking and ep.voiced_ms >= self.cfg.barge_in_min_ms and self._audible():
+            assert self._active is not None
+            self.stats["barge_ins"] += 1
+            self._interrupt(self._active, now)
+
+    # ------------------------------------------------------------------ inputs: providers
+    def transcript(self, utterance_id: str, text: str, language: str | None, usage: Usage, now: float) -> None:
+        turn = self._by_utterance.pop(utterance_id, None)
+        if turn is None:
+            return
+        turn.mark("transcript_ready", now)
+        self._add_usage(turn, usage)
+        text = text.strip()
+        if not text:
+            self.turns.pop(turn.id, None)  # noise that the VAD took for speech: not a turn
+            return
+        turn.heard_text, turn.language = text, language
+        self._remember(turn.speaker_name, text, turn.timings["end_of_speech"])
+        if not self._is_addressed(text) and self._is_backchannel(text):
+            return self._settle(turn, "skipped", now, decision="listen", reason="backchannel")
+        d = self.policy.decide(
+            speaker_id=turn.speaker_id, text=text, humans=len(self.participants), end_of_speech=turn.timings["end_of_speech"]
+        )
+        turn.decision, turn.reason = ("answer" if d.answer else "listen"), d.reason
+        if not d.answer:
+            return self._settle(turn, "skipped", now)
+        active = self._active
+        if active is None:
+            self._start(turn, d.may_stay_silent, now)
+        elif active.state == THINKING and active.speaker_id == turn.speaker_id and not active.sentences:
+            turn.heard_text = f"{active.heard_text} {text}"
+            self._cancel_generation(active)
+            active.state = "merged"
+            self._publish_turn(active)
+            self._active = None
+            self._start(turn, d.may_stay_silent, now)
+        else:
+            turn.state = QUEUED
+            self._queue.append(turn)
+            self._publish_turn(turn)
+
+    def transcript_failed(self, utterance_id: str, reason: str, now: float) -> None:
+        turn = self._by_utterance.pop(utterance_id, None)
+        if turn is not None:
+            turn.error = f"stt: {reason}"
+            self._settle(turn, "failed", now)
+
+    def reply_delta(self, turn_id: str, text: str, now: float) -> None:
+        turn = self._current(turn_id)
+        if turn is None or not text:
+            return
+        turn.mark("first_reply_text", now)
+        turn.reply_text += text
+        assert self._chunker is not None
+        for sentence in self._chunker.feed(text):
+            self._add_sentence(turn, sentence)
+
+    def reply_done(self, turn_id: str, usage: Usage, now: float) -> None:
+        turn = self._current(turn_id)
+        if turn is None:
+            return
+        self._add_usage(turn, usage)
+        assert self._chunker is not None
+        for sentence in self._chunker.flush():
+            self._add_sentence(turn, sentence)
+        turn.reply_done = True
+        if not turn.sentences:
+            return self._finish(turn, "silent", now)
+        self._publish_turn(turn)
+        self._maybe_finish(turn, now)
+
+    def reply_failed(self, turn_id: str, reason: str, now: float, *, rate_limited: bool = False) -> None:
+        turn = self._current(turn_id)
+        if turn is None:
+            return
+        turn.error = f"llm: {reason}"
+        turn.reply_done = True
+        if rate_limited and self.cfg.rate_limited_line and not turn.sentences:
+            self._add_sentence(turn, self.cfg.rate_limited_line)
+            turn.reply_text = self.cfg.rate_limited_line
+            return
+        self._cancel_generation(turn)
+        self._drop_unsynthesized(turn)
+        self._maybe_finish(turn, now)
+
+    def speech_audio(self, turn_id: str, index: int, pcm: bytes, now: float) -> None:
+        turn = self._current(turn_id)
+        if turn is None or not pcm or index >= len(turn.sentences):
+            return
+        turn.mark("first_tts_audio", now)
+        turn.sentences[index].samples += len(pcm) // 2
+        if turn.state != SPEAKING:
+            turn.state = SPEAKING
+            self._publish_turn(turn)
+        self._pacer.push(pcm, (turn_id, index))
+        self._pump(now)
+
+    def speech_done(self, turn_id: str, index: int, usage: Usage, now: float) -> None:
+        turn = self._current(turn_id)
+        if turn is None or index >= len(turn.sentences):
+            return
+        self._add_usage(turn, usage)
+        turn.sentences[index].synthesized = True
+        self._pacer.flush()
+        self._pump(now)
+        self._maybe_finish(turn, now)
+
+    def speech_failed(self, turn_id: str, index: int, reason: str, now: float) -> None:
+        turn = self._current(turn_id)
+        if turn is None:
+            return
+        turn.error = f"tts: {reason}"
+        turn.reply_done = True
+        self._cancel_generation(turn)
+        self._drop_unsynthesized(turn)
+        self._pacer.flush()
+        self._maybe_finish(turn, now)
+
+    # ------------------------------------------------------------------ inputs: page playback
+    def played(self, seq: int, idle: bool, now: float) -> None:
+        """The page rendered every frame up to ``seq`` into Luna's microphone."""
+        while self._inflight and self._inflight[0].seq <= seq:
+            f = self._inflight.popleft()
+            turn = self.turns.get(f.turn_id)
+            if turn is not None and f.sentence < len(turn.sentences):
+                turn.sentences[f.sentence].played += f.samples
+                turn.mark("first_audio_played", now)
+        active = self._active
+        if idle and active is not None and active.state == SPEAKING and not self._inflight:
+            if not self._turn_complete(active):
+                self.stats["playback_gaps"] += 1  # the page ran dry mid-reply (TTS slower than real time)
+        if active is not None:
+            self._maybe_finish(active, now)
+        self._set_speaking(bool(self._inflight) or bool(self._pacer.queued_s), now)
+
+    def tick(self, now: float) -> None:
+        for pid, ep in list(self._endpointers.items()):
+            self._endpoint(pid, ep.check(now), now)
+        self._pump(now)
+
+    def next_deadline(self, now: float) -> float | None:
+        """When ``tick`` has work next (pacing or a stalled speaker), or None."""
+        due = self._pacer.next_due(now)
+        if any(ep.speaking for ep in self._endpointers.values()):
+            soon = now + self.cfg.endpoint.frame_ms / 1000
+            due = soon if due is None else min(due, soon)
+        return due
+
+    def drain(self) -> list[act.Action]:
+        out, self._out = self._out, []
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _endpoint(self, pid: str, events: list[EndpointEvent], now: float) -> None:
+        for ev in events:
+            if isinstance(ev, UtteranceStarted):
+                uid = f"u{next(self._ids)}"
+                self._open[pid] = (uid, ev.at)
+                self._out.append(act.StartTranscription(uid, pid, self._stt_prompt(), ev.pcm))
+            elif isinstance(ev, UtteranceAudio):
+                self._out.append(act.TranscriptionAudio(self._open[pid][0], ev.pcm))
+            elif isinstance(ev, UtteranceEnded):
+                uid, started = self._open.pop(pid)
+                self._out.append(act.FinishTranscription(uid))
+                turn = Turn(f"t{next(self._ids)}", uid, pid, self.participants.get(pid, pid))
+                turn.mark("speech_started", started)
+                turn.mark("end_of_speech", ev.end_of_speech)
+                self._by_utterance[uid] = turn
+                self.turns[turn.id] = turn
+                while len(self.turns) > self.cfg.max_turns_kept:
+                    self.turns.pop(next(iter(self.turns)))
+
+    def _stt_prompt(self) -> str:
+        names = [self.cfg.bot_name, "Luna", "露娜", *self.participants.values()]
+        return ", ".join(dict.fromkeys(n for n in names if n))
+
+    def _start(self, turn: Turn, may_stay_silent: bool, now: float) -> None:
+        self._active = turn
+        self._chunker = self._new_chunker()
+        turn.state = THINKING
+        context = [line for line in self._context if line.at < turn.timings["end_of_speech"]]
+        request = ReplyRequest(
+            room_id=self.cfg.room_id,
+            turn_id=turn.id,
+            speaker_id=turn.speaker_id,
+            speaker_name=turn.speaker_name,
+            text=turn.heard_text,
+            language=turn.language,
+            addressed=turn.reason == "addressed_by_name",
+            context=tuple(context),
+            may_stay_silent=may_stay_silent,
+        )
+        self._out.append(act.RequestReply(turn.id, request))
+        self._publish_turn(turn)
+
+    def _add_sentence(self, turn: Turn, text: str) -> None:
+        turn.sentences.append(Sentence(text))
+        self._out.append(act.Synthesize(turn.id, len(turn.sentences) - 1, text))
+
+    def _pump(self, now: float) -> None:
+        for frame in self._pacer.poll(now):
+            turn_id, index = frame.tag
+            self._inflight.append(_InFlight(frame.seq, turn_id, index, frame.samples))
+            self._out.append(act.SendAudio(frame.seq, frame.pcm))
+            self.stats["frames_out"] += 1
+            turn = self.turns.get(turn_id)
+            if turn is not None:
+                turn.mark("first_audio_sent", now)
+            self._set_speaking(True, now)
+
+    def _audible(self) -> bool:
+        return self._active is not None and self._active.state == SPEAKING and bool(self._inflight or self._pacer.queued_s)
+
+    def _interrupt(self, turn: Turn, now: float) -> None:
+        turn.interrupted = True
+        self._cancel_generation(turn)
+        self._out.append(act.ClearPlayback())
+        self._pacer.clear(now)
+        self._inflight.clear()
+        self._finish(turn, "interrupted", now)
+
+    def _cancel_generation(self, turn: Turn) -> None:
+        self._out.append(act.CancelReply(turn.id))
+        self._out.append(act.CancelSynthesis(turn.id))
+
+    @staticmethod
+    def _drop_unsynthesized(turn: Turn) -> None:
+        turn.sentences = [s for s in turn.sentences if s.samples]
+        for s in turn.sentences:
+            s.synthesized = True
+
+    def _turn_complete(self, turn: Turn) -> bool:
+        return (
+            turn.reply_done
+            and all(s.synthesized for s in turn.sentences)
+            and not self._inflight
+            and not self._pacer.queued_s
+        )
+
+    def _maybe_finish(self, turn: Turn, now: float) -> None:
+        if turn is self._active and self._turn_complete(turn):
+            self._finish(turn, "failed" if turn.error else "done", now)
+
+    def _finish(self, turn: Turn, state: str, now: float) -> None:
+        """End the active turn: record what was really said, then take the next queued turn."""
+        turn.state = state
+        turn.mark("finished", now)
+        spoken = turn.spoken_text
+        if spoken:
+            self._out.append(act.RecordSpoken(turn.id, spoken, turn.interrupted))
+            self._remember(self.cfg.bot_name, spoken + ("…" if turn.interrupted else ""), now)
+            if not turn.interrupted:
+                self.policy.answered(turn.speaker_id, now)
+        self._publish_turn(turn)
+        self._active = None
+        self._chunker = None
+        self._set_speaking(False, now)
+        while self._queue:
+            nxt = self._queue.popleft()
+            if now - nxt.timings["end_of_speech"] > self.cfg.stale_after_s:
+                self._settle(nxt, "stale", now)
+                continue
+            self._start(nxt, nxt.reason == "llm_decides", now)
+            break
+
+    def _settle(self, turn: Turn, state: str, now: float, *, decision: str | None = None, reason: str | None = None) -> None:
+        """End a turn Luna does not answer."""
+        if decision is not None:
+            turn.decision, turn.reason = decision, reason
+        turn.state = state
+        turn.mark("finished", now)
+        self._publish_turn(turn)
+
+    def _current(self, turn_id: str) -> Turn | None:
+        """The active turn if ``turn_id`` names it; late events of cancelled turns are ignored."""
+        turn = self._active
+        return turn if turn is not None and turn.id == turn_id else None
+
+    def _add_usage(self, turn: Turn, usage: Usage) -> None:
+        turn.usage += usage
+        self.usage += usage
+        turn.cost_usd = self._price(turn.usage)
+
+    def _remember(self, speaker: str, text: str, at: float) -> None:
+        self._context.append(RoomLine(speaker, text, at))
+        horizon = at - self.cfg.context_seconds
+        while self._context and (
+            self._context[0].at < horizon or sum(len(line.text) for line in self._context) > self.cfg.context_chars
+        ):
+            self._context.popleft()
+
+    def _set_speaking(self, speaking: bool, now: float) -> None:
+        if speaking != self._speaking:
+            self._speaking = speaking
+            self._publish({"type": "speaking", "speaking": speaking, "at": now})
+
+    def _publish_turn(self, turn: Turn) -> None:
+        self._publish({"type": "turn", "turn": turn.to_dict()})
+
+    def _publish(self, event: dict) -> None:
+        self._out.append(act.Publish(event))

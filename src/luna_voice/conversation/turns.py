@@ -1,0 +1,97 @@
+"""One turn: an utterance someone said, what Luna decided, and what she answered — with its timings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from luna_voice.providers.base import Usage
+
+# Turn states. Terminal: skipped, silent, done, interrupted, failed, merged, stale, empty.
+TRANSCRIBING, QUEUED, THINKING, SPEAKING = "transcribing", "queued", "thinking", "speaking"
+TERMINAL = {"skipped", "silent", "done", "interrupted", "failed", "merged", "stale", "empty"}
+
+TIMING_KEYS = (
+    "speech_started",
+    "end_of_speech",
+    "transcript_ready",
+    "first_reply_text",
+    "first_tts_audio",
+    "first_audio_sent",
+    "first_audio_played",
+    "finished",
+)
+
+
+@dataclass
+class Sentence:
+    text: str
+    samples: int = 0  # synthesized so far
+    played: int = 0
+    synthesized: bool = False
+
+    def spoken_part(self) -> str:
+        """The part of the text heard, assuming characters are spread evenly over the audio."""
+        if self.synthesized and self.played >= self.samples:
+            return self.text
+        if not self.samples:
+            return ""
+        return self.text[: int(len(self.text) * min(1.0, self.played / self.samples))]
+
+
+@dataclass
+class Turn:
+    id: str
+    utterance_id: str
+    speaker_id: str
+    speaker_name: str
+    state: str = TRANSCRIBING
+    heard_text: str = ""
+    language: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    reply_text: str = ""
+    sentences: list[Sentence] = field(default_factory=list)
+    reply_done: bool = False
+    interrupted: bool = False
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+
+    @property
+    def ended(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def spoken_text(self) -> str:
+        return "".join(s.spoken_part() for s in self.sentences)
+
+    def mark(self, key: str, at: float) -> None:
+        self.timings.setdefault(key, at)
+
+    def latency_ms(self) -> dict[str, float]:
+        """Durations from the end of speech, the numbers an operator tunes against."""
+        base = self.timings.get("end_of_speech")
+        if base is None:
+            return {}
+        return {f"{k}_ms": round((v - base) * 1000, 1) for k, v in self.timings.items() if k != "speech_started"}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "speaker": {"id": self.speaker_id, "name": self.speaker_name},
+            "state": self.state,
+            "heard_text": self.heard_text,
+            "language": self.language,
+            "decision": self.decision,
+            "reason": self.reason,
+            "reply_text": self.reply_text,
+            "spoken_text": self.spoken_text,
+            "interrupted": self.interrupted,
+            "error": self.error,
+            "timings": dict(self.timings),
+            "latency": self.latency_ms(),
+            "usage": vars(self.usage).copy(),
+            "cost_usd": round(self.cost_usd, 6),
+        }
