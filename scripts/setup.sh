@@ -11,6 +11,7 @@ for pair in chromium:chromium espeak-ng:espeak-ng sox:sox ip:iproute2 unshare:ut
   command -v "${pair%%:*}" >/dev/null 2>&1 || need_apt+=("${pair#*:}")
 done
 [ -e /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ] || need_apt+=(fonts-noto-cjk)
+if [ -f bot_page/package-lock.json ] && ! command -v npm >/dev/null 2>&1; then need_apt+=(nodejs npm); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   say "installing system packages: ${need_apt[*]} (about a minute)"

@@ -45,7 +45,7 @@ class Pipeline:
         llm: ReplyEngine,
         tts: TextToSpeech,
         send_audio: Callable[[int, bytes], None],
-        send_control: Callable[[str], None],
+        clear_playback: Callable[[], None],
         publish: Callable[[dict[str, Any]], None],
         vad_aggressiveness: int = 2,
         playback_rate: int = 48_000,
@@ -54,7 +54,7 @@ class Pipeline:
         self.core = core
         self.stt, self.llm, self.tts = stt, llm, tts
         self._send_audio = send_audio
-        self._send_control = send_control
+        self._clear_playback = clear_playback
         self._publish = publish
         self._vad = webrtcvad.Vad(vad_aggressiveness)
         self._playback_rate = playback_rate
@@ -69,6 +69,14 @@ class Pipeline:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name="pipeline-ticker")
+        self._spawn(self._warm())
+
+    async def _warm(self) -> None:
+        """Open the TTS connection (or load its model) when Luna joins, not when she first speaks."""
+        try:
+            await self.tts.warm()
+        except Exception as exc:  # the first sentence will retry and report a proper turn error
+            log.warning("tts.warm_failed", error=str(exc))
 
     async def aclose(self) -> None:
         tasks = [t for t in (self._ticker, *self._tasks, *self._replies.values()) if t is not None]
@@ -78,6 +86,11 @@ class Pipeline:
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
+        for provider in (self.stt, self.llm, self.tts):
+            try:
+                await provider.aclose()
+            except Exception as exc:
+                log.warning("provider.close_failed", provider=provider.name, error=str(exc))
 
     # ------------------------------------------------------------------ inputs from the bridge
     def participant_joined(self, pid: str, name: str) -> None:
@@ -103,7 +116,7 @@ class Pipeline:
             self._perform(action)
         self._wake.set()
 
-    def _perform(self, a: act.Action) -> None:  # noqa: C901 - a flat dispatch reads best
+    def _perform(self, a: act.Action) -> None:
         if isinstance(a, act.SendAudio):
             self._send_audio(a.seq, a.pcm)
         elif isinstance(a, act.StartTranscription):
@@ -131,7 +144,7 @@ class Pipeline:
             if (entry := self._speech.pop(a.turn_id, None)) is not None:
                 entry[1].cancel()
         elif isinstance(a, act.ClearPlayback):
-            self._send_control("clear")
+            self._clear_playback()
         elif isinstance(a, act.RecordSpoken):
             self._spawn(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.interrupted))
         elif isinstance(a, act.Publish):

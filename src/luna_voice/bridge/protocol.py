@@ -135,7 +135,7 @@ def decode_audio(data: bytes) -> AudioFrame:
 
 def _field(obj: dict[str, Any], name: str, typ: type | tuple[type, ...]) -> Any:
     value = obj.get(name)
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
         raise ProtocolError(CLOSE_MALFORMED, f"'{obj.get('type')}' needs field '{name}'")
     return value
 

@@ -148,7 +148,10 @@ class Conversation:
         if not self._is_addressed(text) and self._is_backchannel(text):
             return self._settle(turn, "skipped", now, decision="listen", reason="backchannel")
         d = self.policy.decide(
-            speaker_id=turn.speaker_id, text=text, humans=len(self.participants), end_of_speech=turn.timings["end_of_speech"]
+            speaker_id=turn.speaker_id,
+            text=text,
+            humans=len(self.participants),
+            end_of_speech=turn.timings["end_of_speech"],
         )
         turn.decision, turn.reason = ("answer" if d.answer else "listen"), d.reason
         if not d.answer:
@@ -255,9 +258,10 @@ class Conversation:
                 turn.sentences[f.sentence].played += f.samples
                 turn.mark("first_audio_played", now)
         active = self._active
-        if idle and active is not None and active.state == SPEAKING and not self._inflight:
-            if not self._turn_complete(active):
-                self.stats["playback_gaps"] += 1  # the page ran dry mid-reply (TTS slower than real time)
+        # The page ran dry mid-reply: TTS was slower than real time.
+        gap = idle and active is not None and active.state == SPEAKING and not self._inflight
+        if gap and not self._turn_complete(active):  # type: ignore[arg-type]
+            self.stats["playback_gaps"] += 1
         if active is not None:
             self._maybe_finish(active, now)
         self._set_speaking(bool(self._inflight) or bool(self._pacer.queued_s), now)
@@ -292,6 +296,7 @@ class Conversation:
                 uid, started = self._open.pop(pid)
                 self._out.append(act.FinishTranscription(uid))
                 turn = Turn(f"t{next(self._ids)}", uid, pid, self.participants.get(pid, pid))
+                turn.playback_rate = self.cfg.playback_rate
                 turn.mark("speech_started", started)
                 turn.mark("end_of_speech", ev.end_of_speech)
                 self._by_utterance[uid] = turn
@@ -338,7 +343,9 @@ class Conversation:
             self._set_speaking(True, now)
 
     def _audible(self) -> bool:
-        return self._active is not None and self._active.state == SPEAKING and bool(self._inflight or self._pacer.queued_s)
+        return (
+            self._active is not None and self._active.state == SPEAKING and bool(self._inflight or self._pacer.queued_s)
+        )
 
     def _interrupt(self, turn: Turn, now: float) -> None:
         turn.interrupted = True
@@ -392,7 +399,9 @@ class Conversation:
             self._start(nxt, nxt.reason == "llm_decides", now)
             break
 
-    def _settle(self, turn: Turn, state: str, now: float, *, decision: str | None = None, reason: str | None = None) -> None:
+    def _settle(
+        self, turn: Turn, state: str, now: float, *, decision: str | None = None, reason: str | None = None
+    ) -> None:
         """End a turn Luna does not answer."""
         if decision is not None:
             turn.decision, turn.reason = decision, reason

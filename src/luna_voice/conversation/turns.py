@@ -58,6 +58,7 @@ class Turn:
     timings: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
+    playback_rate: int = 48_000
 
     @property
     def ended(self) -> bool:
@@ -89,6 +90,8 @@ class Turn:
             "reply_text": self.reply_text,
             "spoken_text": self.spoken_text,
             "interrupted": self.interrupted,
+            "reply_audio_s": round(sum(s.samples for s in self.sentences) / self.playback_rate, 3),
+            "played_audio_s": round(sum(s.played for s in self.sentences) / self.playback_rate, 3),
             "error": self.error,
             "timings": dict(self.timings),
             "latency": self.latency_ms(),

@@ -1,0 +1,245 @@
+// The human side of the local demo room: join with the microphone, see who is here, summon Luna, read the
+// captions, and record what you hear. Scriptable as a person would use it (tests drive it this way):
+//   ?name=NAME&autojoin=1[&processing=0]
+//   window.lunaDemo.join() / leave() / participants() -> [{id, name}] / summon(body) / dismiss()
+//   window.lunaDemo.startRecording() / stopRecording() -> {sampleRate, pcm}  (pcm: base64 int16 LE mono)
+//   window.lunaDemo.captions() -> the caption lines shown
+import { LocalRoom, attachSink } from "./lib/local-room.js";
+
+const roomId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+$("room").textContent = roomId;
+$("name").value = params.get("name") || `guest-${Math.floor(Math.random() * 1000)}`;
+
+let room = null;
+let ctx = null;
+let recorder = null; // {node, chunks: Int16Array[]}
+let recordBus = null;
+const tiles = new Map(); // participant id -> {el, analyser}
+const captions = new Map(); // key -> li
+const status = (text) => ($("status").textContent = text);
+
+function tile(id, name, kind) {
+  if (tiles.has(id)) return tiles.get(id);
+  const el = document.createElement("div");
+  el.className = `tile ${kind}`;
+  el.dataset.id = id;
+  el.innerHTML = `<div class="avatar"></div><div class="name"></div><div class="meter"></div>`;
+  el.querySelector(".avatar").textContent = (name || "?").slice(0, 1).toUpperCase();
+  el.querySelector(".name").textContent = kind === "bot" ? `${name} (AI)` : name;
+  $("grid").append(el);
+  const t = { el, analyser: null };
+  tiles.set(id, t);
+  return t;
+}
+
+function dropTile(id) {
+  const t = tiles.get(id);
+  if (t) t.el.remove();
+  tiles.delete(id);
+}
+
+function meterLoop() {
+  const buf = new Float32Array(1024);
+  for (const t of tiles.values()) {
+    if (!t.analyser) continue;
+    t.analyser.getFloatTimeDomainData(buf);
+    let sum = 0;
+    for (const x of buf) sum += x * x;
+    const rms = Math.sqrt(sum / buf.length);
+    t.el.classList.toggle("speaking", rms > 0.01);
+    t.el.querySelector(".meter").style.width = `${Math.min(100, rms * 400)}%`;
+  }
+  requestAnimationFrame(meterLoop);
+}
+
+async function micTrack() {
+  const processing = params.get("processing") !== "0";
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: processing, noiseSuppression: processing, autoGainControl: processing },
+    });
+    return stream.getAudioTracks()[0];
+  } catch (err) {
+    status(`No microphone (${err.name}): you can listen but not speak.`);
+    const dest = ctx.createMediaStreamDestination(); // silent track, so the others still see you
+    return dest.stream.getAudioTracks()[0];
+  }
+}
+
+async function join() {
+  if (room) return room.id;
+  ctx = ctx || new AudioContext({ sampleRate: 48000 });
+  await ctx.resume().catch(() => {});
+  if (!recordBus) {
+    await ctx.audioWorklet.addModule("/bot/audio/capture-worklet.js");
+    recordBus = ctx.createGain();
+  }
+  const name = $("name").value.trim() || "guest";
+  room = new LocalRoom({ signalUrl: `${location.origin.replace(/^http/, "ws")}/local/rooms/${encodeURIComponent(roomId)}/signal`, name });
+  room.addEventListener("participant-joined", ({ detail }) => tile(detail.id, detail.name, detail.kind));
+  room.addEventListener("participant-left", ({ detail }) => dropTile(detail.id));
+  room.addEventListener("track", async ({ detail }) => {
+    const { participant, stream } = detail;
+    await attachSink(stream, { muted: false }); // you hear everyone through this element
+    const source = ctx.createMediaStreamSource(stream);
+    const t = tile(participant.id, participant.name, participant.kind);
+    t.analyser = ctx.createAnalyser();
+    source.connect(t.analyser);
+    source.connect(recordBus);
+  });
+  room.addEventListener("closed", () => {
+    for (const id of [...tiles.keys()]) dropTile(id);
+    room = null;
+    toggle(false);
+    status("Left the room.");
+  });
+  const track = await micTrack();
+  const id = await room.join(track);
+  tile(id, `${name} (you)`, "self");
+  toggle(true);
+  status(`In the room as ${name}.`);
+  return id;
+}
+
+function leave() {
+  if (room) room.leave();
+}
+
+function toggle(joined) {
+  $("join").disabled = joined;
+  $("leave").disabled = !joined;
+}
+
+function participants() {
+  return room ? room.participants().map(({ id, name }) => ({ id, name })) : [];
+}
+
+// --- Luna: summon, dismiss, captions ------------------------------------------------------------------------
+async function api(method, body) {
+  const resp = await fetch(`/rooms/${encodeURIComponent(roomId)}/luna`, {
+    method,
+    headers: { "Content-Type": "application/json" },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const data = await resp.json();
+  if (!resp.ok) {
+    status(`Luna: ${data.error.message}`);
+    throw new Error(data.error.message);
+  }
+  return data;
+}
+
+async function summon(body = { backend: "local" }) {
+  const data = await api("POST", body);
+  status(`Luna is ${data.state}.`);
+  watch();
+  return data;
+}
+
+const dismiss = () => api("DELETE");
+
+let events = null;
+function watch() {
+  if (events) return;
+  events = new EventSource(`/rooms/${encodeURIComponent(roomId)}/luna/events`);
+  events.onmessage = ({ data }) => {
+    const ev = JSON.parse(data);
+    if (ev.type === "turn") caption(ev.turn);
+    else if (ev.type === "status") ev.status.turns.forEach(caption);
+    else if (ev.type === "state") status(`Luna is ${ev.state}${ev.sub_code ? ` (${ev.sub_code})` : ""}.`);
+  };
+  events.onerror = () => {
+    events.close();
+    events = null;
+    setTimeout(watch, 2000); // not summoned yet, or the service restarted
+  };
+}
+
+function line(key) {
+  if (!captions.has(key)) {
+    const li = document.createElement("li");
+    $("captions").append(li);
+    captions.set(key, li);
+  }
+  return captions.get(key);
+}
+
+function caption(turn) {
+  if (!turn.heard_text) return;
+  const heard = line(`${turn.id}:heard`);
+  heard.innerHTML = `<span class="who"></span>: <span class="text"></span> <span class="why"></span>`;
+  heard.querySelector(".who").textContent = turn.speaker.name;
+  heard.querySelector(".text").textContent = turn.heard_text;
+  heard.querySelector(".why").textContent = turn.reason ? `(${turn.decision}: ${turn.reason})` : "";
+  const said = turn.state === "speaking" || turn.state === "thinking" ? turn.reply_text : turn.spoken_text || turn.reply_text;
+  if (said) {
+    const reply = line(`${turn.id}:reply`);
+    reply.innerHTML = `<span class="who luna">Luna</span>: <span class="text"></span>`;
+    reply.querySelector(".text").textContent = said;
+    reply.classList.toggle("interrupted", turn.interrupted);
+    if (turn.interrupted) reply.title = "interrupted: only the part before the cut was heard";
+  }
+}
+
+// --- recorder: what this participant hears, mixed, 16 kHz -----------------------------------------------
+function startRecording() {
+  if (!recordBus) throw new Error("join the room first");
+  const node = new AudioWorkletNode(ctx, "luna-capture", { numberOfInputs: 1, outputChannelCount: [1] });
+  const chunks = [];
+  node.port.onmessage = ({ data }) => chunks.push(new Int16Array(data));
+  recordBus.connect(node);
+  const mute = ctx.createGain();
+  mute.gain.value = 0;
+  node.connect(mute).connect(ctx.destination);
+  recorder = { node, chunks };
+  $("rec").textContent = "Stop recording";
+}
+
+function stopRecording() {
+  if (!recorder) return { sampleRate: 16000, pcm: "" };
+  recordBus.disconnect(recorder.node);
+  recorder.node.disconnect();
+  const total = recorder.chunks.reduce((n, c) => n + c.length, 0);
+  const pcm = new Int16Array(total);
+  let off = 0;
+  for (const c of recorder.chunks) {
+    pcm.set(c, off);
+    off += c.length;
+  }
+  recorder = null;
+  $("rec").textContent = "Record what I hear";
+  offerDownload(pcm);
+  const bytes = new Uint8Array(pcm.buffer);
+  let bin = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return { sampleRate: 16000, pcm: btoa(bin) };
+}
+
+function offerDownload(pcm) {
+  const header = new DataView(new ArrayBuffer(44));
+  const w = (o, s) => [...s].forEach((c, i) => header.setUint8(o + i, c.charCodeAt(0)));
+  w(0, "RIFF"); header.setUint32(4, 36 + pcm.byteLength, true); w(8, "WAVEfmt ");
+  header.setUint32(16, 16, true); header.setUint16(20, 1, true); header.setUint16(22, 1, true);
+  header.setUint32(24, 16000, true); header.setUint32(28, 32000, true); header.setUint16(32, 2, true);
+  header.setUint16(34, 16, true); w(36, "data"); header.setUint32(40, pcm.byteLength, true);
+  const a = $("download");
+  a.href = URL.createObjectURL(new Blob([header, pcm], { type: "audio/wav" }));
+  a.download = `luna-demo-${roomId}.wav`;
+  a.hidden = false;
+}
+
+$("join").onclick = () => join().catch((err) => status(String(err)));
+$("leave").onclick = leave;
+$("summon").onclick = () => summon().catch(() => {});
+$("dismiss").onclick = () => dismiss().catch(() => {});
+$("rec").onclick = () => (recorder ? stopRecording() : startRecording());
+
+window.lunaDemo = {
+  join, leave, participants, summon, dismiss, startRecording, stopRecording,
+  captions: () => [...$("captions").querySelectorAll("li")].map((li) => li.textContent),
+};
+requestAnimationFrame(meterLoop);
+watch();
+if (params.get("autojoin") === "1") join().catch((err) => status(String(err)));

@@ -1,0 +1,191 @@
+"""HTTP routes of the control API, the bridge and local-room sockets, and the pages the service serves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from luna_voice.api.errors import ApiError
+from luna_voice.api.models import ROOM_ID, SummonRequest
+from luna_voice.bots.manager import CapacityReached
+from luna_voice.bridge import protocol as bp
+
+if TYPE_CHECKING:
+    from luna_voice.service import Service
+
+BOT_PAGE = Path(__file__).resolve().parents[3] / "bot_page"
+MAX_BODY = 64 * 1024
+
+routes = web.RouteTableDef()
+
+
+def _service(request: web.Request) -> Service:
+    return request.app["service"]
+
+
+def _room_id(request: web.Request) -> str:
+    room_id = request.match_info["room_id"]
+    if not ROOM_ID.match(room_id):
+        raise ApiError(
+            400,
+            "invalid_room_id",
+            "room id must be 1-128 characters of letters, digits, '-' or '_', starting alphanumeric",
+        )
+    return room_id
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "body_too_large", f"request body over {MAX_BODY} bytes")
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_body", "request body must be a JSON object")
+    return body
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+@routes.post("/rooms/{room_id}/luna")
+async def summon(request: web.Request) -> web.Response:
+    room_id = _room_id(request)
+    try:
+        req = SummonRequest.model_validate(await _body(request))
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_body", _validation_message(exc)) from None
+    service = _service(request)
+    try:
+        bot, created = await service.summon(room_id, req)
+    except CapacityReached as exc:
+        raise ApiError(503, "capacity_reached", str(exc), retry_after=30) from None
+    return web.json_response(bot.status(), status=201 if created else 200)
+
+
+@routes.get("/rooms/{room_id}/luna")
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(_bot(request).status())
+
+
+@routes.delete("/rooms/{room_id}/luna")
+async def dismiss(request: web.Request) -> web.Response:
+    bot = _bot(request)
+    _service(request).manager.dismiss(bot.room_id)
+    if bot.task is not None and bot.state.live:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(bot.task), 10)
+    return web.json_response(bot.status())
+
+
+@routes.get("/rooms/{room_id}/luna/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: state changes, participants, turns (captions) and Luna's speaking flag."""
+    bot = _bot(request)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    q = bot.subscribe()
+    try:
+        await resp.write(f"data: {json.dumps({'type': 'status', 'status': bot.status()})}\n\n".encode())
+        while True:
+            try:
+                event = await asyncio.wait_for(q.get(), 15)
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            await resp.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        bot.unsubscribe(q)
+    return resp
+
+
+def _bot(request: web.Request):  # type: ignore[no-untyped-def]
+    room_id = _room_id(request)
+    bot = _service(request).manager.rooms.get(room_id)
+    if bot is None:
+        raise ApiError(404, "not_found", f"Luna has not been summoned to room '{room_id}'")
+    return bot
+
+
+@routes.get("/rooms")
+async def list_rooms(request: web.Request) -> web.Response:
+    bots = _service(request).manager.rooms.values()
+    return web.json_response(
+        {
+            "rooms": [
+                {
+                    "room_id": b.room_id,
+                    "bot_id": b.id,
+                    "backend": b.backend,
+                    "state": str(b.state),
+                    "sub_code": b.sub_code,
+                }
+                for b in bots
+            ]
+        }
+    )
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    report = _service(request).readiness()
+    return web.json_response(report, status=200 if report["ready"] else 503)
+
+
+@routes.get("/bridge/{bot_id}")
+async def bridge(request: web.Request) -> web.StreamResponse:
+    bot = _service(request).manager.by_id.get(request.match_info["bot_id"])
+    if bot is None:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.close(code=bp.CLOSE_UNKNOWN_BOT, message=b"unknown bot")
+        return ws
+    return await bot.attach(request)
+
+
+@routes.get("/local/rooms/{room_id}/signal")
+async def local_signal(request: web.Request) -> web.StreamResponse:
+    return await _service(request).hub.handle(request, _room_id(request))
+
+
+@routes.get("/local/rooms/{room_id}/participants")
+async def local_participants(request: web.Request) -> web.Response:
+    return web.json_response({"participants": _service(request).hub.participants(_room_id(request))})
+
+
+@routes.get("/demo/rooms/{room_id}")
+async def demo_page(request: web.Request) -> web.FileResponse:
+    _room_id(request)
+    return web.FileResponse(BOT_PAGE / "demo.html")
+
+
+@routes.get("/")
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/demo/rooms/demo")
+
+
+routes.static("/bot", BOT_PAGE, append_version=False)

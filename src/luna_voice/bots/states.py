@@ -1,0 +1,37 @@
+"""Bot lifecycle states and the sub-codes that say why a bot ended.
+
+``starting → joining → joined ⇄ reconnecting → leaving → ended``, or ``failed`` from anywhere. Sub-codes are an
+open set (new ones may appear); clients should show unknown ones as they are rather than treat them as an enum.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class BotState(StrEnum):
+    STARTING = "starting"
+    JOINING = "joining"
+    JOINED = "joined"
+    RECONNECTING = "reconnecting"
+    LEAVING = "leaving"
+    ENDED = "ended"
+    FAILED = "failed"
+
+    @property
+    def live(self) -> bool:
+        return self not in (BotState.ENDED, BotState.FAILED)
+
+
+# Why a bot ended (sub_code of ``ended``/``failed``).
+DISMISSED = "dismissed"
+ROOM_ENDED = "room_ended"
+KICKED = "kicked"
+REJECTED = "rejected"
+WAITLISTED = "waitlisted"
+ALONE_TIMEOUT = "alone_timeout"
+MAX_DURATION = "max_duration"
+JOIN_FAILED = "join_failed"
+JOIN_TIMEOUT = "join_timeout"
+CRASHED = "crashed"
+SHUTDOWN = "shutdown"

@@ -1,0 +1,119 @@
+"""Choosing providers from the settings: cloud engines when their keys are set, offline engines otherwise.
+
+``auto`` picks the cloud engine whose credentials are configured and falls back to the offline one, saying so
+in ``notes`` (logged once at startup and shown by ``/readyz``). Each bot gets its own provider instances (an
+Azure synthesizer is kept warm per bot); heavy offline models are loaded once per process by their modules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from luna_voice.config import Settings
+from luna_voice.providers.base import ReplyEngine, SpeechToText, TextToSpeech
+
+
+def _secret(value) -> str | None:  # type: ignore[no-untyped-def]
+    return value.get_secret_value() if value is not None else None
+
+
+@dataclass
+class ProviderSet:
+    make_stt: Callable[[], SpeechToText]
+    make_llm: Callable[[], ReplyEngine]
+    make_tts: Callable[[], TextToSpeech]
+    names: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def offline(self) -> bool:
+        return self.names["stt"] == "whisper" and self.names["llm"] == "demo" and self.names["tts"] == "offline"
+
+    async def aclose(self) -> None:
+        """Process-wide resources would be released here; per-bot instances close with their bot."""
+
+
+def _stt(s: Settings, notes: list[str]) -> tuple[str, Callable[[], SpeechToText]]:
+    choice = s.stt_provider
+    if choice == "auto":
+        choice = "openai" if s.openai_api_key else "whisper"
+        if choice == "whisper":
+            notes.append("speech recognition: OPENAI_API_KEY is not set, using offline Whisper tiny.en (English only)")
+    if choice == "openai":
+        from luna_voice.providers.openai_stt import OpenAISTT
+
+        key = _secret(s.openai_api_key) or ""
+        return "openai", lambda: OpenAISTT(
+            api_key=key, base_url=s.openai_base_url, model=s.stt_model, mode=s.stt_mode, language=s.stt_language
+        )
+    from luna_voice.providers.offline import WhisperSTT
+
+    return "whisper", WhisperSTT
+
+
+def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]:
+    choice = s.llm_provider
+    if choice == "auto":
+        if s.botsession_url:
+            choice = "botsession"
+        elif s.llm_base_url and s.llm_api_key:
+            choice = "openai_chat"
+        else:
+            choice = "demo"
+            notes.append("replies: no LUNA_BOTSESSION_URL or LUNA_LLM_BASE_URL, using the demo responder (not an AI)")
+    if choice == "botsession":
+        from luna_voice.providers.botsession import BotSessionEngine
+
+        if not s.botsession_url:
+            raise ValueError("LUNA_LLM_PROVIDER=botsession needs LUNA_BOTSESSION_URL")
+        url = s.botsession_url
+        return "botsession", lambda: BotSessionEngine(
+            url=url,
+            token=_secret(s.botsession_token),
+            hmac_secret=_secret(s.botsession_hmac_secret),
+            timeout_s=s.botsession_timeout_s,
+        )
+    if choice == "openai_chat":
+        from luna_voice.providers.openai_chat import OpenAIChatEngine
+
+        return "openai_chat", lambda: OpenAIChatEngine(
+            base_url=s.llm_base_url,
+            api_key=_secret(s.llm_api_key) or "",
+            model=s.llm_model,
+            system_prompt=s.llm_system_prompt,
+        )
+    from luna_voice.providers.offline import DemoReply
+
+    return "demo", DemoReply
+
+
+def _tts(s: Settings, notes: list[str]) -> tuple[str, Callable[[], TextToSpeech]]:
+    choice = s.tts_provider
+    if choice == "auto":
+        choice = "azure" if s.azure_speech_key and (s.azure_speech_region or s.azure_speech_endpoint) else "offline"
+        if choice == "offline":
+            notes.append("speech: AZURE_SPEECH_KEY/REGION are not set, using offline Piper (English) and espeak-ng")
+    if choice == "azure":
+        from luna_voice.providers.azure_tts import AzureTTS
+
+        key = _secret(s.azure_speech_key) or ""
+        return "azure", lambda: AzureTTS(
+            key=key,
+            region=s.azure_speech_region,
+            endpoint=s.azure_speech_endpoint,
+            voice=s.tts_voice,
+            voice_en=s.tts_voice_en,
+            sample_rate=48_000,
+        )
+    from luna_voice.providers.offline import OfflineTTS
+
+    return "offline", lambda: OfflineTTS(sample_rate=48_000)
+
+
+def select_providers(settings: Settings) -> ProviderSet:
+    notes: list[str] = []
+    stt_name, make_stt = _stt(settings, notes)
+    llm_name, make_llm = _llm(settings, notes)
+    tts_name, make_tts = _tts(settings, notes)
+    return ProviderSet(make_stt, make_llm, make_tts, {"stt": stt_name, "llm": llm_name, "tts": tts_name}, notes)

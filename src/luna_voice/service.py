@@ -1,0 +1,144 @@
+"""Assembly: settings → providers, browser host, bot manager, local room hub → one aiohttp application."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from luna_voice import logs
+from luna_voice.api.errors import json_errors
+from luna_voice.api.models import SummonRequest
+from luna_voice.api.routes import routes
+from luna_voice.bots.bot import Bot, BotTimings
+from luna_voice.bots.host import ChromiumHost
+from luna_voice.bots.manager import BotManager
+from luna_voice.bots.pipeline import Pipeline
+from luna_voice.config import Settings
+from luna_voice.conversation.addressing import is_addressed, is_backchannel
+from luna_voice.conversation.chunking import SentenceChunker
+from luna_voice.conversation.core import Conversation, CoreConfig
+from luna_voice.conversation.endpointing import EndpointConfig
+from luna_voice.providers.select import ProviderSet, select_providers
+from luna_voice.rooms.local_hub import LocalRoomHub
+from luna_voice.usage import price
+
+log = structlog.get_logger(__name__)
+
+
+class Service:
+    def __init__(
+        self, settings: Settings, providers: ProviderSet | None = None, host: ChromiumHost | None = None
+    ) -> None:
+        self.settings = settings
+        self.providers = providers or select_providers(settings)
+        self.hub = LocalRoomHub(ice=settings.local_ice)
+        self.host = host or ChromiumHost(settings.chromium_path)
+        self.manager = BotManager(
+            host=self.host,
+            max_bots=settings.max_bots,
+            timings=BotTimings(settings.join_timeout_s, settings.alone_timeout_s, settings.max_duration_s),
+            page_url=self._page_url,
+            make_pipeline=self._make_pipeline,
+        )
+        self.started_at = time.time()
+        self.browser_error: str | None = None
+
+    @property
+    def internal_url(self) -> str:
+        """How Luna's own browser reaches this service (always loopback)."""
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    def _page_url(self, config: dict[str, Any]) -> str:
+        return f"{self.internal_url}/bot/bot.html#{Bot.encode_config(config)}"
+
+    async def summon(self, room_id: str, req: SummonRequest) -> tuple[Bot, bool]:
+        backend = req.backend or ("rtk" if self.settings.rtk_configured else "local")
+        name = req.name or self.settings.bot_name
+        room_config = {
+            "signalUrl": f"ws://127.0.0.1:{self.settings.port}/local/rooms/{room_id}/signal",
+            "name": name,
+            "iceFilter": self.settings.local_ice,
+        }
+        options = {"policy": req.policy or self.settings.turn_policy, "name": name}
+        return await self.manager.summon(room_id, backend=backend, room_config=room_config, options=options)
+
+    def _make_pipeline(self, bot: Bot) -> Pipeline:
+        s = self.settings
+        core = Conversation(
+            CoreConfig(
+                room_id=bot.room_id,
+                bot_name=bot.options.get("name", s.bot_name),
+                policy=bot.options.get("policy", s.turn_policy),
+                follow_up_window_s=s.follow_up_window_s,
+                endpoint=EndpointConfig(
+                    end_of_speech_ms=s.end_of_speech_ms, max_utterance_s=s.max_utterance_s, preroll_ms=s.preroll_ms
+                ),
+                barge_in_min_ms=s.barge_in_min_ms,
+                rate_limited_line=s.rate_limited_line,
+            ),
+            is_addressed=is_addressed,
+            is_backchannel=is_backchannel,
+            new_chunker=SentenceChunker,
+            price=lambda usage: price(usage, s.prices),
+        )
+        return Pipeline(
+            core,
+            stt=self.providers.make_stt(),
+            llm=self.providers.make_llm(),
+            tts=self.providers.make_tts(),
+            send_audio=bot.send_audio,
+            clear_playback=bot.clear_playback,
+            publish=bot.publish,
+            vad_aggressiveness=s.vad_aggressiveness,
+        )
+
+    def readiness(self) -> dict[str, Any]:
+        browser = self.host.ready
+        return {
+            "ready": browser,
+            "browser": "running" if browser else (self.browser_error or "not started"),
+            "providers": self.providers.names,
+            "offline": self.providers.offline,
+            "bots": {"live": len(self.manager.live()), "max": self.settings.max_bots},
+        }
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        log.info("providers", **self.providers.names, offline=self.providers.offline)
+        for note in self.providers.notes:
+            log.warning("providers.note", note=note)
+        try:
+            await self.host.start()
+        except Exception as exc:  # the API still answers; /readyz says why bots cannot start
+            self.browser_error = f"{type(exc).__name__}: {exc}"
+            log.error("chromium.failed", error=self.browser_error)
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.manager.shutdown()
+        await self.providers.aclose()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[json_errors], client_max_size=1024**2)
+        app["service"] = self
+        app.add_routes(routes)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+
+def serve(host: str | None = None, port: int | None = None) -> None:
+    settings = Settings()
+    if host is not None:
+        settings.host = host
+    if port is not None:
+        settings.port = port
+    logs.configure(settings.log_level, json=settings.log_json)
+    service = Service(settings)
+    public = (
+        settings.public_url
+        or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
+    )
+    print(f"\n  Luna voice is up. Demo room: {public}/demo/rooms/demo\n", flush=True)
+    web.run_app(service.app(), host=settings.host, port=settings.port, print=None, shutdown_timeout=15)

@@ -1,0 +1,77 @@
+"""Control API: summon is idempotent per room, errors are JSON with a clear code, capacity is enforced."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_bridge import PagelessHost
+
+
+@pytest.fixture
+async def api(start_service):  # type: ignore[no-untyped-def]
+    return await start_service(host=PagelessHost(), max_bots=2)
+
+
+async def test_summon_is_idempotent_and_listed(api):
+    status, first = await api.call("POST", "/rooms/room-1/luna", json={"backend": "local", "policy": "always"})
+    assert status == 201 and first["room_id"] == "room-1" and first["policy"] == "always"
+    status, second = await api.call("POST", "/rooms/room-1/luna")
+    assert status == 200 and second["bot_id"] == first["bot_id"]
+    status, rooms = await api.call("GET", "/rooms")
+    assert [r["room_id"] for r in rooms["rooms"]] == ["room-1"]
+    status, got = await api.call("GET", "/rooms/room-1/luna")
+    assert status == 200
+    assert {"room_id", "state", "sub_code", "participants", "turns", "usage"} <= got.keys()
+
+
+async def test_capacity_is_enforced_with_retry_after(api):
+    for room in ("a", "b"):
+        assert (await api.call("POST", f"/rooms/{room}/luna"))[0] == 201
+    async with api.http.post(api.url + "/rooms/c/luna") as resp:
+        body = await resp.json()
+        assert resp.status == 503 and body["error"]["code"] == "capacity_reached"
+        assert int(resp.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "code"),
+    [
+        ("POST", "/rooms/bad$room/luna", {}, 400, "invalid_room_id"),
+        ("POST", "/rooms/" + "x" * 129 + "/luna", {}, 400, "invalid_room_id"),
+        ("GET", "/rooms/-leading-dash/luna", {}, 400, "invalid_room_id"),
+        ("GET", "/rooms/nobody-here/luna", {}, 404, "not_found"),
+        ("DELETE", "/rooms/nobody-here/luna", {}, 404, "not_found"),
+        ("POST", "/rooms/r/luna", {"data": "{not json"}, 400, "invalid_json"),
+        ("POST", "/rooms/r/luna", {"json": [1, 2]}, 400, "invalid_body"),
+        ("POST", "/rooms/r/luna", {"json": {"colour": "blue"}}, 400, "invalid_body"),
+        ("POST", "/rooms/r/luna", {"json": {"backend": "zoom"}}, 400, "invalid_body"),
+        ("POST", "/rooms/r/luna", {"json": {"policy": "sometimes"}}, 400, "invalid_body"),
+        ("GET", "/no/such/route", {}, 404, "not_found"),
+        ("PUT", "/rooms/r/luna", {}, 405, "method_not_allowed"),
+    ],
+)
+async def test_bad_requests_get_json_errors(api, method, path, kwargs, status, code):
+    got_status, body = await api.call(method, path, **kwargs)
+    assert got_status == status, body
+    assert body["error"]["code"] == code and body["error"]["message"]
+
+
+async def test_invalid_body_message_names_the_field(api):
+    _, body = await api.call("POST", "/rooms/r/luna", json={"policy": "sometimes"})
+    assert "policy" in body["error"]["message"]
+
+
+async def test_health_and_readiness(api):
+    assert await api.call("GET", "/healthz") == (200, {"ok": True})
+    status, ready = await api.call("GET", "/readyz")
+    assert status == 200 and ready["ready"] is True
+    assert ready["providers"] == {"stt": "whisper", "llm": "demo", "tts": "offline"}
+    assert ready["offline"] is True
+
+
+async def test_dismiss_ends_the_bot(api):
+    await api.call("POST", "/rooms/gone/luna")
+    status, body = await api.call("DELETE", "/rooms/gone/luna")
+    assert status == 200 and body["state"] == "ended" and body["sub_code"] == "dismissed"
+    status, again = await api.call("POST", "/rooms/gone/luna")
+    assert status == 201 and again["bot_id"] != body["bot_id"]
