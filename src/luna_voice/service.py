@@ -17,7 +17,7 @@ from luna_voice.bots.host import ChromiumHost
 from luna_voice.bots.manager import BotManager
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.config import Settings
-from luna_voice.conversation.addressing import is_addressed, is_backchannel
+from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
 from luna_voice.conversation.endpointing import EndpointConfig
@@ -67,10 +67,11 @@ class Service:
 
     def _make_pipeline(self, bot: Bot) -> Pipeline:
         s = self.settings
+        name = bot.options.get("name", s.bot_name)
         core = Conversation(
             CoreConfig(
                 room_id=bot.room_id,
-                bot_name=bot.options.get("name", s.bot_name),
+                bot_name=name,
                 policy=bot.options.get("policy", s.turn_policy),
                 follow_up_window_s=s.follow_up_window_s,
                 endpoint=EndpointConfig(
@@ -79,7 +80,7 @@ class Service:
                 barge_in_min_ms=s.barge_in_min_ms,
                 rate_limited_line=s.rate_limited_line,
             ),
-            is_addressed=is_addressed,
+            is_addressed=AddressDetector(name).is_addressed,
             is_backchannel=is_backchannel,
             new_chunker=SentenceChunker,
             price=lambda usage: price(usage, s.prices),

@@ -94,6 +94,7 @@ class Conversation:
         self.stats = {"frames_in": 0, "frames_out": 0, "barge_ins": 0, "playback_gaps": 0}
         self._endpointers: dict[str, Endpointer] = {}
         self._open: dict[str, tuple[str, float]] = {}  # speaker -> (utterance id, speech started)
+        self._overlap: dict[str, int] = {}  # speaker -> voiced ms while Luna was audible
         self._by_utterance: dict[str, Turn] = {}
         self._active: Turn | None = None
         self._chunker: Chunker | None = None
@@ -127,10 +128,17 @@ class Conversation:
         if ep is None:
             ep = self._endpointers[pid] = Endpointer(self.cfg.endpoint)
         self._endpoint(pid, ep.feed(t_end, pcm, is_speech), now)
-        if ep.speaking and ep.voiced_ms >= self.cfg.barge_in_min_ms and self._audible():
-            assert self._active is not None
-            self.stats["barge_ins"] += 1
-            self._interrupt(self._active, now)
+        # Barge-in counts only voiced audio *while Luna is audible*: speech that ended just before she
+        # started, or a short "mm", does not cut her off.
+        if not (self._audible() and ep.speaking):
+            self._overlap.pop(pid, None)
+        elif is_speech:
+            self._overlap[pid] = self._overlap.get(pid, 0) + self.cfg.endpoint.frame_ms
+            if self._overlap[pid] >= self.cfg.barge_in_min_ms:
+                assert self._active is not None
+                self.stats["barge_ins"] += 1
+                self._overlap.clear()
+                self._interrupt(self._active, now)
 
     # ------------------------------------------------------------------ inputs: providers
     def transcript(self, utterance_id: str, text: str, language: str | None, usage: Usage, now: float) -> None:

@@ -47,7 +47,7 @@ class Endpointer:
         self._preroll: deque[bytes] = deque(maxlen=max(1, config.preroll_ms // config.frame_ms))
         self._voiced_run = 0
         self.speaking = False
-        self.voiced_ms = 0  # voiced audio in the current utterance (barge-in uses it)
+        self.voiced_ms = 0  # voiced audio in the current utterance
         self._started_at = 0.0
         self._last_voice = 0.0
         self._last_frame = 0.0

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from luna_voice.conversation.chunking import is_cjk
 from luna_voice.providers.base import Usage
 
 # Turn states. Terminal: skipped, silent, done, interrupted, failed, merged, stale, empty.
@@ -21,6 +23,16 @@ TIMING_KEYS = (
     "first_audio_played",
     "finished",
 )
+
+
+def join_sentences(parts: Iterable[str]) -> str:
+    """Re-join chunked sentences: a space between Latin-script sentences, none where Chinese meets."""
+    out = ""
+    for part in parts:
+        if out and part and not (is_cjk(out[-1]) or is_cjk(part[0])):
+            out += " "
+        out += part
+    return out
 
 
 @dataclass
@@ -66,7 +78,7 @@ class Turn:
 
     @property
     def spoken_text(self) -> str:
-        return "".join(s.spoken_part() for s in self.sentences)
+        return join_sentences(s.spoken_part() for s in self.sentences)
 
     def mark(self, key: str, at: float) -> None:
         self.timings.setdefault(key, at)

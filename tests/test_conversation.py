@@ -1,0 +1,338 @@
+"""Scripted multi-speaker timelines through the sans-I/O conversation core, with a fake clock.
+
+A ``Room`` plays the page and the providers: it feeds 20 ms frames with a VAD flag, answers transcription
+requests with scripted text, streams scripted replies, "synthesizes" audio whose length follows the text, and
+renders Luna's audio in real time as the page's playback worklet would, reporting playback marks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+
+from luna_voice.conversation import actions as act
+from luna_voice.conversation.addressing import AddressDetector, is_backchannel
+from luna_voice.conversation.chunking import SentenceChunker
+from luna_voice.conversation.core import Conversation, CoreConfig
+from luna_voice.conversation.endpointing import EndpointConfig
+from luna_voice.providers.base import Usage
+
+FRAME = 0.02
+RATE = 48_000
+SAMPLES_PER_CHAR = 2400  # 50 ms of speech per character
+
+
+class Room:
+    def __init__(self, policy: str = "auto", **cfg) -> None:  # type: ignore[no-untyped-def]
+        self.now = 1000.0
+        self.core = Conversation(
+            CoreConfig(room_id="r1", policy=policy, **cfg),  # type: ignore[arg-type]
+            is_addressed=AddressDetector().is_addressed,
+            is_backchannel=is_backchannel,
+            new_chunker=SentenceChunker,
+            price=lambda u: u.stt_seconds * 0.1,
+        )
+        self.log: list[act.Action] = []
+        self.transcripts: dict[str, str] = {}  # speaker -> text for their next utterance
+        self.replies: dict[str, str] = {}  # speaker -> Luna's reply to their next answered turn
+        self.auto_reply = True
+        self.stt_audio: dict[str, int] = {}  # utterance -> bytes received
+        self.page: deque[tuple[int, int]] = deque()  # (seq, samples not yet played)
+        self.page_played = -1
+
+    # -- people --------------------------------------------------------------------------------------------
+    def join(self, *people: tuple[str, str]) -> None:
+        for pid, name in people:
+            self.core.participant_joined(pid, name, self.now)
+        self._run()
+
+    def talk(self, seconds: float, **speaking: bool) -> None:
+        """Advance time frame by frame; each named speaker sends voiced (True) or silent (False) frames."""
+        for _ in range(round(seconds / FRAME)):
+            self.now += FRAME
+            for pid, voiced in speaking.items():
+                self.core.audio(pid, self.now, bytes(640), voiced, self.now)
+            self._page_render(FRAME)
+            self.core.tick(self.now)
+            self._run()
+
+    def say(self, pid: str, text: str, seconds: float = 1.0, then_silence: float = 0.6) -> None:
+        self.transcripts[pid] = text
+        self.talk(seconds, **{pid: True})
+        self.talk(then_silence, **{pid: False})
+
+    def wait(self, seconds: float) -> None:
+        self.talk(seconds)
+
+    # -- the page and the providers --------------------------------------------------------------------------
+    def _page_render(self, dt: float) -> None:
+        budget = round(dt * RATE)
+        last = self.page_played
+        while self.page and budget:
+            seq, left = self.page[0]
+            used = min(left, budget)
+            budget -= used
+            if used == left:
+                self.page.popleft()
+                last = seq
+            else:
+                self.page[0] = (seq, left - used)
+        if last != self.page_played or (not self.page and budget < round(dt * RATE)):
+            self.page_played = last
+            self.core.played(last, not self.page, self.now)
+
+    def _run(self) -> None:
+        pending = deque(self.core.drain())
+        while pending:
+            a = pending.popleft()
+            self.log.append(a)
+            if isinstance(a, act.StartTranscription):
+                self.stt_audio[a.utterance_id] = len(a.pcm)
+                self._speaker_of = {**getattr(self, "_speaker_of", {}), a.utterance_id: a.speaker_id}
+            elif isinstance(a, act.TranscriptionAudio):
+                self.stt_audio[a.utterance_id] += len(a.pcm)
+            elif isinstance(a, act.FinishTranscription):
+                pid = self._speaker_of[a.utterance_id]
+                text = self.transcripts.pop(pid, "")
+                self.core.transcript(a.utterance_id, text, None, Usage(stt_seconds=1.0), self.now)
+            elif isinstance(a, act.RequestReply) and self.auto_reply:
+                reply = self.replies.pop(a.request.speaker_id, f"Hello {a.request.speaker_name}. Nice day.")
+                self.core.reply_delta(a.turn_id, reply, self.now)
+                self.core.reply_done(a.turn_id, Usage(llm_output_tokens=5), self.now)
+            elif isinstance(a, act.Synthesize):
+                self.core.speech_audio(a.turn_id, a.index, bytes(2 * SAMPLES_PER_CHAR * len(a.text)), self.now)
+                self.core.speech_done(a.turn_id, a.index, Usage(tts_characters=len(a.text)), self.now)
+            elif isinstance(a, act.SendAudio):
+                self.page.append((a.seq, len(a.pcm) // 2))
+            elif isinstance(a, act.ClearPlayback):
+                self.page.clear()
+            pending.extend(self.core.drain())
+
+    # -- reading the outcome -----------------------------------------------------------------------------------
+    def turns(self) -> list[dict]:
+        return [t.to_dict() for t in self.core.turns.values()]
+
+    def turn_by(self, pid: str, n: int = 0) -> dict:
+        return [t for t in self.turns() if t["speaker"]["id"] == pid][n]
+
+    def of(self, kind: type) -> list:
+        return [a for a in self.log if isinstance(a, kind)]
+
+
+GROUP = (("a", "Alice"), ("b", "Bob"))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Luna, what time is it?", "露娜，今天天气怎么样？", "I wonder what Luna thinks about it", "Lunar, can you hear me?"],
+)
+def test_addressed_by_name_in_a_group(text):
+    room = Room()
+    room.join(*GROUP)
+    room.say("a", text)
+    room.wait(3)
+    turn = room.turn_by("a")
+    assert (turn["decision"], turn["reason"], turn["state"]) == ("answer", "addressed_by_name", "done")
+    assert turn["spoken_text"] == "Hello Alice. Nice day."
+    request = room.of(act.RequestReply)[0].request
+    assert request.speaker_name == "Alice" and request.addressed and request.text == text
+
+
+def test_not_addressed_in_a_group_stays_silent():
+    room = Room()
+    room.join(*GROUP)
+    room.say("a", "Bob, did you see the game last night?")
+    room.wait(2)
+    turn = room.turn_by("a")
+    assert (turn["decision"], turn["reason"], turn["state"]) == ("listen", "not_addressed", "skipped")
+    assert room.of(act.RequestReply) == [] and room.of(act.SendAudio) == []
+
+
+def test_one_to_one_always_answers():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.say("a", "What should I cook tonight?")
+    room.wait(3)
+    assert room.turn_by("a")["reason"] == "one_to_one"
+    assert room.turn_by("a")["state"] == "done"
+
+
+def test_follow_up_window_open_then_expired():
+    room = Room(follow_up_window_s=8.0)
+    room.join(*GROUP)
+    room.say("a", "Luna, recommend a film.")
+    room.wait(3)
+    room.say("a", "Something older, maybe?")
+    room.wait(3)
+    assert room.turn_by("a", 1)["reason"] == "follow_up"
+    room.say("b", "That sounds good.")  # someone else: not a follow-up
+    room.wait(10)
+    room.say("a", "Anyway, back to work.")  # Alice again, but after the window
+    room.wait(2)
+    assert room.turn_by("b")["reason"] == "not_addressed"
+    assert room.turn_by("a", 2)["reason"] == "not_addressed"
+
+
+def test_two_speakers_overlapping_become_two_turns_in_order():
+    room = Room(policy="always")
+    room.join(*GROUP)
+    room.transcripts.update(a="Luna, first question.", b="Luna, second question.")
+    room.talk(0.6, a=True, b=True)
+    room.talk(0.4, a=False, b=True)  # Alice stops first
+    room.talk(0.8, a=False, b=False)
+    room.wait(6)
+    a, b = room.turn_by("a"), room.turn_by("b")
+    assert a["timings"]["end_of_speech"] < b["timings"]["end_of_speech"]
+    assert a["state"] == "done" and b["state"] == "done"
+    assert a["timings"]["finished"] <= b["timings"]["first_audio_sent"]  # Bob waited for Alice's answer
+    assert [r.request.speaker_name for r in room.of(act.RequestReply)] == ["Alice", "Bob"]
+
+
+def test_barge_in_stops_luna_and_keeps_only_what_was_played():
+    room = Room()
+    room.join(*GROUP)
+    room.replies["a"] = "The first sentence is here. The second sentence is longer and will not be heard at all."
+    room.say("a", "Luna, tell me a story.")
+    room.wait(0.5)  # Luna speaks for a while, then Bob talks over her
+    room.say("b", "Wait, stop, I have an urgent question", seconds=1.2)
+    room.wait(3)
+    a = room.turn_by("a")
+    assert a["state"] == "interrupted" and a["interrupted"] is True
+    assert 0 < len(a["spoken_text"]) < len(a["reply_text"])
+    assert a["reply_text"].startswith(a["spoken_text"])
+    assert room.of(act.ClearPlayback) and room.of(act.CancelSynthesis)
+    recorded = [r for r in room.of(act.RecordSpoken) if r.turn_id == a["id"]]
+    assert recorded == [act.RecordSpoken(a["id"], a["spoken_text"], True)]
+    assert room.core.stats["barge_ins"] == 1
+    # the interruption is then a turn like any other (addressed or not, Bob gets no answer here: 2 humans)
+    assert room.turn_by("b")["heard_text"] == "Wait, stop, I have an urgent question"
+
+
+def test_barge_in_at_the_first_sentence_keeps_a_prefix():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.replies["a"] = "Once upon a time there was a very long story that nobody got to hear in full."
+    room.say("a", "Tell me a story.")
+    room.say("a", "No, stop.", seconds=0.5)
+    a = room.turn_by("a")
+    assert a["state"] == "interrupted"
+    assert a["reply_text"].startswith(a["spoken_text"]) and len(a["spoken_text"]) < len(a["reply_text"])
+
+
+def test_backchannel_does_not_interrupt_and_is_not_answered():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.replies["a"] = "Here is a long answer. It goes on for several seconds. And then some more."
+    room.say("a", "Luna, explain tides.")
+    room.wait(0.3)
+    room.say("a", "mm", seconds=0.2)  # short "mm" while Luna talks
+    room.wait(8)
+    first, mm = room.turn_by("a"), room.turn_by("a", 1)
+    assert first["state"] == "done" and not first["interrupted"]
+    assert (mm["decision"], mm["reason"]) == ("listen", "backchannel")
+    assert len(room.of(act.RequestReply)) == 1
+
+
+def test_long_monologue_is_cut_and_nothing_is_lost():
+    room = Room(policy="never", endpoint=EndpointConfig(max_utterance_s=2.0))
+    room.join(("a", "Alice"))
+    room.talk(5.0, a=True)
+    room.talk(0.6, a=False)
+    starts = room.of(act.StartTranscription)
+    assert len(starts) == 3  # 2 s + 2 s + 1 s
+    # every frame from the first voiced one to the end of speech (500 ms of silence) reached STT exactly once
+    assert sum(room.stt_audio.values()) == round(5.5 / FRAME) * 640
+    assert all(t["state"] == "empty" or t["decision"] is None or t["reason"] == "listen_only" for t in room.turns())
+
+
+def test_pre_roll_and_end_of_speech_instant():
+    room = Room(policy="never", endpoint=EndpointConfig(preroll_ms=200))
+    room.join(("a", "Alice"))
+    room.talk(1.0, a=False)
+    room.transcripts["a"] = "hello"
+    room.talk(0.5, a=True)
+    spoke_until = room.now
+    room.talk(0.6, a=False)
+    start = room.of(act.StartTranscription)[0]
+    assert len(start.pcm) == 10 * 640  # 200 ms pre-roll, which includes the 60 ms that triggered the start
+    turn = room.turn_by("a")
+    assert turn["timings"]["end_of_speech"] == pytest.approx(spoke_until)
+    assert turn["reason"] == "listen_only" and turn["heard_text"] == "hello"
+
+
+def test_failing_provider_fails_the_turn_and_the_next_turn_works():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.auto_reply = False
+    room.say("a", "Luna, first try.")
+    turn_id = room.of(act.RequestReply)[0].turn_id
+    room.core.reply_failed(turn_id, "timeout", room.now)
+    room._run()
+    assert room.turn_by("a")["state"] == "failed" and room.turn_by("a")["error"] == "llm: timeout"
+    room.auto_reply = True
+    room.say("a", "Luna, second try.")
+    room.wait(3)
+    assert room.turn_by("a", 1)["state"] == "done"
+
+
+def test_same_speaker_while_luna_thinks_is_merged():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.auto_reply = False
+    room.say("a", "Luna, what about")
+    room.say("a", "the weather tomorrow?")
+    merged, second = room.turn_by("a"), room.turn_by("a", 1)
+    assert merged["state"] == "merged"
+    requests = room.of(act.RequestReply)
+    assert requests[-1].request.text == "Luna, what about the weather tomorrow?"
+    assert act.CancelReply(merged["id"]) in room.log
+    assert second["state"] == "thinking"
+
+
+def test_queued_turn_goes_stale():
+    room = Room(policy="always", stale_after_s=2.0)
+    room.join(*GROUP)
+    room.auto_reply = False
+    room.say("a", "Luna, a question.")
+    room.say("b", "Luna, another question.")
+    assert room.turn_by("b")["state"] == "queued"
+    room.wait(3)
+    first = room.of(act.RequestReply)[0].turn_id
+    room.core.reply_delta(first, "Short.", room.now)
+    room.core.reply_done(first, Usage(), room.now)
+    room._run()
+    room.wait(2)
+    assert room.turn_by("b")["state"] == "stale"
+
+
+def test_llm_policy_lets_the_model_stay_silent():
+    room = Room(policy="llm")
+    room.join(*GROUP)
+    room.replies["a"] = ""
+    room.say("a", "Nice weather today.")
+    room.wait(1)
+    turn = room.turn_by("a")
+    assert (turn["reason"], turn["state"]) == ("llm_decides", "silent")
+    assert room.of(act.RequestReply)[0].request.may_stay_silent is True
+
+
+def test_context_carries_the_room_transcript_with_names():
+    room = Room()
+    room.join(*GROUP)
+    room.say("b", "I'm flying to Tokyo on Friday.")
+    room.say("a", "Luna, where is Bob going?")
+    room.wait(3)
+    context = room.of(act.RequestReply)[0].request.context
+    assert [(line.speaker, line.text) for line in context] == [("Bob", "I'm flying to Tokyo on Friday.")]
+
+
+def test_cost_and_usage_are_summed_per_turn():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.say("a", "Hi Luna.")
+    room.wait(3)
+    turn = room.turn_by("a")
+    synthesized = sum(len(a.text) for a in room.of(act.Synthesize))
+    assert turn["usage"]["stt_seconds"] == 1.0 and turn["usage"]["tts_characters"] == synthesized > 0
+    assert turn["cost_usd"] == pytest.approx(0.1)
