@@ -1,0 +1,91 @@
+"""Was Luna spoken to, and is an utterance only a backchannel? Pure text rules for the turn policy.
+
+Addressing means the name occurs anywhere in the utterance ("hey luna what's up", "我觉得露娜说得对"): in a group
+call people name whom they talk to, and a mention is a good enough cue. Names are matched on the *transcript*, so
+the list includes what speech-to-text really writes when someone says "Luna" (see ``DEFAULT_NAMES``).
+
+A backchannel ("mhm", "嗯嗯", "ok ok") carries no content: it is not a barge-in and not a turn worth answering.
+Whether a bare "yes" answers a question Luna just asked is the turn policy's call, not this module's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Final
+
+from luna_voice.conversation.chunking import is_cjk
+
+# Every spelling that counts as "Luna". Latin-script names match case-insensitively as whole words, with an optional
+# possessive ('s / ’s) and any punctuation around them ("Luna," "LUNA!" "Luna's"), so "lunatic", "lunacy" and
+# "Lunarian" never match. Names in a CJK script match as substrings: Chinese has no spaces between words.
+DEFAULT_NAMES: Final[tuple[str, ...]] = (
+    "Luna",  # the name itself
+    # In non-rhotic accents "Luna" and "lunar" sound the same, and STT often writes the dictionary word.
+    # So "the lunar eclipse" counts as addressing Luna too: a false positive we accept, because missing the bot's
+    # name is worse than answering one question about the moon.
+    "Lunar",
+    "Loona",  # phonetic spelling STT picks for a long "oo" (and the usual spelling of the K-pop name)
+    "露娜",  # the Chinese name
+    "卢娜",  # homophones of 露 (lù/lú) that STT picks for the same syllables ...
+    "鲁娜",
+    "璐娜",
+    "露那",  # ... and 那 for 娜 (both nà); false friends such as 暴露那 are excluded by _FALSE_FRIENDS
+    "盧娜",  # traditional-script forms: Whisper-family models often answer Mandarin in traditional characters
+    "魯娜",
+)
+# Not listed: "Lune" (French for moon, not a spelling STT produces for an English "Luna") and real names that sound
+# close ("Lena", "Lina", "Nina"): another person in the room may carry them.
+
+# A Latin-script name ends where Latin letters and digits end; a CJK neighbour is a boundary ("是Luna吗").
+_LATIN_ALNUM: Final = r"[0-9A-Za-z\u00c0-\u024f]"
+
+# Words that contain a name variant but mean something else; blanked out before matching.
+_FALSE_FRIENDS: Final = re.compile(r"[暴揭透流显顯表披吐泄洩败敗袒裸展]露那")
+
+
+def _name_pattern(name: str) -> str:
+    name = " ".join(name.split())
+    if any(is_cjk(c) for c in name):
+        return re.escape(name)
+    words = r"[\s-]+".join(re.escape(w) for w in name.split(" "))
+    return rf"(?<!{_LATIN_ALNUM}){words}(?:['’]s)?(?!{_LATIN_ALNUM})"
+
+
+class AddressDetector:
+    """Matches the default names plus the bot's display name, compiled once per bot.
+
+    The display name (``Settings.bot_name``) adds itself with the same rules as the defaults: case-insensitive,
+    whole words (its words may be joined by spaces or hyphens), optional possessive; substring if CJK.
+    """
+
+    def __init__(self, display_name: str | None = None, names: Sequence[str] = DEFAULT_NAMES) -> None:
+        all_names = [*names, display_name] if display_name and display_name.strip() else list(names)
+        if not all_names:
+            raise ValueError("AddressDetector needs at least one name")
+        patterns = dict.fromkeys(_name_pattern(n) for n in all_names)
+        self._pattern = re.compile("|".join(patterns), re.IGNORECASE)
+
+    def is_addressed(self, text: str) -> bool:
+        """True if the utterance names the bot anywhere."""
+        return self._pattern.search(_FALSE_FRIENDS.sub(" ", text)) is not None
+
+
+# Acknowledgements and fillers. English tokens must stand as whole words (so "ohm" or "mum" are not "oh" + "m");
+# elongations ("mmmm", "yeahhh", "okayyy") and repetitions ("yeah yeah", "对对对") are allowed; everything else in
+# the utterance must be punctuation or whitespace.
+_EN_BACKCHANNEL: Final = (
+    r"h*m+|m+-?h+m+|uh+[\s-]*huh|uh+|um+|er+m*|ah+|oh+"
+    r"|o+k+(?:a+y+)?|okey|ye+a+h*|ye+s+|yep|yup|ri+ght|i\s+see|got\s+it"
+)
+_ZH_BACKCHANNEL: Final = "嗯哼|嗯|哦|噢|喔|啊|呃|额|唔|哈|对的|對的|对|對|好的|好吧|好|是的|是|没错|沒錯|行"
+_BACKCHANNEL: Final = re.compile(
+    rf"[\W_]*(?:(?:(?<![a-z])(?:{_EN_BACKCHANNEL})(?![a-z])|{_ZH_BACKCHANNEL})[\W_]*)+", re.IGNORECASE
+)
+_MAX_BACKCHANNEL_CHARS: Final = 64  # beyond this it is a monologue of "yeah"s at best; also bounds the regex
+
+
+def is_backchannel(text: str) -> bool:
+    """True if the utterance is only acknowledgements/fillers ("mhm", "嗯嗯", "ok, ok"); False for empty text."""
+    text = text.strip()
+    return 0 < len(text) <= _MAX_BACKCHANNEL_CHARS and _BACKCHANNEL.fullmatch(text) is not None
