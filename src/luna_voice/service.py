@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from aiohttp import web
 
 from luna_voice import logs
-from luna_voice.api.errors import json_errors
+from luna_voice.api.errors import ApiError, json_errors
 from luna_voice.api.models import SummonRequest
 from luna_voice.api.routes import routes
 from luna_voice.bots.bot import Bot, BotTimings
@@ -23,6 +24,7 @@ from luna_voice.conversation.core import Conversation, CoreConfig
 from luna_voice.conversation.endpointing import EndpointConfig
 from luna_voice.providers.select import ProviderSet, select_providers
 from luna_voice.rooms.local_hub import LocalRoomHub
+from luna_voice.rooms.rtk_api import RtkApi, RtkApiError
 from luna_voice.usage import price
 
 log = structlog.get_logger(__name__)
@@ -43,6 +45,19 @@ class Service:
             page_url=self._page_url,
             make_pipeline=self._make_pipeline,
         )
+        self.rtk = (
+            RtkApi(
+                account_id=settings.rtk_account_id or "",
+                app_id=settings.rtk_app_id or "",
+                api_token=settings.rtk_api_token.get_secret_value() if settings.rtk_api_token else "",
+                preset_name=settings.rtk_preset,
+                base_url=settings.rtk_api_base,
+                name=settings.bot_name,
+                picture=settings.bot_picture,
+            )
+            if settings.rtk_configured
+            else None
+        )
         self.started_at = time.time()
         self.browser_error: str | None = None
 
@@ -55,15 +70,47 @@ class Service:
         return f"{self.internal_url}/bot/bot.html#{Bot.encode_config(config)}"
 
     async def summon(self, room_id: str, req: SummonRequest) -> tuple[Bot, bool]:
-        backend = req.backend or ("rtk" if self.settings.rtk_configured else "local")
+        live = self.manager.live_in(room_id)
+        if live is not None:  # idempotent, and no second token minted for it
+            return live, False
+        backend = req.backend or self._default_backend()
         name = req.name or self.settings.bot_name
-        room_config = {
-            "signalUrl": f"ws://127.0.0.1:{self.settings.port}/local/rooms/{room_id}/signal",
-            "name": name,
-            "iceFilter": self.settings.local_ice,
-        }
         options = {"policy": req.policy or self.settings.turn_policy, "name": name}
-        return await self.manager.summon(room_id, backend=backend, room_config=room_config, options=options)
+        if backend == "local":
+            room_config: dict[str, Any] = {
+                "signalUrl": f"ws://127.0.0.1:{self.settings.port}/local/rooms/{room_id}/signal",
+                "name": name,
+                "iceFilter": self.settings.local_ice,
+            }
+            return await self.manager.summon(room_id, backend=backend, room_config=room_config, options=options)
+        token, kick = await self._rtk_token(room_id, req)
+        room_config = {"authToken": token, "name": name}
+        return await self.manager.summon(
+            room_id, backend=backend, room_config=room_config, options=options, fallback_leave=kick
+        )
+
+    def _default_backend(self) -> str:
+        if self.settings.default_backend != "auto":
+            return self.settings.default_backend
+        return "rtk" if self.settings.rtk_configured else "local"
+
+    async def _rtk_token(self, meeting_id: str, req: SummonRequest) -> tuple[str, Callable[[], Awaitable[None]] | None]:
+        """A participant token for Luna: the app's own (``auth_token``) or one we mint through the REST API."""
+        if req.auth_token is not None:
+            return req.auth_token.get_secret_value(), None
+        if self.rtk is None:
+            raise ApiError(
+                400,
+                "rtk_not_configured",
+                "backend 'rtk' needs LUNA_RTK_ACCOUNT_ID, LUNA_RTK_APP_ID and LUNA_RTK_API_TOKEN, "
+                "or an 'auth_token' in the request body",
+            )
+        rtk = self.rtk
+        try:
+            minted = await rtk.mint_token(meeting_id)
+        except RtkApiError as exc:
+            raise ApiError(exc.http_status, exc.code, exc.message, retry_after=exc.retry_after) from None
+        return minted.token, lambda: rtk.kick(meeting_id, minted.participant_id)
 
     def _make_pipeline(self, bot: Bot) -> Pipeline:
         s = self.settings
@@ -119,6 +166,8 @@ class Service:
     async def _on_shutdown(self, _app: web.Application) -> None:
         await self.manager.shutdown()
         await self.providers.aclose()
+        if self.rtk is not None:
+            await self.rtk.aclose()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[json_errors], client_max_size=1024**2)

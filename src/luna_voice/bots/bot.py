@@ -13,7 +13,7 @@ import contextlib
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,8 @@ class Bot:
     make_pipeline: Callable[[Bot], Pipeline]
     timings: BotTimings = field(default_factory=BotTimings)
     options: dict[str, Any] = field(default_factory=dict)
+    # Removes Luna from the room without the page (RTK: the REST kick), for a page that does not answer.
+    fallback_leave: Callable[[], Awaitable[None]] | None = None
     id: str = field(default_factory=lambda: "bot_" + secrets.token_hex(6))
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
 
@@ -135,10 +137,17 @@ class Bot:
         failed = sub_code in (sc.JOIN_FAILED, sc.JOIN_TIMEOUT, sc.CRASHED, sc.REJECTED, sc.WAITLISTED)
         if self.state is not BotState.FAILED:
             self._set_state(BotState.LEAVING)
-        if self._ws is not None and not self._ws.closed and self.page_info.get("state") in ("joined", "joining"):
-            self._enqueue(bp.control("leave"))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._page_left.wait(), LEAVE_GRACE_S)
+        if self.page_info.get("state") in ("joined", "joining", "reconnecting"):
+            if self._ws is not None and not self._ws.closed:
+                self._enqueue(bp.control("leave"))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._page_left.wait(), LEAVE_GRACE_S)
+            if not self._page_left.is_set() and self.fallback_leave is not None:
+                try:
+                    await self.fallback_leave()
+                    log.info("bot.removed_without_page", bot=self.id)
+                except Exception as exc:
+                    log.warning("bot.fallback_leave_failed", bot=self.id, error=str(exc))
         await self.pipeline.aclose()
         if self._ws is not None:
             with contextlib.suppress(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -46,8 +46,18 @@ class BotManager:
     def live(self) -> list[Bot]:
         return [b for b in self.rooms.values() if b.state.live]
 
+    def live_in(self, room_id: str) -> Bot | None:
+        bot = self.rooms.get(room_id)
+        return bot if bot is not None and bot.state.live else None
+
     async def summon(
-        self, room_id: str, *, backend: str, room_config: dict[str, Any], options: dict[str, Any]
+        self,
+        room_id: str,
+        *,
+        backend: str,
+        room_config: dict[str, Any],
+        options: dict[str, Any],
+        fallback_leave: Callable[[], Awaitable[None]] | None = None,
     ) -> tuple[Bot, bool]:
         """Start Luna in ``room_id``; a room with a live bot gets that bot back (``created`` False)."""
         async with self._lock:
@@ -65,6 +75,7 @@ class BotManager:
                 make_pipeline=self.make_pipeline,
                 timings=self.timings,
                 options=options,
+                fallback_leave=fallback_leave,
             )
             if current is not None:
                 self.by_id.pop(current.id, None)
