@@ -1,0 +1,388 @@
+"""OpenAI speech-to-text (``gpt-4o-transcribe``) for mixed Chinese/English speech, through the official client.
+
+Two transports behind one ``SpeechToText``:
+
+* ``realtime`` (default): one realtime *transcription* session per utterance over WebSocket. Audio is streamed
+  while the person speaks, so when our endpointing says "done" only the commit and the model's last step remain.
+  Server VAD is switched off because our own endpointing decides when an utterance ends.
+* ``http``: the utterance is uploaded as one WAV to ``/audio/transcriptions`` with ``stream=true`` — slower, but
+  it needs nothing but HTTPS, which makes it the fallback when WebSockets are blocked.
+
+No language is assumed unless configured: the model detects it, which is what lets one sentence switch between
+Chinese and English. Every wait is bounded so a stalled service fails the turn instead of hanging the bot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import logging
+import time
+import wave
+from collections.abc import Mapping
+from typing import Literal, cast
+
+import numpy as np
+import openai
+import soxr
+import structlog
+from openai import AsyncOpenAI
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
+from openai.types.realtime import RealtimeTranscriptionSessionCreateRequestParam
+from openai.types.websocket_connection_options import WebSocketConnectionOptions
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript, Usage
+
+log = structlog.get_logger(__name__)
+
+PROVIDER = "openai"
+REALTIME_RATE = 24_000  # the only PCM rate realtime sessions accept
+MIN_AUDIO_S = 0.1  # both endpoints reject shorter audio; such a blip is an empty transcript, not an error
+APPEND_BYTES = REALTIME_RATE * 2  # one second per append event (the API allows up to 15 MiB)
+RECONNECTS = 1  # a dropped socket is retried once with the utterance resent, then the turn fails
+
+# websockets logs every handshake header at DEBUG, the bearer key included: give it a logger that never does.
+_ws_logger = logging.getLogger(f"{__name__}.websocket")
+_ws_logger.setLevel(logging.INFO)
+
+Mode = Literal["realtime", "http"]
+
+
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``retry-after`` (numeric form only), if the service sent one."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is not None:
+            with contextlib.suppress(ValueError):
+                return float(value) / scale
+    return None
+
+
+def _status_error(status: int, headers: Mapping[str, str]) -> ProviderError:
+    if status in (401, 403):
+        return ProviderError(PROVIDER, "auth refused")
+    if status == 429:
+        return RateLimited(PROVIDER, "rate limited", retry_after=_retry_after_s(headers))
+    return ProviderError(PROVIDER, f"http {status}")
+
+
+def _api_error(exc: openai.APIError) -> ProviderError:
+    """Map a client exception to a ``ProviderError``; the service's message is dropped (it can echo the key)."""
+    if isinstance(exc, openai.APIStatusError):
+        return _status_error(exc.status_code, exc.response.headers)
+    if isinstance(exc, openai.APITimeoutError):
+        return ProviderError(PROVIDER, "timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderError(PROVIDER, "unreachable")
+    return ProviderError(PROVIDER, f"api error: {type(exc).__name__}")
+
+
+def _retrieve(task: asyncio.Task[Transcript]) -> None:
+    """Mark a finished task's exception as seen, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _seconds(pcm16_bytes: int, rate: int) -> float:
+    return pcm16_bytes / 2 / rate
+
+
+class OpenAISTT:
+    """``SpeechToText`` named ``openai``; one stream per utterance, over ``mode`` (see the module docstring)."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        base_url: str | None = None,
+        model: str = "gpt-4o-transcribe",
+        mode: Mode = "realtime",
+        language: str | None = None,
+        finish_timeout_s: float = 10.0,
+        connect_timeout_s: float = 5.0,
+    ) -> None:
+        # No SDK retries: its backoff would outlast a conversational turn; the pipeline fails the turn instead.
+        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=finish_timeout_s)
+        self._model = model
+        self._mode = mode
+        self._language = language
+        self._finish_timeout_s = finish_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+
+    def open_stream(self, *, prompt: str | None = None) -> RealtimeStream | HttpStream:
+        if self._mode == "http":
+            return HttpStream(self._client, self._model, self._language, prompt, self._finish_timeout_s)
+        transcription: dict[str, str] = {"model": self._model}
+        if self._language:
+            transcription["language"] = self._language
+        if prompt:
+            transcription["prompt"] = prompt
+        session = {
+            "type": "transcription",
+            "audio": {
+                "input": {
+                    "format": {"type": "audio/pcm", "rate": REALTIME_RATE},
+                    "transcription": transcription,
+                    "turn_detection": None,
+                }
+            },
+        }
+        return RealtimeStream(
+            self._client,
+            cast(RealtimeTranscriptionSessionCreateRequestParam, session),
+            language=self._language,
+            finish_timeout_s=self._finish_timeout_s,
+            connect_timeout_s=self._connect_timeout_s,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class _Timing:
+    """Latency of one utterance, measured from the moment the audio was complete (commit or upload)."""
+
+    def __init__(self) -> None:
+        self.sent_at: float | None = None
+        self.first_at: float | None = None
+
+    def sent(self) -> None:
+        self.sent_at = time.monotonic()
+
+    def delta(self) -> None:
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+
+    def log_final(self, mode: Mode, transcript: Transcript) -> None:
+        start = self.sent_at or time.monotonic()
+        log.info(
+            "stt.final",
+            provider=PROVIDER,
+            mode=mode,
+            audio_s=round(transcript.usage.stt_seconds, 3),
+            ttfb_s=None if self.first_at is None else round(self.first_at - start, 3),
+            final_latency_s=round(time.monotonic() - start, 3),
+            chars=len(transcript.text),
+        )
+
+
+class RealtimeStream:
+    """One utterance over one realtime transcription session.
+
+    ``push`` only buffers (resampled to 24 kHz) and wakes a background task that owns the socket, so the audio
+    path never waits on the network. The whole utterance is kept until the end: if the socket drops, a new
+    session gets all of it again and nothing the person said is lost.
+    """
+
+    def __init__(
+        self,
+        client: AsyncOpenAI,
+        session: RealtimeTranscriptionSessionCreateRequestParam,
+        *,
+        language: str | None,
+        finish_timeout_s: float,
+        connect_timeout_s: float,
+    ) -> None:
+        self._client = client
+        self._session = session
+        self._language = language
+        self._finish_timeout_s = finish_timeout_s
+        # open_timeout/close_timeout/logger are passed through to websockets.connect.
+        self._ws_options = cast(
+            WebSocketConnectionOptions,
+            {"open_timeout": connect_timeout_s, "close_timeout": 1.0, "logger": _ws_logger},
+        )
+        self._resampler = soxr.ResampleStream(PIPELINE_RATE, REALTIME_RATE, 1, dtype="int16")
+        self._audio = bytearray()  # the utterance at 24 kHz
+        self._pushed_bytes = 0  # at PIPELINE_RATE, for usage
+        self._finishing = False
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[Transcript] | None = None
+        self._timing = _Timing()
+
+    async def push(self, pcm: bytes) -> None:
+        if self._finishing:
+            raise RuntimeError("push() after finish()")
+        self._pushed_bytes += len(pcm)
+        self._audio += self._resampler.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        self._wake.set()
+
+    async def finish(self) -> Transcript:
+        self._audio += self._resampler.resample_chunk(np.zeros(0, dtype="<i2"), last=True).tobytes()
+        self._finishing = True
+        self._wake.set()
+        if self._task is None or _seconds(len(self._audio), REALTIME_RATE) < MIN_AUDIO_S:
+            await self.cancel()
+            return Transcript("", language=self._language)
+        try:
+            async with asyncio.timeout(self._finish_timeout_s):
+                transcript = await self._task  # a timeout cancels the task, which closes its socket
+        except TimeoutError:
+            raise ProviderError(PROVIDER, "timeout") from None
+        self._timing.log_final("realtime", transcript)
+        return transcript
+
+    async def cancel(self) -> None:
+        self._finishing = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])  # its outcome no longer matters; our own cancellation still does
+            _retrieve(self._task)
+
+    async def _run(self) -> Transcript:
+        drops = 0
+        while True:
+            try:
+                return await self._session_once()
+            except ConnectionClosed:
+                drops += 1
+                if drops > RECONNECTS:
+                    raise ProviderError(PROVIDER, "connection lost") from None
+                log.warning(
+                    "stt.reconnecting", provider=PROVIDER, resend_s=round(_seconds(len(self._audio), REALTIME_RATE), 3)
+                )
+
+    async def _session_once(self) -> Transcript:
+        manager = self._client.realtime.connect(
+            extra_query={"intent": "transcription"}, websocket_connection_options=self._ws_options
+        )
+        try:
+            conn = await manager.enter()
+        except InvalidStatus as exc:
+            raise _status_error(exc.response.status_code, exc.response.headers) from None
+        except TimeoutError:
+            raise ProviderError(PROVIDER, "timeout") from None
+        except (OSError, InvalidHandshake):
+            raise ProviderError(PROVIDER, "unreachable") from None
+        try:
+            await conn.session.update(session=self._session)
+            reader = asyncio.create_task(self._read(conn))
+            reader.add_done_callback(self._reader_done)
+            try:
+                await self._send_audio(conn, reader)
+                return await reader
+            finally:
+                reader.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    def _reader_done(self, reader: asyncio.Task[Transcript]) -> None:
+        self._wake.set()  # the sender stops waiting for audio: the session is over one way or another
+        _retrieve(reader)  # a drop both sides saw is raised once, by the sender, not reported again
+
+    async def _send_audio(self, conn: AsyncRealtimeConnection, reader: asyncio.Task[Transcript]) -> None:
+        """Append everything buffered (from the start: a new session has an empty buffer), then commit."""
+        sent = 0
+        while not reader.done():
+            if sent < len(self._audio):
+                chunk = bytes(self._audio[sent : sent + APPEND_BYTES])
+                await conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode("ascii"))
+                sent += len(chunk)
+            elif self._finishing:
+                await conn.input_audio_buffer.commit()
+                self._timing.sent()
+                return
+            else:
+                self._wake.clear()
+                await self._wake.wait()
+
+    async def _read(self, conn: AsyncRealtimeConnection) -> Transcript:
+        while True:
+            event = await conn.recv()
+            if event.type == "conversation.item.input_audio_transcription.delta":
+                self._timing.delta()
+            elif event.type == "conversation.item.input_audio_transcription.completed":
+                detected = [lang.code for lang in event.languages or []]
+                return Transcript(
+                    event.transcript,
+                    language=detected[0] if detected else self._language,
+                    usage=Usage(stt_seconds=_seconds(self._pushed_bytes, PIPELINE_RATE)),
+                )
+            elif event.type == "conversation.item.input_audio_transcription.failed":
+                raise ProviderError(PROVIDER, f"transcription failed: {event.error.code or event.error.type}")
+            elif event.type == "error":
+                raise self._event_error(event.error.code, event.error.type)
+
+    @staticmethod
+    def _event_error(code: str | None, kind: str) -> ProviderError:
+        # Only code and type: the message can quote the (masked) key.
+        log.warning("stt.server_error", provider=PROVIDER, code=code, type=kind)
+        if code == "invalid_api_key":
+            return ProviderError(PROVIDER, "auth refused")
+        if code and "rate_limit" in code:
+            return RateLimited(PROVIDER, "rate limited")
+        return ProviderError(PROVIDER, f"server error: {code or kind}")
+
+
+class HttpStream:
+    """One utterance buffered and uploaded as a WAV when it ends; the SSE reply is read as it streams."""
+
+    def __init__(
+        self, client: AsyncOpenAI, model: str, language: str | None, prompt: str | None, finish_timeout_s: float
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._language = language
+        self._prompt = prompt
+        self._finish_timeout_s = finish_timeout_s
+        self._pcm = bytearray()
+        self._timing = _Timing()
+
+    async def push(self, pcm: bytes) -> None:
+        self._pcm += pcm
+
+    async def finish(self) -> Transcript:
+        seconds = _seconds(len(self._pcm), PIPELINE_RATE)
+        if seconds < MIN_AUDIO_S:
+            return Transcript("", language=self._language)
+        try:
+            async with asyncio.timeout(self._finish_timeout_s):
+                transcript = await self._transcribe(seconds)
+        except TimeoutError:
+            raise ProviderError(PROVIDER, "timeout") from None
+        except openai.APIError as exc:
+            raise _api_error(exc) from None
+        self._timing.log_final("http", transcript)
+        return transcript
+
+    async def cancel(self) -> None:
+        self._pcm.clear()
+
+    async def _transcribe(self, seconds: float) -> Transcript:
+        self._timing.sent()
+        stream = await self._client.audio.transcriptions.create(
+            model=self._model,
+            file=("utterance.wav", self._wav(), "audio/wav"),
+            stream=True,
+            language=self._language or openai.omit,
+            prompt=self._prompt or openai.omit,
+        )
+        async with stream:
+            async for event in stream:
+                if event.type == "transcript.text.delta":
+                    self._timing.delta()
+                elif event.type == "transcript.text.done":
+                    detected = [lang.code for lang in event.languages or []]
+                    return Transcript(
+                        event.text,
+                        language=detected[0] if detected else self._language,
+                        usage=Usage(stt_seconds=seconds),
+                    )
+        raise ProviderError(PROVIDER, "stream ended without a transcript")
+
+    def _wav(self) -> bytes:
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(PIPELINE_RATE)
+            w.writeframes(bytes(self._pcm))
+        return buf.getvalue()

@@ -1,0 +1,326 @@
+"""OpenAISTT: the real ``openai`` client against a local fake of OpenAI's audio API (tests/fakes/openai_audio.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fakes.openai_audio import FakeOpenAIAudio, Fault
+from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited
+from luna_voice.providers.openai_stt import OpenAISTT
+
+KEY = "sk-test-0123456789abcdef"
+MIXED = "Luna，明天的 weather 怎么样？"
+PROMPT = "Participants: 王伟, Alice. The assistant is called Luna (露娜)."
+FRAME = 320 * 2  # 20 ms at 16 kHz, as the pipeline pushes
+MODES = ["realtime", "http"]
+
+
+def tone(seconds: float, freq: float = 440.0, rate: int = PIPELINE_RATE) -> bytes:
+    t = np.arange(round(seconds * rate)) / rate
+    return (np.sin(2 * np.pi * freq * t) * 8_000).astype("<i2").tobytes()
+
+
+def dominant_hz(pcm: bytes, rate: int) -> float:
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return float(np.fft.rfftfreq(len(x), 1 / rate)[np.argmax(spectrum)])
+
+
+async def say(stt: OpenAISTT, pcm: bytes, prompt: str | None = None):
+    stream = stt.open_stream(prompt=prompt)
+    for i in range(0, len(pcm), FRAME):
+        await stream.push(pcm[i : i + FRAME])
+    return await stream.finish()
+
+
+@pytest.fixture
+async def fake():
+    async with FakeOpenAIAudio(script=lambda _req: MIXED, api_key=KEY) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_stt(fake: FakeOpenAIAudio):
+    made: list[OpenAISTT] = []
+
+    def make(mode: str, **kw) -> OpenAISTT:
+        kw.setdefault("finish_timeout_s", 2.0)
+        stt = OpenAISTT(api_key=kw.pop("api_key", KEY), base_url=kw.pop("base_url", fake.base_url), mode=mode, **kw)
+        made.append(stt)
+        return stt
+
+    yield make
+    for stt in made:
+        await stt.aclose()
+
+
+def assert_safe(exc: ProviderError) -> None:
+    for text in (str(exc), repr(exc), exc.reason):
+        assert KEY not in text and KEY[-4:] not in text and "Incorrect API key" not in text
+
+
+# ------------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_mixed_chinese_english_round_trip(fake, make_stt, mode):
+    transcript = await say(make_stt(mode), tone(1.2), prompt=PROMPT)
+
+    assert transcript.text == MIXED
+    assert transcript.language is None  # nothing configured, nothing detected: no language invented
+    assert transcript.usage.stt_seconds == pytest.approx(1.2)
+    [req] = fake.requests
+    assert req.transport == mode
+    assert req.model == "gpt-4o-transcribe"
+    assert fake.connections[0].authorization == f"Bearer {KEY}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_prompt_and_language_passed_through(fake, make_stt, mode):
+    await say(make_stt(mode, language="zh", model="gpt-4o-mini-transcribe"), tone(0.5), prompt=PROMPT)
+
+    [req] = fake.requests
+    assert (req.prompt, req.language, req.model) == (PROMPT, "zh", "gpt-4o-mini-transcribe")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_language_and_prompt_omitted_when_unset(fake, make_stt, mode):
+    await say(make_stt(mode), tone(0.5))
+
+    [req] = fake.requests
+    assert req.language is None and req.prompt is None
+    if mode == "realtime":
+        assert fake.sessions[0]["audio"]["input"]["transcription"] == {"model": "gpt-4o-transcribe"}
+
+
+async def test_http_uploads_the_pushed_audio_unchanged(fake, make_stt):
+    pcm = tone(0.75)
+    await say(make_stt("http"), pcm)
+
+    [req] = fake.requests
+    assert req.stream is True
+    assert (req.sample_rate, req.audio) == (PIPELINE_RATE, pcm)
+
+
+async def test_realtime_session_config_and_resampling(fake, make_stt):
+    await say(make_stt("realtime"), tone(1.0, freq=440.0))
+
+    assert fake.connections[0].query == {"intent": "transcription"}
+    [update] = fake.sessions
+    audio_in = update["audio"]["input"]
+    assert update["type"] == "transcription"
+    assert audio_in["format"] == {"type": "audio/pcm", "rate": 24_000}
+    assert "turn_detection" in audio_in and audio_in["turn_detection"] is None  # sent as null: our endpointing
+    [req] = fake.requests
+    assert req.session["audio"]["input"]["turn_detection"] is None  # the effective config the fake applied
+    assert req.sample_rate == 24_000
+    assert len(req.audio) == 2 * 24_000  # 1 s in, exactly 1 s out
+    assert dominant_hz(req.audio, 24_000) == pytest.approx(440.0, abs=2.0)  # same sound, not just same length
+
+
+async def test_realtime_streams_audio_before_finish(fake, make_stt):
+    """Audio goes out while the person speaks, so finish() only has to commit."""
+    stream = make_stt("realtime").open_stream()
+    pcm = tone(0.6)
+    for i in range(0, len(pcm), FRAME):
+        await stream.push(pcm[i : i + FRAME])
+    for _ in range(200):
+        if fake.connections and fake.sessions:
+            break
+        await asyncio.sleep(0.01)
+    assert fake.sessions, "the session was not opened while audio was being pushed"
+    assert (await stream.finish()).text == MIXED
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_too_short_utterance_is_empty_without_a_request(fake, make_stt, mode):
+    transcript = await say(make_stt(mode), tone(0.05))
+
+    assert transcript.text == ""
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_script_sees_each_utterance(fake, make_stt, mode):
+    fake.script = lambda req: f"{round(req.duration_s, 1)} 秒 seconds"
+    stt = make_stt(mode)
+
+    first = await say(stt, tone(0.5))
+    second = await say(stt, tone(1.5))
+
+    assert (first.text, second.text) == ("0.5 秒 seconds", "1.5 秒 seconds")
+
+
+async def test_cancel_drops_the_utterance(fake, make_stt):
+    stream = make_stt("realtime").open_stream()
+    await stream.push(tone(0.5))
+    await stream.cancel()
+    await asyncio.sleep(0.05)
+
+    assert fake.requests == []
+
+
+# ------------------------------------------------------------------ faults
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_wrong_key_is_auth_refused_without_leaking_it(fake, make_stt, mode):
+    with pytest.raises(ProviderError) as info:
+        await say(make_stt(mode, api_key=KEY[:-1] + "X"), tone(0.5))
+
+    assert info.value.reason == "auth refused"
+    assert_safe(info.value)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_401_is_auth_refused(fake, make_stt, mode):
+    fake.fail_next(Fault(status=401))
+    with pytest.raises(ProviderError) as info:
+        await say(make_stt(mode), tone(0.5))
+
+    assert info.value.reason == "auth refused"
+    assert_safe(info.value)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_429_is_rate_limited_with_retry_after(fake, make_stt, mode):
+    fake.fail_next(Fault(status=429, retry_after="7"))
+    with pytest.raises(RateLimited) as info:
+        await say(make_stt(mode), tone(0.5))
+
+    assert info.value.retry_after == 7.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_500_fails_once_without_retries(fake, make_stt, mode):
+    fake.fail_next(Fault(status=500))
+    with pytest.raises(ProviderError) as info:
+        await say(make_stt(mode), tone(0.5))
+
+    assert info.value.reason == "http 500"
+    assert len(fake.connections) == 1  # no SDK backoff eating the turn's time
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_hang_times_out(fake, make_stt, mode):
+    fake.fail_next(Fault(hang=True))
+    with pytest.raises(ProviderError) as info:
+        await asyncio.wait_for(say(make_stt(mode, finish_timeout_s=0.5), tone(0.5)), timeout=5)
+
+    assert info.value.reason == "timeout"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_unreachable(make_stt, mode):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    with pytest.raises(ProviderError) as info:
+        await say(make_stt(mode, base_url=f"http://127.0.0.1:{closed_port}/v1"), tone(0.5))
+
+    assert info.value.reason == "unreachable"
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "error_type"),
+    [
+        ("server_error", "server error: server_error", ProviderError),
+        ("invalid_api_key", "auth refused", ProviderError),
+        ("rate_limit_exceeded", "rate limited", RateLimited),
+    ],
+)
+async def test_realtime_error_event(fake, make_stt, code, reason, error_type):
+    fake.fail_next(Fault(error_code=code))
+    with pytest.raises(error_type) as info:
+        await say(make_stt("realtime"), tone(0.5))
+
+    assert info.value.reason == reason
+
+
+async def test_realtime_drop_while_speaking_reconnects_and_loses_no_audio(fake, make_stt):
+    fake.fail_next(Fault(drop_after_appends=1))
+    pcm = tone(2.5, freq=300.0)
+    half = len(pcm) // 2 // FRAME * FRAME
+    stream = make_stt("realtime").open_stream()
+
+    for i in range(0, half, FRAME):
+        await stream.push(pcm[i : i + FRAME])
+    for _ in range(200):  # the person is still talking when the socket drops and the stream reconnects
+        if len(fake.sessions) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert len(fake.connections) == 2
+    for i in range(half, len(pcm), FRAME):
+        await stream.push(pcm[i : i + FRAME])
+    transcript = await stream.finish()
+
+    assert transcript.text == MIXED
+    assert len(fake.connections) == 2 and len(fake.sessions) == 2  # the new session was configured again
+    [req] = fake.requests
+    assert len(req.audio) == 2 * round(2.5 * 24_000)  # the whole utterance, resent from its start
+    assert dominant_hz(req.audio, 24_000) == pytest.approx(300.0, abs=2.0)
+    assert transcript.usage.stt_seconds == pytest.approx(2.5)
+
+
+async def test_realtime_second_drop_fails_the_utterance(fake, make_stt):
+    fake.fail_next(Fault(drop_after_appends=1))
+    fake.fail_next(Fault(drop_after_appends=1))
+    with pytest.raises(ProviderError) as info:
+        await asyncio.wait_for(say(make_stt("realtime"), tone(0.5)), timeout=5)
+
+    assert info.value.reason == "connection lost"
+    assert len(fake.connections) == 2
+
+
+# ------------------------------------------------------------------ live
+
+
+def espeak_clip(tmp_path: Path, text: str) -> bytes:
+    raw, wav = tmp_path / "raw.wav", tmp_path / "clip.wav"
+    subprocess.run(["espeak-ng", "-v", "en-gb-x-rp", "-w", str(raw), text], check=True, capture_output=True)
+    subprocess.run(
+        ["sox", str(raw), "-r", str(PIPELINE_RATE), "-c", "1", "-b", "16", str(wav)], check=True, capture_output=True
+    )
+    with wave.open(str(wav)) as w:
+        return w.readframes(w.getnframes())
+
+
+@pytest.mark.live
+@pytest.mark.skipif(not os.environ.get("OPENAI_API_KEY"), reason="OPENAI_API_KEY is not set")
+@pytest.mark.skipif(not (shutil.which("espeak-ng") and shutil.which("sox")), reason="needs espeak-ng and sox")
+@pytest.mark.parametrize("mode", MODES)
+async def test_live_openai(tmp_path, mode):
+    pcm = espeak_clip(tmp_path, "Hello Luna, what is the weather like tomorrow?")
+    stt = OpenAISTT(
+        api_key=os.environ["OPENAI_API_KEY"],
+        base_url=os.environ.get("OPENAI_BASE_URL"),
+        mode=mode,
+        finish_timeout_s=30.0,
+    )
+    try:
+        transcript = await say(stt, pcm, prompt="The assistant is called Luna (露娜).")
+    finally:
+        await stt.aclose()
+
+    words = transcript.text.lower()
+    assert "luna" in words and "weather" in words, transcript.text
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_key_never_logged_even_at_debug(fake, make_stt, mode, caplog):
+    caplog.set_level(logging.DEBUG)
+    await say(make_stt(mode), tone(0.5))
+
+    assert caplog.records, "debug logging was not captured"
+    assert KEY not in caplog.text
