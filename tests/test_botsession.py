@@ -1,0 +1,311 @@
+"""BotSessionEngine against a local app that implements docs/botsession.md (auth, SSE stream, faults)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator
+from email.utils import formatdate
+
+import pytest
+import structlog
+from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fakes.botsession import FakeBotSession, Reply, fake_botsession, serve
+from luna_voice.providers.base import ProviderError, RateLimited, ReplyRequest, RoomLine, Usage
+from luna_voice.providers.botsession import SILENCE_TOKEN, BotSessionEngine, SilenceGate, parse_retry_after
+
+TOKEN = "tok-ABCDEF-secret"
+SECRET = "hmac-secret-XYZ"
+GUARD_S = 5.0  # no test may hang: every await on the engine is bounded by this
+
+
+def request(**kw: object) -> ReplyRequest:
+    base: dict[str, object] = {
+        "room_id": "room-1",
+        "turn_id": "turn-1",
+        "speaker_id": "p-alice",
+        "speaker_name": "Alice",
+        "text": "Luna, what did Bob say?",
+        "language": "en",
+        "context": (RoomLine("Bob", "It will rain at noon.", 1_700_000_000.5),),
+    }
+    return ReplyRequest(**{**base, **kw})  # type: ignore[arg-type]
+
+
+async def collect(engine: BotSessionEngine, req: ReplyRequest) -> list[str | Usage]:
+    async with asyncio.timeout(GUARD_S):
+        return [item async for item in engine.reply(req)]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeBotSession]:
+    async with fake_botsession(token=TOKEN, hmac_secret=SECRET) as f:
+        yield f
+
+
+@pytest.fixture
+async def engine(fake: FakeBotSession) -> AsyncIterator[BotSessionEngine]:
+    e = BotSessionEngine(url=fake.url, token=TOKEN, hmac_secret=SECRET, timeout_s=0.5)
+    yield e
+    await e.aclose()
+
+
+async def test_deltas_stream_in_order_before_the_reply_ends(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    release = asyncio.Event()
+    fake.script(
+        Reply(deltas=("Bob said ", "it will rain ", "at noon."), input_tokens=120, output_tokens=9, hold_last=release)
+    )
+    got: list[str | Usage] = []
+    async with asyncio.timeout(GUARD_S):
+        async for item in engine.reply(request()):
+            got.append(item)
+            if len(got) == 2:
+                assert not release.is_set(), "the last delta cannot have been sent yet"
+                release.set()
+    assert got == ["Bob said ", "it will rain ", "at noon.", Usage(llm_input_tokens=120, llm_output_tokens=9)]
+
+
+async def test_request_carries_the_documented_fields(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    await collect(engine, request(may_stay_silent=True, addressed=False, language=None))
+    (rec,) = fake.requests
+    assert rec.headers["Content-Type"] == "application/json"
+    assert rec.headers["Accept"] == "text/event-stream"
+    assert rec.json == {
+        "room_id": "room-1",
+        "turn_id": "turn-1",
+        "speaker_id": "p-alice",
+        "speaker_name": "Alice",
+        "text": "Luna, what did Bob say?",
+        "language": None,
+        "addressed": False,
+        "may_stay_silent": True,
+        "context": [{"speaker": "Bob", "text": "It will rain at noon.", "at": 1_700_000_000.5}],
+    }
+
+
+async def test_bearer_and_signature_are_accepted_by_the_app(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    await collect(engine, request(text="你好，露娜"))  # non-ASCII: the signature covers the exact bytes sent
+    (rec,) = fake.requests
+    assert fake.auth_failures == []
+    assert rec.headers["Authorization"] == f"Bearer {TOKEN}"
+    t, v1 = rec.headers["X-Luna-Signature"].split(",")
+    assert t.startswith("t=") and v1.startswith("v1=") and len(v1) == 3 + 64
+
+
+@pytest.mark.parametrize(
+    ("token", "secret", "problem"),
+    [
+        ("wrong-token-123", SECRET, "bad_token"),
+        (TOKEN, "wrong-secret", "bad_signature"),
+        (TOKEN, None, "missing_signature"),
+    ],
+)
+async def test_refused_auth_is_a_clear_error_without_the_secret(
+    fake: FakeBotSession, token: str, secret: str | None, problem: str
+) -> None:
+    engine = BotSessionEngine(url=fake.url, token=token, hmac_secret=secret, timeout_s=0.5)
+    try:
+        with structlog.testing.capture_logs() as logs, pytest.raises(ProviderError) as info:
+            await collect(engine, request())
+    finally:
+        await engine.aclose()
+    assert fake.auth_failures == [problem]
+    assert info.value.reason == f"auth refused (HTTP 401 {problem})"
+    for leak in (token, secret or "never-set"):
+        assert leak not in str(info.value) and leak not in repr(engine) and leak not in json.dumps(logs, default=str)
+
+
+async def test_only_a_bearer_token_sends_no_signature() -> None:
+    async with fake_botsession(token=TOKEN) as fake:
+        engine = BotSessionEngine(url=fake.url, token=TOKEN, hmac_secret=None, timeout_s=0.5)
+        try:
+            await collect(engine, request())
+        finally:
+            await engine.aclose()
+    assert "X-Luna-Signature" not in fake.requests[0].headers
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason", "deltas_first"),
+    [
+        (Reply(fault="rate_limit", retry_after="7"), "rate limited (HTTP 429 rate_limited)", []),
+        (Reply(fault="http_500"), "HTTP 500 internal", []),
+        (Reply(fault="slow_first_byte"), "timeout", []),
+        (Reply(deltas=("One.", "Two."), fault="stall"), "timeout", ["One."]),
+        (Reply(fault="malformed"), "malformed response", []),
+        (Reply(deltas=("One.", "Two."), fault="error_event"), "app error: model_overloaded", ["One."]),
+    ],
+    ids=["429", "500", "slow_first_byte", "stall", "malformed", "error_event"],
+)
+async def test_faults_raise_the_right_error_without_hanging(
+    fake: FakeBotSession, engine: BotSessionEngine, reply: Reply, reason: str, deltas_first: list[str]
+) -> None:
+    fake.script(reply)
+    got: list[str | Usage] = []
+    with pytest.raises(ProviderError) as info:
+        async with asyncio.timeout(GUARD_S):
+            async for item in engine.reply(request()):
+                got.append(item)
+    assert info.value.reason == reason
+    assert got == deltas_first
+    assert isinstance(info.value, RateLimited) == (reply.fault == "rate_limit")
+    if reply.fault == "rate_limit":
+        assert info.value.retry_after == 7.0
+    # The engine stays usable after a fault.
+    assert await collect(engine, request()) == ["Hello", " there.", Usage(llm_input_tokens=42, llm_output_tokens=7)]
+
+
+async def test_oversized_or_truncated_streams_are_errors_not_crashes() -> None:
+    bodies = {
+        "/huge": b"event: delta\ndata: " + b"x" * 2_000_000 + b"\n\n",
+        "/cut": b'event: delta\ndata: {"text": "Hi"}\n\n',
+    }
+
+    async def handler(req: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(req)
+        await resp.write(bodies[req.path])
+        return resp
+
+    app = web.Application()
+    app.router.add_post("/{name}", handler)
+    async with serve(app) as base:
+        for path, reason in [("/huge", "malformed response"), ("/cut", "truncated response")]:
+            engine = BotSessionEngine(url=base + path, token=None, hmac_secret=None, timeout_s=0.5)
+            try:
+                with pytest.raises(ProviderError) as info:
+                    await collect(engine, request())
+            finally:
+                await engine.aclose()
+            assert info.value.reason == reason
+
+
+async def test_unreachable_app_is_a_connection_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again before use: nothing listens there
+    engine = BotSessionEngine(url=f"http://127.0.0.1:{port}/luna/reply", token=None, hmac_secret=None, timeout_s=0.5)
+    try:
+        with pytest.raises(ProviderError, match="connection failed"):
+            await collect(engine, request())
+    finally:
+        await engine.aclose()
+
+
+async def test_cancelling_a_reply_hangs_up_on_the_app(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    fake.script(Reply(deltas=("First.", "Never sent."), hold_last=asyncio.Event()))
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in engine.reply(request()):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    async with asyncio.timeout(GUARD_S):
+        await first.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await fake.hung_up.wait()  # the app sees the disconnect and can stop generating
+
+
+async def test_record_spoken_reports_what_was_heard(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    await engine.record_spoken("room-1", "turn-1", "Bob said it will", interrupted=True)
+    (rec,) = fake.spoken
+    assert rec.path == "/luna/reply/spoken"
+    assert rec.json == {
+        "room_id": "room-1",
+        "turn_id": "turn-1",
+        "spoken_text": "Bob said it will",
+        "interrupted": True,
+    }
+    assert fake.auth_failures == []
+
+
+async def test_record_spoken_failures_are_logged_not_raised(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    fake.spoken_status = 500
+    with structlog.testing.capture_logs() as logs:
+        await engine.record_spoken("room-1", "turn-1", "text", interrupted=False)
+    assert [e["event"] for e in logs] == ["botsession.spoken_refused"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = BotSessionEngine(url=f"http://127.0.0.1:{port}/r", token=TOKEN, hmac_secret=None, timeout_s=0.5)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await dead.record_spoken("room-1", "turn-1", "text", interrupted=False)
+    finally:
+        await dead.aclose()
+    assert [e["event"] for e in logs] == ["botsession.spoken_failed"]
+
+
+@pytest.mark.parametrize(
+    ("deltas", "expected"),
+    [
+        (("<sil", "ent>"), []),
+        ((" ", "<silent>", "\n"), []),
+        ((), []),
+        (("<", "sil", "ly me, ", "Bob said rain."), ["<silly me, ", "Bob said rain."]),
+        (("<s", "ure thing>"), ["<sure thing>"]),
+    ],
+    ids=["token", "token-with-whitespace", "empty", "starts-like-token", "starts-like-token-2"],
+)
+async def test_silent_replies_yield_only_usage(
+    fake: FakeBotSession, engine: BotSessionEngine, deltas: tuple[str, ...], expected: list[str]
+) -> None:
+    fake.script(Reply(deltas=deltas))
+    assert await collect(engine, request(may_stay_silent=True)) == [
+        *expected,
+        Usage(llm_input_tokens=42, llm_output_tokens=7),
+    ]
+
+
+async def test_silence_detection_does_not_delay_a_real_answer(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    release = asyncio.Event()
+    fake.script(Reply(deltas=("Sure", ", it rains."), hold_last=release))
+    async with asyncio.timeout(GUARD_S):
+        replies = engine.reply(request(may_stay_silent=True))
+        assert await anext(replies) == "Sure"  # arrives while the app still holds the rest back
+        release.set()
+        assert [item async for item in replies] == [", it rains.", Usage(llm_input_tokens=42, llm_output_tokens=7)]
+
+
+def test_silence_token_is_only_honoured_when_allowed() -> None:
+    gate = SilenceGate(active=False)
+    assert gate.feed(SILENCE_TOKEN) == SILENCE_TOKEN and not gate.silent
+
+
+@given(st.lists(st.text(max_size=6), max_size=6))
+def test_gate_releases_text_as_soon_as_it_cannot_be_silence(deltas: list[str]) -> None:
+    gate = SilenceGate(active=True)
+    fed, out = "", ""
+    for d in deltas:
+        fed += d
+        out += gate.feed(d)
+        head = fed.lstrip()
+        if head.startswith(SILENCE_TOKEN) or SILENCE_TOKEN.startswith(head):
+            assert out == ""
+        else:
+            assert out == fed
+    assert gate.silent == (out == "")
+
+
+@given(st.text(max_size=8), st.lists(st.integers(0, 20), max_size=4), st.text(alphabet=" \n", max_size=2))
+def test_gate_swallows_the_token_however_it_is_split(tail: str, cuts: list[int], lead: str) -> None:
+    text = lead + SILENCE_TOKEN + tail
+    points = sorted({min(c, len(text)) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    gate = SilenceGate(active=True)
+    assert "".join(gate.feed(p) for p in pieces) == "" and gate.silent
+
+
+def test_retry_after_accepts_seconds_and_http_dates() -> None:
+    assert parse_retry_after("12") == 12.0
+    assert parse_retry_after(None) is None and parse_retry_after("soon") is None
+    in_a_minute = parse_retry_after(formatdate(time.time() + 60, usegmt=True))
+    assert in_a_minute is not None and 55 < in_a_minute <= 60
