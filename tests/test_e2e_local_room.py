@@ -18,7 +18,7 @@ from luna_voice.providers.base import PIPELINE_RATE
 
 pytestmark = pytest.mark.browser
 
-SAID = "Hello Luna, what is the weather like today?"
+SAID = "Hello there, what is the weather like today?"
 
 
 async def until(predicate, limit: float, what: str, step: float = 0.2):  # type: ignore[no-untyped-def]

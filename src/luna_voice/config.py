@@ -73,9 +73,7 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=_env("OPENAI_API_KEY", "LUNA_OPENAI_API_KEY")
     )
-    openai_base_url: str | None = Field(
-        default=None, validation_alias=_env("OPENAI_BASE_URL", "LUNA_OPENAI_BASE_URL")
-    )
+    openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL", "LUNA_OPENAI_BASE_URL"))
     stt_model: str = "gpt-4o-transcribe"
     stt_mode: Literal["realtime", "http"] = "realtime"
     stt_language: str | None = Field(default=None, description="ISO-639-1 hint; unset = auto-detect (zh+en mixed).")

@@ -12,7 +12,7 @@ from aiohttp import web
 from luna_voice import logs
 from luna_voice.api.errors import ApiError, json_errors
 from luna_voice.api.models import SummonRequest
-from luna_voice.api.routes import routes
+from luna_voice.api.routes import SERVICE, routes
 from luna_voice.bots.bot import Bot, BotTimings
 from luna_voice.bots.host import ChromiumHost
 from luna_voice.bots.manager import BotManager
@@ -67,6 +67,7 @@ class Service:
         return f"http://127.0.0.1:{self.settings.port}"
 
     def _page_url(self, config: dict[str, Any]) -> str:
+        config = {**config, "bridgeUrl": f"ws://127.0.0.1:{self.settings.port}/bridge/{config['botId']}"}
         return f"{self.internal_url}/bot/bot.html#{Bot.encode_config(config)}"
 
     async def summon(self, room_id: str, req: SummonRequest) -> tuple[Bot, bool]:
@@ -171,7 +172,7 @@ class Service:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[json_errors], client_max_size=1024**2)
-        app["service"] = self
+        app[SERVICE] = self
         app.add_routes(routes)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)

@@ -23,10 +23,11 @@ BOT_PAGE = Path(__file__).resolve().parents[3] / "bot_page"
 MAX_BODY = 64 * 1024
 
 routes = web.RouteTableDef()
+SERVICE: web.AppKey[Service] = web.AppKey("service")
 
 
 def _service(request: web.Request) -> Service:
-    return request.app["service"]
+    return request.app[SERVICE]
 
 
 def _room_id(request: web.Request) -> str:

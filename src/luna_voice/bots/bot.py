@@ -148,10 +148,13 @@ class Bot:
                     log.info("bot.removed_without_page", bot=self.id)
                 except Exception as exc:
                     log.warning("bot.fallback_leave_failed", bot=self.id, error=str(exc))
+        log.debug("bot.shutdown_step", bot=self.id, step="left room")
         await self.pipeline.aclose()
+        log.debug("bot.shutdown_step", bot=self.id, step="pipeline closed")
         if self._ws is not None:
             with contextlib.suppress(Exception):
                 await self._ws.close()
+        log.debug("bot.shutdown_step", bot=self.id, step="bridge closed")
         if self._page is not None:
             await self._page.close()
         self.ended_at = time.time()
@@ -175,7 +178,7 @@ class Bot:
     # ------------------------------------------------------------------ bridge
     async def attach(self, request: web.Request) -> web.WebSocketResponse:
         """Serve the page's bridge WebSocket (``/bridge/{bot_id}``)."""
-        ws = web.WebSocketResponse(max_msg_size=bp.MAX_FRAME_BYTES, heartbeat=10)
+        ws = web.WebSocketResponse(max_msg_size=bp.MAX_FRAME_BYTES, heartbeat=10, timeout=2.0)
         await ws.prepare(request)
         try:
             hello = await self._hello(ws)

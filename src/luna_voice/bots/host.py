@@ -69,7 +69,9 @@ class ChromiumHost:
             self._browser.on("disconnected", self._lost)
             log.info("chromium.started", path=str(self.chromium_path), version=self._browser.version)
 
-    def _lost(self, _browser: Browser) -> None:
+    def _lost(self, browser: Browser) -> None:
+        if self._browser is not browser:  # closed on purpose
+            return
         log.error("chromium.lost")
         self._browser = None
         if self.on_browser_lost is not None:
@@ -88,10 +90,10 @@ class ChromiumHost:
 
     async def close(self) -> None:
         async with self._lock:
-            if self._browser is not None:
+            browser, self._browser = self._browser, None
+            if browser is not None:
                 with contextlib.suppress(Exception):
-                    await self._browser.close()
-                self._browser = None
+                    await browser.close()
             if self._pw is not None:
                 with contextlib.suppress(Exception):
                     await self._pw.stop()

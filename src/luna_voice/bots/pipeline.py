@@ -83,9 +83,10 @@ class Pipeline:
         tasks += [task for _, task in self._speech.values()]
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+        if tasks:  # bounded: a provider that ignores cancellation must not keep the bot from leaving
+            _done, stuck = await asyncio.wait(tasks, timeout=2.0)
+            if stuck:
+                log.warning("pipeline.tasks_stuck", count=len(stuck))
         for provider in (self.stt, self.llm, self.tts):
             try:
                 await provider.aclose()

@@ -390,8 +390,9 @@ class Conversation:
         turn.state = state
         turn.mark("finished", now)
         spoken = turn.spoken_text
-        if spoken:
+        if spoken or turn.interrupted:  # cut off before a word was heard: history must say so too
             self._out.append(act.RecordSpoken(turn.id, spoken, turn.interrupted))
+        if spoken:
             self._remember(self.cfg.bot_name, spoken + ("…" if turn.interrupted else ""), now)
             if not turn.interrupted:
                 self.policy.answered(turn.speaker_id, now)

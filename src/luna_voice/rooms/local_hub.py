@@ -65,7 +65,9 @@ class LocalRoomHub:
                 elif data.get("type") == "signal":
                     target = self.rooms.get(room_id, {}).get(str(data.get("to")))
                     if target and not target.ws.closed:
-                        await target.ws.send_str(json.dumps({"type": "signal", "from": peer.id, "data": data.get("data")}))
+                        await target.ws.send_str(
+                            json.dumps({"type": "signal", "from": peer.id, "data": data.get("data")})
+                        )
         finally:
             if peer is not None:
                 members = self.rooms.get(room_id, {})
@@ -88,7 +90,9 @@ class LocalRoomHub:
         kind = "bot" if data.get("kind") == "bot" else "human"
         peer = Peer(id=f"p{next(self._ids)}", name=name, kind=kind, ws=ws)
         await ws.send_str(
-            json.dumps({"type": "welcome", "id": peer.id, "peers": [p.public() for p in members.values()], "ice": self.ice})
+            json.dumps(
+                {"type": "welcome", "id": peer.id, "peers": [p.public() for p in members.values()], "ice": self.ice}
+            )
         )
         await self._broadcast(room_id, {"type": "peer_joined", "peer": peer.public()})
         members[peer.id] = peer
