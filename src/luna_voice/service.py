@@ -36,6 +36,7 @@ class Service:
     ) -> None:
         self.settings = settings
         self.providers = providers or select_providers(settings)
+        self.prices = self.providers.prices(settings.prices)
         self.hub = LocalRoomHub(ice=settings.local_ice)
         self.host = host or ChromiumHost(settings.chromium_path)
         self.manager = BotManager(
@@ -131,7 +132,7 @@ class Service:
             is_addressed=AddressDetector(name).is_addressed,
             is_backchannel=is_backchannel,
             new_chunker=SentenceChunker,
-            price=lambda usage: price(usage, s.prices),
+            price=lambda usage: price(usage, self.prices),
         )
         return Pipeline(
             core,

@@ -40,7 +40,7 @@ class BotPage:
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
-            await self.context.close()
+            await asyncio.wait_for(self.context.close(), 5.0)
 
 
 class ChromiumHost:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from luna_voice.config import Settings
+from luna_voice.config import Prices, Settings
 from luna_voice.providers.base import ReplyEngine, SpeechToText, TextToSpeech
 
 
@@ -25,6 +25,17 @@ class ProviderSet:
     make_tts: Callable[[], TextToSpeech]
     names: dict[str, str]
     notes: list[str] = field(default_factory=list)
+
+    def prices(self, list_prices: Prices) -> Prices:
+        """Unit prices for this set: offline engines cost nothing, whatever the cloud list price."""
+        free: dict[str, float] = {}
+        if self.names["stt"] == "whisper":
+            free["stt_per_minute"] = 0.0
+        if self.names["llm"] == "demo":
+            free.update(llm_input_per_mtok=0.0, llm_output_per_mtok=0.0)
+        if self.names["tts"] == "offline":
+            free["tts_per_mchar"] = 0.0
+        return list_prices.model_copy(update=free)
 
     @property
     def offline(self) -> bool:
