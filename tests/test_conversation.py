@@ -125,7 +125,12 @@ GROUP = (("a", "Alice"), ("b", "Bob"))
 
 @pytest.mark.parametrize(
     "text",
-    ["Luna, what time is it?", "露娜，今天天气怎么样？", "I wonder what Luna thinks about it", "Lunar, can you hear me?"],
+    [
+        "Luna, what time is it?",
+        "露娜，今天天气怎么样？",
+        "I wonder what Luna thinks about it",
+        "Lunar, can you hear me?",
+    ],
 )
 def test_addressed_by_name_in_a_group(text):
     room = Room()

@@ -5,47 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import subprocess
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from luna_voice.providers.offline import WhisperSTT
-from speech import make_speech_wav, words_match
 
 from luna_voice.providers.base import PIPELINE_RATE
+from luna_voice.providers.offline import WhisperSTT
+from roomtools import active_seconds, human_page, speech_file, until
+from speech import words_match
 
 pytestmark = pytest.mark.browser
 
 SAID = "Hello there, what is the weather like today?"
-
-
-async def until(predicate, limit: float, what: str, step: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + limit
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}")
-        await asyncio.sleep(step)
-
-
-def speech_file(tmp_path: Path, text: str, lead_silence_s: float) -> Path:
-    """A 48 kHz WAV that is silent for ``lead_silence_s`` (time to join and connect), then says ``text``."""
-    raw = make_speech_wav(text, tmp_path / "raw.wav")
-    out = tmp_path / "mic.wav"
-    subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", str(out), "pad", str(lead_silence_s), "1.5"], check=True)
-    return out
-
-
-def active_seconds(pcm: np.ndarray, rate: int, threshold: float = 0.02) -> float:
-    """Seconds of 20 ms frames louder than ``threshold`` (RMS, full scale 1.0)."""
-    frame = rate // 50
-    n = len(pcm) // frame
-    frames = pcm[: n * frame].astype(np.float32).reshape(n, frame) / 32768
-    return float((np.sqrt((frames**2).mean(axis=1)) > threshold).sum() * 0.02)
 
 
 async def transcribe(pcm: np.ndarray) -> str:
@@ -66,15 +37,7 @@ async def test_luna_hears_a_person_and_answers_out_loud(start_service, launch_hu
 
     await until(joined, 30, "Luna to join the local room")
 
-    human = await launch_human(speech_file(tmp_path, SAID, lead_silence_s=4.0))
-    page = await (await human.new_context()).new_page()
-    await page.goto(f"{svc.url}/demo/rooms/e2e?name=Alice&autojoin=1&processing=0")
-
-    async def luna_visible():
-        names = [p["name"] for p in await page.evaluate("window.lunaDemo ? lunaDemo.participants() : []")]
-        return "Luna" in names
-
-    await until(luna_visible, 15, "Luna in Alice's participant grid")
+    page = await human_page(launch_human, svc.url, "e2e", "Alice", speech_file(tmp_path, SAID, lead_silence_s=4.0))
     await page.evaluate("lunaDemo.startRecording()")
 
     async def answered():

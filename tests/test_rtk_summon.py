@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+
 from fakes.cloudflare_rtk import FakeCloudflareRtk
 from test_bridge import PagelessHost, page_config
 

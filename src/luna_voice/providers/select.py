@@ -106,10 +106,10 @@ def _tts(s: Settings, notes: list[str]) -> tuple[str, Callable[[], TextToSpeech]
         if choice == "offline":
             notes.append("speech: AZURE_SPEECH_KEY/REGION are not set, using offline Piper (English) and espeak-ng")
     if choice == "azure":
-        from luna_voice.providers.azure_tts import AzureTTS
+        from luna_voice.providers.azure_tts import AzureTextToSpeech
 
         key = _secret(s.azure_speech_key) or ""
-        return "azure", lambda: AzureTTS(
+        return "azure", lambda: AzureTextToSpeech(
             key=key,
             region=s.azure_speech_region,
             endpoint=s.azure_speech_endpoint,

@@ -1,0 +1,54 @@
+"""Helpers for browser tests in the local room: waiting, speech files with a lead-in, people's pages."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+from playwright.async_api import Page
+
+from speech import make_speech_wav
+
+
+async def until(predicate, limit: float, what: str, step: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + limit
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}")
+        await asyncio.sleep(step)
+
+
+def speech_file(tmp_path: Path, text: str, lead_silence_s: float) -> Path:
+    """A 48 kHz WAV that is silent for ``lead_silence_s`` (time to join and connect), then says ``text``."""
+    raw = make_speech_wav(text, tmp_path / "raw.wav")
+    out = tmp_path / "mic.wav"
+    subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", str(out), "pad", str(lead_silence_s), "1.5"], check=True)
+    return out
+
+
+def active_seconds(pcm: np.ndarray, rate: int, threshold: float = 0.02) -> float:
+    """Seconds of 20 ms frames louder than ``threshold`` (RMS, full scale 1.0)."""
+    frame = rate // 50
+    n = len(pcm) // frame
+    frames = pcm[: n * frame].astype(np.float32).reshape(n, frame) / 32768
+    return float((np.sqrt((frames**2).mean(axis=1)) > threshold).sum() * 0.02)
+
+
+async def human_page(launch_human, base_url: str, room: str, name: str, wav: Path | None) -> Page:  # type: ignore[no-untyped-def]
+    """A person joins the local room in their own browser (microphone = ``wav``) and sees Luna in the grid."""
+    browser = await launch_human(wav)
+    page = await (await browser.new_context()).new_page()
+    await page.goto(f"{base_url}/demo/rooms/{room}?name={name}&autojoin=1&processing=0")
+
+    async def luna_visible() -> bool:
+        names = [p["name"] for p in await page.evaluate("window.lunaDemo ? lunaDemo.participants() : []")]
+        return "Luna" in names
+
+    await until(luna_visible, 15, f"Luna in {name}'s participant grid")
+    return page
