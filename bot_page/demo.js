@@ -2,7 +2,8 @@
 // captions, and record what you hear. Scriptable as a person would use it (tests drive it this way):
 //   ?name=NAME&autojoin=1[&processing=0]
 //   window.lunaDemo.join() / leave() / participants() -> [{id, name}] / summon(body) / dismiss()
-//   window.lunaDemo.startRecording() / stopRecording() -> {sampleRate, pcm}  (pcm: base64 int16 LE mono)
+//   window.lunaDemo.startRecording([name]) / stopRecording() -> {sampleRate, pcm}  (pcm: base64 int16 LE mono;
+//     with a name, only that participant is recorded — e.g. "Luna")
 //   window.lunaDemo.captions() -> the caption lines shown
 import { LocalRoom, attachSink } from "./lib/local-room.js";
 
@@ -85,6 +86,8 @@ async function join() {
     await attachSink(stream, { muted: false }); // you hear everyone through this element
     const source = ctx.createMediaStreamSource(stream);
     const t = tile(participant.id, participant.name, participant.kind);
+    t.name = participant.name;
+    t.source = source;
     t.analyser = ctx.createAnalyser();
     source.connect(t.analyser);
     source.connect(recordBus);
@@ -184,22 +187,28 @@ function caption(turn) {
 }
 
 // --- recorder: what this participant hears, mixed, 16 kHz -----------------------------------------------
-function startRecording() {
+function startRecording(only = null) {
   if (!recordBus) throw new Error("join the room first");
+  let input = recordBus;
+  if (only) {
+    const t = [...tiles.values()].find((x) => x.name === only && x.source);
+    if (!t) throw new Error(`nobody called ${only} is audible here`);
+    input = t.source;
+  }
   const node = new AudioWorkletNode(ctx, "luna-capture", { numberOfInputs: 1, outputChannelCount: [1] });
   const chunks = [];
   node.port.onmessage = ({ data }) => chunks.push(new Int16Array(data));
-  recordBus.connect(node);
+  input.connect(node);
   const mute = ctx.createGain();
   mute.gain.value = 0;
   node.connect(mute).connect(ctx.destination);
-  recorder = { node, chunks };
+  recorder = { node, chunks, input };
   $("rec").textContent = "Stop recording";
 }
 
 function stopRecording() {
   if (!recorder) return { sampleRate: 16000, pcm: "" };
-  recordBus.disconnect(recorder.node);
+  recorder.input.disconnect(recorder.node);
   recorder.node.disconnect();
   const total = recorder.chunks.reduce((n, c) => n + c.length, 0);
   const pcm = new Int16Array(total);

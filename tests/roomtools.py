@@ -24,10 +24,10 @@ async def until(predicate, limit: float, what: str, step: float = 0.2):  # type:
         await asyncio.sleep(step)
 
 
-def speech_file(tmp_path: Path, text: str, lead_silence_s: float) -> Path:
+def speech_file(tmp_path: Path, text: str, lead_silence_s: float, name: str = "mic") -> Path:
     """A 48 kHz WAV that is silent for ``lead_silence_s`` (time to join and connect), then says ``text``."""
-    raw = make_speech_wav(text, tmp_path / "raw.wav")
-    out = tmp_path / "mic.wav"
+    raw = make_speech_wav(text, tmp_path / f"{name}-raw.wav")
+    out = tmp_path / f"{name}.wav"
     subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", str(out), "pad", str(lead_silence_s), "1.5"], check=True)
     return out
 
@@ -40,15 +40,22 @@ def active_seconds(pcm: np.ndarray, rate: int, threshold: float = 0.02) -> float
     return float((np.sqrt((frames**2).mean(axis=1)) > threshold).sum() * 0.02)
 
 
-async def human_page(launch_human, base_url: str, room: str, name: str, wav: Path | None) -> Page:  # type: ignore[no-untyped-def]
-    """A person joins the local room in their own browser (microphone = ``wav``) and sees Luna in the grid."""
+async def human_page(launch_human, base_url: str, room: str, name: str, wav: Path | None, *, join: bool = True) -> Page:  # type: ignore[no-untyped-def]
+    """A person opens the local room in their own browser (microphone = ``wav``, which starts playing when they
+    join) and, if ``join``, joins and waits to see Luna in the grid."""
     browser = await launch_human(wav)
     page = await (await browser.new_context()).new_page()
-    await page.goto(f"{base_url}/demo/rooms/{room}?name={name}&autojoin=1&processing=0")
+    await page.goto(f"{base_url}/demo/rooms/{room}?name={name}&processing=0")
+    if join:
+        await join_room(page, name)
+    return page
+
+
+async def join_room(page: Page, name: str) -> None:
+    await page.evaluate("lunaDemo.join()")
 
     async def luna_visible() -> bool:
-        names = [p["name"] for p in await page.evaluate("window.lunaDemo ? lunaDemo.participants() : []")]
+        names = [p["name"] for p in await page.evaluate("lunaDemo.participants()")]
         return "Luna" in names
 
     await until(luna_visible, 15, f"Luna in {name}'s participant grid")
-    return page

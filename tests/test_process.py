@@ -44,8 +44,14 @@ async def test_sigterm_makes_bots_leave_and_chromium_exit(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in SECRETS}
     env.update(LUNA_LOCAL_ICE="loopback", HF_HUB_OFFLINE="1")
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("luna-voice")), "serve", "--port", str(port),
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
+        str(Path(sys.executable).with_name("luna-voice")),
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,
     )
     url = f"http://127.0.0.1:{port}"
     try:
