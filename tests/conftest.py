@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Playwright, async_playwright
 
+from luna_voice.api.routes import SERVICE
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.config import Settings
 from luna_voice.providers.select import ProviderSet
@@ -71,6 +72,7 @@ async def start_service() -> AsyncIterator[StartService]:
     for http in sessions:
         await http.close()
     for runner in reversed(runners):
+        await runner.app[SERVICE].stop()
         await runner.cleanup()
 
 

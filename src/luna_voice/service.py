@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -165,8 +167,12 @@ class Service:
             self.browser_error = f"{type(exc).__name__}: {exc}"
             log.error("chromium.failed", error=self.browser_error)
 
-    async def _on_shutdown(self, _app: web.Application) -> None:
+    async def stop(self) -> None:
+        """Every bot leaves its room, then Chromium and the providers close. Call before the HTTP server stops."""
         await self.manager.shutdown()
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.stop()
         await self.providers.aclose()
         if self.rtk is not None:
             await self.rtk.aclose()
@@ -180,6 +186,24 @@ class Service:
         return app
 
 
+async def _run(service: Service) -> None:
+    s = service.settings
+    runner = web.AppRunner(service.app(), handle_signals=False, shutdown_timeout=15)
+    await runner.setup()
+    await web.TCPSite(runner, s.host, s.port).start()
+    public = s.public_url or f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
+    print(f"\n  Luna voice is up. Demo room: {public}/demo/rooms/demo\n", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("service.stopping")
+    # Bots leave their rooms while the bridge sockets still work; aiohttp's own shutdown closes connections.
+    await service.stop()
+    await runner.cleanup()
+
+
 def serve(host: str | None = None, port: int | None = None) -> None:
     settings = Settings()
     if host is not None:
@@ -187,10 +211,4 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     if port is not None:
         settings.port = port
     logs.configure(settings.log_level, json=settings.log_json)
-    service = Service(settings)
-    public = (
-        settings.public_url
-        or f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{settings.port}"
-    )
-    print(f"\n  Luna voice is up. Demo room: {public}/demo/rooms/demo\n", flush=True)
-    web.run_app(service.app(), host=settings.host, port=settings.port, print=None, shutdown_timeout=15)
+    asyncio.run(_run(Service(settings)))
