@@ -249,6 +249,14 @@ window.lunaDemo = {
   join, leave, participants, summon, dismiss, startRecording, stopRecording,
   captions: () => [...$("captions").querySelectorAll("li")].map((li) => li.textContent),
 };
+async function showEngines() {
+  const ready = await (await fetch("/readyz")).json();
+  const p = ready.providers;
+  const demo = p.llm === "demo" ? " — the demo responder only repeats what it heard; it is not an AI" : "";
+  $("engines").textContent = `Engines: hearing ${p.stt}, replies ${p.llm}, voice ${p.tts}${demo}.`;
+}
+
 requestAnimationFrame(meterLoop);
+showEngines().catch(() => {});
 watch();
 if (params.get("autojoin") === "1") join().catch((err) => status(String(err)));
