@@ -75,3 +75,20 @@ async def test_dismiss_ends_the_bot(api):
     assert status == 200 and body["state"] == "ended" and body["sub_code"] == "dismissed"
     status, again = await api.call("POST", "/rooms/gone/luna")
     assert status == 201 and again["bot_id"] != body["bot_id"]
+
+
+async def test_openapi_document_describes_the_api(api):
+    status, doc = await api.call("GET", "/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    assert {"post", "get", "delete"} <= doc["paths"]["/rooms/{room_id}/luna"].keys()
+    summon = doc["components"]["schemas"]["SummonRequest"]
+    assert {"backend", "auth_token", "policy", "name"} == set(summon["properties"])
+    assert summon["additionalProperties"] is False
+
+
+async def test_metrics_are_prometheus_text(api):
+    await api.call("POST", "/rooms/m/luna")
+    async with api.http.get(api.url + "/metrics") as resp:
+        text = await resp.text()
+        assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    assert 'luna_bots{state="joining"} 1.0' in text

@@ -68,6 +68,13 @@ async def test_luna_hears_a_person_and_answers_out_loud(start_service, launch_hu
     assert voiced >= 0.5 * turn["reply_audio_s"], (voiced, turn["reply_audio_s"])
     assert words_match(turn["reply_text"], await transcribe(heard), min_ratio=0.5)
 
+    # Operators see the turn in Prometheus metrics.
+    async with svc.http.get(svc.url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'luna_turns_total{reason="one_to_one",state="done"} 1.0' in metrics
+    assert "luna_reply_latency_seconds_count 1.0" in metrics
+    assert 'luna_bots{state="joined"} 1.0' in metrics
+
     # Dismiss: Luna leaves Alice's grid and her browser context is gone.
     status, after = await svc.call("DELETE", "/rooms/e2e/luna")
     assert status == 200

@@ -24,6 +24,7 @@ from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
 from luna_voice.conversation.endpointing import EndpointConfig
+from luna_voice.metrics import Metrics
 from luna_voice.providers.select import ProviderSet, select_providers
 from luna_voice.rooms.local_hub import LocalRoomHub
 from luna_voice.rooms.rtk_api import RtkApi, RtkApiError
@@ -47,7 +48,9 @@ class Service:
             timings=BotTimings(settings.join_timeout_s, settings.alone_timeout_s, settings.max_duration_s),
             page_url=self._page_url,
             make_pipeline=self._make_pipeline,
+            on_event=lambda event: self.metrics.observe(event),
         )
+        self.metrics = Metrics(lambda: (str(b.state) for b in self.manager.rooms.values()))
         self.rtk = (
             RtkApi(
                 account_id=settings.rtk_account_id or "",

@@ -13,8 +13,10 @@ from pydantic import ValidationError
 
 from luna_voice.api.errors import ApiError
 from luna_voice.api.models import ROOM_ID, SummonRequest
+from luna_voice.api.openapi import document
 from luna_voice.bots.manager import CapacityReached
 from luna_voice.bridge import protocol as bp
+from luna_voice.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
     from luna_voice.service import Service
@@ -155,6 +157,17 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     report = _service(request).readiness()
     return web.json_response(report, status=200 if report["ready"] else 503)
+
+
+@routes.get("/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    body = _service(request).metrics.render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
 @routes.get("/bridge/{bot_id}")

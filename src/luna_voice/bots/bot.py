@@ -53,6 +53,7 @@ class Bot:
     options: dict[str, Any] = field(default_factory=dict)
     # Removes Luna from the room without the page (RTK: the REST kick), for a page that does not answer.
     fallback_leave: Callable[[], Awaitable[None]] | None = None
+    on_event: Callable[[dict[str, Any]], None] | None = None  # every published event (metrics)
     id: str = field(default_factory=lambda: "bot_" + secrets.token_hex(6))
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
 
@@ -294,6 +295,8 @@ class Bot:
 
     def publish(self, event: dict[str, Any]) -> None:
         event = {**event, "room_id": self.room_id, "bot_id": self.id}
+        if self.on_event is not None:
+            self.on_event(event)
         for q in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):  # a stalled watcher loses events, never the bot
                 q.put_nowait(event)

@@ -32,12 +32,14 @@ class BotManager:
         timings: BotTimings,
         page_url: Callable[[dict[str, Any]], str],
         make_pipeline: Callable[[Bot], Pipeline],
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.host = host
         self.max_bots = max_bots
         self.timings = timings
         self.page_url = page_url
         self.make_pipeline = make_pipeline
+        self.on_event = on_event
         self.rooms: dict[str, Bot] = {}  # the latest bot of each room, live or ended (for its status)
         self.by_id: dict[str, Bot] = {}
         self._lock = asyncio.Lock()
@@ -76,6 +78,7 @@ class BotManager:
                 timings=self.timings,
                 options=options,
                 fallback_leave=fallback_leave,
+                on_event=self.on_event,
             )
             if current is not None:
                 self.by_id.pop(current.id, None)
