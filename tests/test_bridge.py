@@ -75,12 +75,14 @@ class PagelessHost:
         self.urls: list[str] = []
         self.ready = True
         self.on_browser_lost = None
+        self.crash = lambda: None  # simulates the page crashing once it is open
 
     async def start(self) -> None:
         pass
 
     async def open(self, url, *, on_crash):  # type: ignore[no-untyped-def]
         self.urls.append(url)
+        self.crash = on_crash
 
         class Handle:
             async def close(self) -> None:
