@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+
 from roomtools import until
 from test_bridge import PagelessHost, page_config
 
@@ -89,12 +90,23 @@ async def test_reconnecting_then_joined_again(start_service):
     await ws.close()
 
 
-async def test_page_crash_ends_the_bot(start_service):
+async def test_page_crash_rejoins_once_then_fails(start_service):
     svc, bot, cfg, host = await summon(start_service)
     ws = await attach(svc, bot, cfg)
     await ws.send_str(json.dumps({"type": "room_state", "state": "joined"}))
+    await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Ann"}))
     await until(lambda: _state(svc, "joined"), 5, "joined")
     host.crash()
+    await ws.close()
+    await until(lambda: asyncio.sleep(0, len(host.urls) == 2), 5, "a fresh page")
+    status = (await svc.call("GET", "/rooms/life/luna"))[1]
+    assert (status["state"], status["sub_code"]) == ("reconnecting", "crashed")
+    assert status["participants"] == []  # the new page tells again who is there
+    ws = await attach(svc, bot, page_config(host.urls[1]))
+    await ws.send_str(json.dumps({"type": "room_state", "state": "joined"}))
+    await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Ann"}))
+    await until(lambda: _state(svc, "joined"), 5, "joined again")
+    host.crash()  # a second crash is not retried
     body = await ended(svc)
     assert (body["state"], body["sub_code"]) == ("failed", "crashed")
     await ws.close()

@@ -29,6 +29,7 @@ from luna_voice.bridge import protocol as bp
 log = structlog.get_logger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+MAX_REJOINS = 1  # a page that crashes again right after rejoining is not retried forever
 LEAVE_GRACE_S = 3.0
 # roomLeft states reported by the page → our sub-codes
 _LEFT_SUB_CODES = {"ended": sc.ROOM_ENDED, "kicked": sc.KICKED, "rejected": sc.REJECTED, "waitlisted": sc.WAITLISTED}
@@ -77,6 +78,7 @@ class Bot:
         self._pids: dict[int, str] = {}
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self.task: asyncio.Task[None] | None = None
+        self._rejoins = 0
         self.bridge_stats = {"frames_in": 0, "bytes_out": 0, "malformed": 0}
 
     # ------------------------------------------------------------------ lifecycle
@@ -86,17 +88,10 @@ class Bot:
     async def run(self) -> None:
         try:
             self._set_state(BotState.JOINING)
-            self._page = await self.host.open(
-                self._url(), on_crash=lambda: self.request_end(sc.CRASHED, "page crashed")
-            )
-            try:
-                await asyncio.wait_for(self._wait_joined(), self.timings.join_timeout_s)
-            except TimeoutError:
-                if self._end_request is None:
-                    self.request_end(sc.JOIN_TIMEOUT, f"not joined after {self.timings.join_timeout_s:.0f} s")
-            if self._end_request is None:
-                self.pipeline.start()
-                await self._supervise()
+            while True:
+                await self._stay()
+                if not await self._may_rejoin():
+                    break
         except asyncio.CancelledError:
             self.request_end(sc.SHUTDOWN, "service stopping")
             raise
@@ -105,6 +100,40 @@ class Bot:
             self.request_end(sc.CRASHED, f"{type(exc).__name__}: {exc}")
         finally:
             await self._shutdown()
+
+    async def _stay(self) -> None:
+        """Open the page, wait until it is in the room, then supervise until something ends the stay."""
+        self._page = await self.host.open(self._url(), on_crash=lambda: self.request_end(sc.CRASHED, "page crashed"))
+        try:
+            await asyncio.wait_for(self._wait_joined(), self.timings.join_timeout_s)
+        except TimeoutError:
+            if self._end_request is None:
+                self.request_end(sc.JOIN_TIMEOUT, f"not joined after {self.timings.join_timeout_s:.0f} s")
+        if self._end_request is None:
+            if self.pipeline.started is False:
+                self.pipeline.start()
+            await self._supervise()
+
+    async def _may_rejoin(self) -> bool:
+        """After a crash of a page that had joined, open a fresh page and join again (at most MAX_REJOINS times)."""
+        if self._end_request is None or self._end_request[0] != sc.CRASHED or self.joined_at is None:
+            return False
+        if self._rejoins >= MAX_REJOINS:
+            return False
+        self._rejoins += 1
+        log.warning("bot.rejoining", bot=self.id, reason=self._end_request[1], attempt=self._rejoins)
+        self._set_state(BotState.RECONNECTING, sc.CRASHED, self._end_request[1])
+        self._end_request = None
+        self._end.clear()
+        self._joined.clear()
+        self._page_left.clear()
+        for pid in list(self._pids.values()):  # the new page announces who is there again
+            self.pipeline.participant_left(pid)
+        self._pids.clear()
+        old, self._page = self._page, None
+        if old is not None:
+            await old.close()
+        return True
 
     async def _wait_joined(self) -> None:
         joined = asyncio.ensure_future(self._joined.wait())

@@ -67,6 +67,10 @@ class Pipeline:
         self._wake = asyncio.Event()
 
     # ------------------------------------------------------------------ lifecycle
+    @property
+    def started(self) -> bool:
+        return self._ticker is not None
+
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name="pipeline-ticker")
         self._spawn(self._warm())
