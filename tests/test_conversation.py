@@ -341,3 +341,19 @@ def test_cost_and_usage_are_summed_per_turn():
     synthesized = sum(len(a.text) for a in room.of(act.Synthesize))
     assert turn["usage"]["stt_seconds"] == 1.0 and turn["usage"]["tts_characters"] == synthesized > 0
     assert turn["cost_usd"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("line", ["", "I'm getting a lot of questions, give me a moment."])
+def test_rate_limited_reply_is_silence_or_one_configured_line(line):
+    room = Room(rate_limited_line=line)
+    room.join(("a", "Alice"))
+    room.auto_reply = False
+    room.say("a", "Luna, are you there?")
+    turn_id = room.of(act.RequestReply)[0].turn_id
+    room.core.reply_failed(turn_id, "rate limited", room.now, rate_limited=True)
+    room._run()
+    room.wait(4)
+    turn = room.turn_by("a")
+    assert turn["error"] == "llm: rate limited" and turn["state"] == "failed"
+    assert turn["spoken_text"] == line
+    assert [a.text for a in room.of(act.Synthesize)] == ([line] if line else [])

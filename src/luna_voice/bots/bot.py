@@ -25,6 +25,7 @@ from luna_voice.bots.host import BotPage, ChromiumHost
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.bots.states import BotState
 from luna_voice.bridge import protocol as bp
+from luna_voice.conversation.turns import TERMINAL
 
 log = structlog.get_logger(__name__)
 
@@ -324,6 +325,19 @@ class Bot:
 
     def publish(self, event: dict[str, Any]) -> None:
         event = {**event, "room_id": self.room_id, "bot_id": self.id}
+        if event["type"] == "turn" and event["turn"]["state"] in TERMINAL:
+            t = event["turn"]
+            log.info(
+                "turn.ended",
+                bot=self.id,
+                turn=t["id"],
+                speaker=t["speaker"]["name"],
+                state=t["state"],
+                reason=t["reason"],
+                error=t["error"],
+                reply_ms=t["latency"].get("first_audio_played_ms"),
+                cost_usd=t["cost_usd"],
+            )
         if self.on_event is not None:
             self.on_event(event)
         for q in list(self._subscribers):
