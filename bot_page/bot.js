@@ -30,6 +30,7 @@ function log(level, message) {
 }
 
 function setState(state, sub_code = null, reason = null) {
+  if (ended) return; // left/failed is final: a join that returns after the room ended us must not say "joined"
   statusEl.textContent = state + (sub_code ? ` (${sub_code})` : "");
   window.lunaBot.state = state;
   send({ type: "room_state", state, sub_code, reason });
