@@ -66,6 +66,7 @@ async def test_join_timeout_is_a_failure_with_a_reason(start_service):
         ({"state": "left", "sub_code": "ended", "reason": "meeting ended for all"}, "ended", "room_ended"),
         ({"state": "left", "sub_code": "kicked", "reason": "a host removed Luna"}, "ended", "kicked"),
         ({"state": "left", "sub_code": "waitlisted", "reason": "preset has a waiting room"}, "failed", "waitlisted"),
+        ({"state": "failed", "sub_code": "disconnected", "reason": "reconnect gave up"}, "failed", "disconnected"),
     ],
 )
 async def test_room_states_from_the_page(start_service, page_says, state, sub_code):

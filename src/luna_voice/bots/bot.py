@@ -165,7 +165,7 @@ class Bot:
 
     async def _shutdown(self) -> None:
         sub_code, reason = self._end_request or (sc.CRASHED, "bot stopped unexpectedly")
-        failed = sub_code in (sc.JOIN_FAILED, sc.JOIN_TIMEOUT, sc.CRASHED, sc.REJECTED, sc.WAITLISTED)
+        failed = sub_code in sc.FAILURES
         if self.state is not BotState.FAILED:
             self._set_state(BotState.LEAVING)
         if self.page_info.get("state") in ("joined", "joining", "reconnecting"):

@@ -34,4 +34,8 @@ MAX_DURATION = "max_duration"
 JOIN_FAILED = "join_failed"
 JOIN_TIMEOUT = "join_timeout"
 CRASHED = "crashed"
+DISCONNECTED = "disconnected"  # the room connection was lost and could not be re-established
 SHUTDOWN = "shutdown"
+
+# Ends that are failures (state ``failed``); every other sub-code ends in ``ended``.
+FAILURES = frozenset({JOIN_FAILED, JOIN_TIMEOUT, CRASHED, REJECTED, WAITLISTED, DISCONNECTED})
