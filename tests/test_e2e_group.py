@@ -8,10 +8,10 @@ import base64
 
 import numpy as np
 import pytest
-from roomtools import active_seconds, human_page, join_room, speech_file, until
-from speech import words_match
 
 from luna_voice.providers.base import PIPELINE_RATE
+from roomtools import active_seconds, human_page, join_room, speech_file, until
+from speech import words_match
 
 pytestmark = pytest.mark.browser
 
