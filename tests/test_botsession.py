@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from fakes.botsession import FakeBotSession, Reply, fake_botsession, serve
 from luna_voice.providers.base import ProviderError, RateLimited, ReplyRequest, RoomLine, Usage
-from luna_voice.providers.botsession import SILENCE_TOKEN, BotSessionEngine, SilenceGate, parse_retry_after
+from luna_voice.providers.botsession import SILENCE_TOKEN, BotSessionEngine, SilenceGate
+from luna_voice.retry_after import parse_retry_after
 
 TOKEN = "tok-ABCDEF-secret"
 SECRET = "hmac-secret-XYZ"

@@ -21,7 +21,6 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -30,6 +29,7 @@ from aiohttp.http_exceptions import LineTooLong
 from yarl import URL
 
 from luna_voice.providers.base import ProviderError, RateLimited, ReplyRequest, Usage
+from luna_voice.retry_after import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -74,20 +74,6 @@ class SilenceGate:
         self._deciding = False
         released, self._held = self._held, ""
         return released
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` is either delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
 
 
 def status_error(provider: str, status: int, *, retry_after: str | None = None, code: Any = None) -> ProviderError:

@@ -25,13 +25,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import structlog
 from pydantic import SecretStr
+
+from luna_voice.retry_after import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
@@ -208,7 +208,7 @@ class RtkApi:
                 async with self._session.request(method, url, json=body, headers=headers) as resp:
                     status = resp.status
                     payload = _parse_json(await resp.read())
-                    retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             except (TimeoutError, aiohttp.ClientError) as exc:
                 failure = "timed out" if isinstance(exc, TimeoutError) else f"connection failed ({type(exc).__name__})"
                 log.warning(
@@ -287,23 +287,6 @@ def _parse_json(raw: bytes) -> Any:
         return json.loads(raw)
     except ValueError:
         return None  # an HTML error page from a proxy, an empty body…
-
-
-def _parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` in seconds, from either of its forms (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _ms(started: float) -> int:
