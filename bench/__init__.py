@@ -1,0 +1,1 @@
+"""Benchmarks for Luna voice (not part of the test suite): ``python -m bench --help``."""

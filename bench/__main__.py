@@ -1,0 +1,270 @@
+"""``python -m bench [--quick] [--out bench/results/latest.json]``: measure Luna voice against floors from the same
+run, print the tables, write the JSON. Browsers talk on 127.0.0.1 only: as root the bench re-runs itself in a
+network namespace that holds nothing but ``lo``; otherwise ICE is filtered to 127.0.0.1 (it always is, too)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+_ISOLATED = "LUNA_BENCH_NETNS"
+
+
+def _interfaces() -> set[str]:
+    """Interfaces of this process's network namespace (/proc/net/dev is per namespace; /sys/class/net is not)."""
+    with open("/proc/net/dev") as f:
+        return {line.split(":")[0].strip() for line in f.readlines()[2:]}
+
+
+def isolate() -> str:
+    """Re-exec inside ``unshare -n`` when possible; say how traffic is kept on loopback."""
+    if _interfaces() <= {"lo"}:
+        return "network namespace with only lo" if os.environ.get(_ISOLATED) else "no interface but lo"
+    usable = os.geteuid() == 0 and shutil.which("unshare") and shutil.which("ip")
+    if usable and subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0:
+        script = 'ip link set lo up && exec "$0" -m bench "$@"'
+        env = {**os.environ, _ISOLATED: "1"}
+        os.execvpe("unshare", ["unshare", "-n", "bash", "-c", script, sys.executable, *sys.argv[1:]], env)
+    return "ICE filtered to 127.0.0.1 (no network namespace available)"
+
+
+def _output(*cmd: str) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+
+
+def machine(isolation: str) -> dict[str, Any]:
+    with open("/proc/meminfo") as f:
+        mem_kb = int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
+    from bench.harness import CHROMIUM
+
+    chromium = next((line for line in _output(str(CHROMIUM), "--version").splitlines() if "Chromium" in line), "?")
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024**2, 1),
+        "cpu": platform.processor() or platform.machine(),
+        "chromium": chromium,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _output("git", "rev-parse", "--short", "HEAD"),
+        "isolation": isolation,
+    }
+
+
+async def run(quick: bool, isolation: str) -> dict[str, Any]:
+    from bench import scenarios as sc
+    from bench.harness import Rig
+    from bench.instant import ReplyAudio
+    from luna_voice import logs
+
+    logs.configure("warning")
+    plan = sc.Plan.make(quick)
+    audio = ReplyAudio()
+    results: dict[str, Any] = {}
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="luna-bench-") as tmp:
+        async with Rig() as rig:
+            svc = await rig.service(audio)
+            steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+                "floor_hearing": lambda: sc.floor_and_hearing(rig, svc, plan, Path(tmp)),
+                "turns": lambda: sc.turns(rig, svc, audio, plan, Path(tmp)),
+                "barge_in": lambda: sc.barge_in(rig, svc, audio, plan, Path(tmp)),
+                "scale": lambda: sc.scale(rig, svc, audio, plan, Path(tmp)),
+                "summon": lambda: sc.summon(rig, svc, audio, plan),
+            }
+            for name, step in steps.items():
+                t = time.monotonic()
+                print(f"[bench] {name} …", file=sys.stderr, flush=True)
+                try:
+                    results[name] = await step()
+                except Exception as exc:  # one broken measurement must not hide the others
+                    results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                results[name]["took_s"] = round(time.monotonic() - t, 1)
+                await rig.close_browsers()
+            # Every bot has ended by now, so each pipeline ticker still running outlived its bot.
+            tickers = sum(t.get_name() == "pipeline-ticker" and not t.done() for t in asyncio.all_tasks())
+            results["diagnostics"] = {"tickers_left_running": tickers, "live_bots": len(svc.service.manager.live())}
+    return {
+        "mode": "quick" if quick else "full",
+        "plan": vars(plan),
+        "machine": machine(isolation),
+        "took_s": round(time.monotonic() - started, 1),
+        "results": results,
+    }
+
+
+# ------------------------------------------------------------------------------------------------------ table
+def _f(v: float | None, digits: int = 0) -> str:
+    return "" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def _ratio(v: float | None, floor: float | None) -> str:
+    return "" if not v or not floor or v != v or floor != floor else f"{v / floor:.2f}"
+
+
+def _row(label: str, m: dict[str, Any], n: str, floor: float | None, note: str, *, less: float = 0.0) -> list[str]:
+    """One latency row; the ratio is (p50 - ``less``) over the floor's p50."""
+    p95 = _f(m["p95"]) if m["n"] > 1 else ""
+    return [label, _f(m["p50"]), p95, n, _f(floor), _ratio(m["p50"] - less, floor), note]
+
+
+def rows(r: dict[str, Any]) -> list[list[str]]:
+    """Latency table: measurement, p50, p95, n, floor p50, ratio to the floor, note."""
+    out: list[list[str]] = []
+
+    def ok(key: str, label: str) -> dict[str, Any] | None:
+        result = r.get(key, {"error": "not run"})
+        if "error" in result:
+            out.append([label, "n/a", "", "", "", "", result["error"]])
+            return None
+        return result
+
+    floor = None
+    if fh := ok("floor_hearing", "1 floor: page → page one-way, ms"):
+        floor, sent = fh["floor_ms"]["p50"], fh["clicks_sent"]
+        out.append(
+            _row(
+                "1 floor: page → page one-way, ms",
+                fh["floor_ms"],
+                f"{fh['floor_ms']['n']}/{sent}",
+                None,
+                "two plain demo pages",
+            )
+        )
+        out[-1][5] = "1.00"
+        to_page = f"to Luna's page {_f(fh['hearing_to_page_ms']['p50'])} ms, then the bridge"
+        out.append(
+            _row(
+                "2 hearing: page → Python one-way, ms",
+                fh["hearing_ms"],
+                f"{fh['hearing_ms']['n']}/{sent}",
+                floor,
+                to_page,
+            )
+        )
+        nccs = (fh["fidelity_hearing"], fh["fidelity_floor"])
+        out.append(
+            [
+                "2 hearing fidelity, NCC",
+                _f(nccs[0], 3),
+                "",
+                "",
+                _f(nccs[1], 3),
+                _ratio(*nccs),
+                "speech: Python vs plain page",
+            ]
+        )
+    if t := ok("turns", "3 speaking: Python → ear one-way, ms"):
+        s = t["speaking_ms"]
+        gaps = f"playback gaps {t['playback_gaps']} in {t['frames_out']} frames"
+        out.append(_row("3 speaking: Python → ear one-way, ms", s, f"{s['n']}/{t['clicks_sent']}", floor, gaps))
+        split = f"Python {_f(t['overhead_python_ms']['p50'])} + to the ear {_f(t['overhead_ear_ms']['p50'])}"
+        note = f"{split}; the {t['end_of_speech_ms']:.0f} ms end-of-speech window not counted"
+        out.append(
+            _row("4 turn overhead: end of speech → ear, ms", t["overhead_ms"], f"{t['turns']} turns", floor, note)
+        )
+    if b := ok("barge_in", "5 barge-in: mouth → silent at ear, ms"):
+        m, least = b["barge_in_ms"], b["barge_in_min_ms"]
+        label = "5 barge-in: mouth → silent at ear, ms"
+        if m["n"]:
+            note = f"includes barge_in_min_ms {least}; ratio on the rest"
+            out.append(_row(label, m, str(m["n"]), floor, note, less=least))
+        else:
+            why = f"Luna was never audible when a question began ({b['questions_while_silent']} questions)"
+            out.append([label, "n/a", "", "0", "", "", why])
+    if sm := ok("summon", "7 summon warm: POST → joined, ms"):
+        w, wf = sm["warm_ms"], sm["warm_floor_ms"]
+        out.append(
+            _row("7 summon warm: POST → joined, ms", w, str(w["n"]), wf["p50"], "floor: plain page context+load+join")
+        )
+        note = f"service start {_f(sm['startup_ms']['p50'])} ms before it; floor: first page of a fresh browser"
+        out.append(_row("7 summon cold: POST → joined, ms", sm["cold_ms"], "1", sm["cold_floor_ms"]["p50"], note))
+    return out
+
+
+SCALE_HEAD = [
+    "bots",
+    "CPU %/bot",
+    "RSS/PSS MB/bot",
+    "page CPU %",
+    "page RSS/PSS MB",
+    "CPU ratio",
+    "ear p50/p95 ms",
+    "clicks lost %",
+    "underruns %",
+    "shortened %",
+    "gaps/frames",
+]
+
+
+def scale_rows(r: dict[str, Any]) -> list[list[str]]:
+    sc = r.get("scale", {"error": "not run"})
+    if "error" in sc:
+        return [["n/a", *[""] * (len(SCALE_HEAD) - 2), sc["error"]]]
+    return [
+        [
+            str(x["bots"]),
+            _f(x["cpu_per_bot_pct"]),
+            f"{_f(x['rss_per_bot_mb'])} / {_f(x['pss_per_bot_mb'])}",
+            _f(x["human_cpu_per_page_pct"]),
+            f"{_f(x['human_rss_per_page_mb'])} / {_f(x['human_pss_per_page_mb'])}",
+            _ratio(x["cpu_per_bot_pct"], x["human_cpu_per_page_pct"]),
+            f"{_f(x['speaking_ms']['p50'])} / {_f(x['speaking_ms']['p95'])}",
+            _f(x["clicks_lost_pct"], 1),
+            _f(x["underrun_pct"], 3),
+            _f(x["reply_shortened_pct"], 1),
+            f"{x['playback_gaps']}/{x['frames_out']}",
+        ]
+        for x in sc["rows"]
+    ]
+
+
+def table(head: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    line = lambda row: "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
+
+
+def report(data: dict[str, Any]) -> str:
+    m, r = data["machine"], data["results"]
+    largest = r.get("scale", {}).get("largest_ok", "n/a")
+    diag = r.get("diagnostics", {})
+    return "\n\n".join(
+        [
+            f"Luna voice bench ({data['mode']}, {data['took_s']:.0f} s) — {m['nproc']} cores, {m['memory_gb']} GB, "
+            f"{m['chromium']}, {m['date']}, commit {m['commit']}, {m['isolation']}",
+            table(["measurement", "p50", "p95", "n", "floor p50", "ratio", "note"], rows(r)),
+            table(SCALE_HEAD, scale_rows(r)),
+            f"Largest N with underruns under 0.1 %: {largest}",
+            f"Pipeline tickers still running after their bots ended: {diag.get('tickers_left_running', '?')}",
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer samples; under 3 minutes on 2 cores")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    args = parser.parse_args()
+    isolation = isolate()
+    data = asyncio.run(run(args.quick, isolation))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(data, indent=2) + "\n")
+    print(report(data))
+    print(f"\n(JSON: {args.out})")
+
+
+if __name__ == "__main__":
+    main()

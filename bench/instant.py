@@ -1,0 +1,82 @@
+"""Providers that take no time, so a turn measures the service itself: STT returns a fixed text when the
+utterance ends, the reply engine answers at once, and TTS returns whatever audio the current scenario set."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from luna_voice.providers.base import ReplyRequest, Transcript, Usage
+from luna_voice.providers.select import ProviderSet
+
+HEARD = "Luna, are you there?"
+REPLY = "Yes, I am here."
+
+
+@dataclass
+class ReplyAudio:
+    """What Luna's voice sounds like in the running scenario (int16 LE mono at 48 kHz); scenarios swap it."""
+
+    pcm: bytes = b""
+
+
+class _Stream:
+    async def push(self, pcm: bytes) -> None:
+        pass
+
+    async def finish(self) -> Transcript:
+        return Transcript(HEARD, "en")
+
+    async def cancel(self) -> None:
+        pass
+
+
+class InstantSTT:
+    name = "instant"
+
+    def open_stream(self, *, prompt: str | None = None) -> _Stream:
+        return _Stream()
+
+    async def aclose(self) -> None:
+        pass
+
+
+class InstantReply:
+    name = "instant"
+
+    async def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]:
+        yield REPLY
+        yield Usage()
+
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+class InstantTTS:
+    name = "instant"
+    sample_rate = 48_000
+
+    def __init__(self, audio: ReplyAudio) -> None:
+        self.audio = audio
+
+    async def warm(self) -> None:
+        pass
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes | Usage]:
+        yield self.audio.pcm
+        yield Usage(tts_characters=len(text))
+
+    async def aclose(self) -> None:
+        pass
+
+
+def instant_providers(audio: ReplyAudio) -> ProviderSet:
+    return ProviderSet(
+        make_stt=InstantSTT,
+        make_llm=InstantReply,
+        make_tts=lambda: InstantTTS(audio),
+        names={"stt": "instant", "llm": "instant", "tts": "instant"},
+    )
