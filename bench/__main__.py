@@ -107,7 +107,7 @@ async def run(quick: bool, isolation: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------------ table
 def _f(v: float | None, digits: int = 0) -> str:
-    return "" if v is None or v != v else f"{v:.{digits}f}"
+    return "" if v is None or v != v else f"{round(v, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0"
 
 
 def _ratio(v: float | None, floor: float | None) -> str:
