@@ -88,12 +88,6 @@ class Recording:
     def times(self, idx: np.ndarray) -> np.ndarray:
         return self.t0 + np.asarray(idx) / RATE
 
-    def between(self, start: float, end: float) -> tuple[np.ndarray, float]:
-        """The samples from wall-clock ``start`` to ``end``, and the time of the first one."""
-        i = max(0, int((start - self.t0) * RATE))
-        j = max(i, int((end - self.t0) * RATE))
-        return self.x[i:j], self.t0 + i / RATE
-
 
 async def until(predicate: Callable[[], Awaitable[Any]], limit: float, what: str, step: float = 0.05) -> Any:
     deadline = time.monotonic() + limit
@@ -247,12 +241,12 @@ class Rig:
         self.browsers.append(browser)
         return browser
 
-    async def human(self, browser: Browser, svc: Running, room: str, name: str, *, autojoin: bool = True) -> Human:
+    async def human(self, browser: Browser, svc: Running, room: str, name: str) -> Human:
+        """A person joins ``room`` on the demo page at once, with browser processing off (recorded speech)."""
         context = await browser.new_context()
         await context.add_init_script(_KEEP_MIC)
         page = await context.new_page()
-        query = f"name={name}&processing=0" + ("&autojoin=1" if autojoin else "")
-        await page.goto(f"{svc.url}/demo/rooms/{room}?{query}")
+        await page.goto(f"{svc.url}/demo/rooms/{room}?name={name}&autojoin=1&processing=0")
         return Human(page, name)
 
 
