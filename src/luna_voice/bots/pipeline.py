@@ -65,6 +65,7 @@ class Pipeline:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -83,6 +84,8 @@ class Pipeline:
             log.warning("tts.warm_failed", error=str(exc))
 
     async def aclose(self) -> None:
+        self._closed = True
+        self._wake.set()
         tasks = [t for t in (self._ticker, *self._tasks, *self._replies.values()) if t is not None]
         tasks += [task for _, task in self._speech.values()]
         for t in tasks:
@@ -253,13 +256,18 @@ class Pipeline:
         return True
 
     async def _tick_loop(self) -> None:
-        while True:
+        # Not asyncio.wait_for: on Python 3.11 it can swallow a cancel that lands just as the event is set (every
+        # capture frame sets it), which left tickers of ended bots running. ``closed`` ends the loop regardless.
+        while not self._closed:
             now = self._clock()
             due = self.core.next_deadline(now)
             delay = 0.1 if due is None else min(0.1, max(0.005, due - now))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            if self._closed:
+                return
             self.core.tick(self._clock())
             for action in self.core.drain():
                 self._perform(action)
