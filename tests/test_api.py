@@ -92,3 +92,13 @@ async def test_metrics_are_prometheus_text(api):
         text = await resp.text()
         assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
     assert 'luna_bots{state="joining"} 1.0' in text
+
+
+async def test_api_token_guards_the_control_api(start_service):
+    svc = await start_service(host=PagelessHost(), api_token="s3cret")
+    assert (await svc.call("POST", "/rooms/r/luna"))[0] == 401
+    status, body = await svc.call("GET", "/rooms", headers={"Authorization": "Bearer wrong"})
+    assert status == 401 and body["error"]["code"] == "unauthorized"
+    status, _ = await svc.call("POST", "/rooms/r/luna", headers={"Authorization": "Bearer s3cret"})
+    assert status == 201
+    assert (await svc.call("GET", "/healthz"))[0] == 200  # probes stay open

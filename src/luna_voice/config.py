@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     public_url: str | None = Field(
         default=None, description="Base URL people use to reach the demo page; printed at startup."
     )
+    api_token: SecretStr | None = Field(
+        default=None, description="If set, /rooms endpoints require 'Authorization: Bearer <token>'."
+    )
     log_level: str = "info"
     log_json: bool = False
 

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from luna_voice import logs
-from luna_voice.api.errors import ApiError, json_errors
+from luna_voice.api.errors import ApiError, json_errors, require_token
 from luna_voice.api.models import SummonRequest
 from luna_voice.api.routes import SERVICE, routes
 from luna_voice.bots.bot import Bot, BotTimings
@@ -181,7 +181,8 @@ class Service:
             await self.rtk.aclose()
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[json_errors], client_max_size=1024**2)
+        token = self.settings.api_token.get_secret_value() if self.settings.api_token else None
+        app = web.Application(middlewares=[json_errors, require_token(token)], client_max_size=1024**2)
         app[SERVICE] = self
         app.add_routes(routes)
         app.on_startup.append(self._on_startup)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import structlog
 from aiohttp import web
 
@@ -37,3 +39,17 @@ async def json_errors(request: web.Request, handler):  # type: ignore[no-untyped
     except Exception:
         log.exception("api.unhandled", path=request.path, method=request.method)
         return error_response(500, "internal", "internal error; see the service log")
+
+
+def require_token(token: str | None):  # type: ignore[no-untyped-def]
+    """Middleware: the control API (``/rooms…``) answers only callers with the configured bearer token."""
+
+    @web.middleware
+    async def check(request: web.Request, handler):  # type: ignore[no-untyped-def]
+        if token and request.path.startswith("/rooms"):
+            given = request.headers.get("Authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return error_response(401, "unauthorized", "missing or wrong 'Authorization: Bearer' token")
+        return await handler(request)
+
+    return check
