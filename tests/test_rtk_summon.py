@@ -53,6 +53,7 @@ async def test_summon_mints_a_named_token_and_hands_it_to_the_page(start_service
     _, status_body = await svc.call("GET", f"/rooms/{meeting}/luna")
     text = json.dumps([bot, status_body])
     assert cloudflare.api_token not in text and cloudflare.minted_tokens[0] not in text
+    assert cloudflare.minted_tokens[0] not in repr(svc.service.manager.rooms[meeting])
     # a second summon returns the same bot and mints nothing new
     status, again = await svc.call("POST", f"/rooms/{meeting}/luna")
     assert status == 200 and again["bot_id"] == bot["bot_id"] and len(cloudflare.minted_tokens) == 1

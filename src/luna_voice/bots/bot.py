@@ -48,7 +48,7 @@ class Bot:
     room_id: str
     backend: str
     page_url: Callable[[dict[str, Any]], str]  # config -> URL of Luna's page
-    room_config: dict[str, Any]
+    room_config: dict[str, Any] = field(repr=False)  # may hold the RTK participant token
     host: ChromiumHost
     make_pipeline: Callable[[Bot], Pipeline]
     timings: BotTimings = field(default_factory=BotTimings)
