@@ -341,6 +341,7 @@ def test_cost_and_usage_are_summed_per_turn():
     synthesized = sum(len(a.text) for a in room.of(act.Synthesize))
     assert turn["usage"]["stt_seconds"] == 1.0 and turn["usage"]["tts_characters"] == synthesized > 0
     assert turn["cost_usd"] == pytest.approx(0.1)
+    assert room.core.cost_usd == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("line", ["", "I'm getting a lot of questions, give me a moment."])

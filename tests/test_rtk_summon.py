@@ -111,5 +111,7 @@ async def test_dismiss_kicks_luna_through_rest_when_her_page_does_not_answer(sta
         # the page is stuck: it never confirms leaving
         status, after = await svc.call("DELETE", f"/rooms/{meeting}/luna")
     assert status == 200 and after["state"] == "ended" and after["sub_code"] == "dismissed"
+    assert after["room_minutes"] > 0  # RTK bills Luna's minutes in the room: $0.0005 each by default
+    assert after["room_cost_usd"] == pytest.approx(after["room_minutes"] * 0.0005, abs=1e-6)
     participant = cloudflare.meetings[meeting].participants[0]["id"]
     assert cloudflare.meetings[meeting].kicked == [participant]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -64,7 +63,6 @@ class Service:
             if settings.rtk_configured
             else None
         )
-        self.started_at = time.time()
         self.browser_error: str | None = None
 
     @property
@@ -90,6 +88,7 @@ class Service:
                 "iceFilter": self.settings.local_ice,
             }
             return await self.manager.summon(room_id, backend=backend, room_config=room_config, options=options)
+        options["minute_price"] = self.settings.prices.rtk_per_minute
         token, kick = await self._rtk_token(room_id, req)
         room_config = {"authToken": token, "name": name}
         return await self.manager.summon(

@@ -344,8 +344,15 @@ class Bot:
             with contextlib.suppress(asyncio.QueueFull):  # a stalled watcher loses events, never the bot
                 q.put_nowait(event)
 
+    def room_minutes(self) -> float:
+        """Minutes Luna has been in the room (RTK bills these per participant)."""
+        if self.joined_at is None:
+            return 0.0
+        return ((self.ended_at or time.time()) - self.joined_at) / 60
+
     def status(self) -> dict[str, Any]:
         core = self.pipeline.core
+        minutes = self.room_minutes()
         return {
             "room_id": self.room_id,
             "bot_id": self.id,
@@ -359,7 +366,9 @@ class Bot:
             "participants": core.participant_list(),
             "turns": [t.to_dict() for t in core.turns.values()],
             "usage": vars(core.usage).copy(),
-            "cost_usd": round(sum(t.cost_usd for t in core.turns.values()), 6),
+            "cost_usd": round(core.cost_usd, 6),
+            "room_minutes": round(minutes, 3),
+            "room_cost_usd": round(minutes * self.options.get("minute_price", 0.0), 6),
             "providers": {"stt": self.pipeline.stt.name, "llm": self.pipeline.llm.name, "tts": self.pipeline.tts.name},
             "policy": core.cfg.policy,
             "stats": {**core.stats, **self.bridge_stats},

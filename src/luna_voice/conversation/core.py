@@ -118,6 +118,11 @@ class Conversation:
         self.participants.pop(pid, None)
         self._publish({"type": "participants", "participants": self.participant_list()})
 
+    @property
+    def cost_usd(self) -> float:
+        """Provider cost of everything this bot used (turns pruned from ``turns`` included)."""
+        return self._price(self.usage)
+
     def participant_list(self) -> list[dict[str, str]]:
         return [{"id": pid, "name": name} for pid, name in self.participants.items()]
 

@@ -13,18 +13,6 @@ from luna_voice.providers.base import Usage
 TRANSCRIBING, QUEUED, THINKING, SPEAKING = "transcribing", "queued", "thinking", "speaking"
 TERMINAL = {"skipped", "silent", "done", "interrupted", "failed", "merged", "stale", "empty"}
 
-TIMING_KEYS = (
-    "speech_started",
-    "end_of_speech",
-    "transcript_ready",
-    "first_reply_text",
-    "first_tts_audio",
-    "first_audio_sent",
-    "first_audio_played",
-    "finished",
-)
-
-
 def join_sentences(parts: Iterable[str]) -> str:
     """Re-join chunked sentences: a space between Latin-script sentences, none where Chinese meets."""
     out = ""
