@@ -13,6 +13,7 @@ from luna_voice.providers.base import Usage
 TRANSCRIBING, QUEUED, THINKING, SPEAKING = "transcribing", "queued", "thinking", "speaking"
 TERMINAL = {"skipped", "silent", "done", "interrupted", "failed", "merged", "stale", "empty"}
 
+
 def join_sentences(parts: Iterable[str]) -> str:
     """Re-join chunked sentences: a space between Latin-script sentences, none where Chinese meets."""
     out = ""
