@@ -37,6 +37,9 @@ class InstantSTT:
     def open_stream(self, *, prompt: str | None = None) -> _Stream:
         return _Stream()
 
+    async def warm(self) -> None:
+        pass
+
     async def aclose(self) -> None:
         pass
 

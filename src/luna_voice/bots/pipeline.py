@@ -77,11 +77,12 @@ class Pipeline:
         self._spawn(self._warm())
 
     async def _warm(self) -> None:
-        """Open the TTS connection (or load its model) when Luna joins, not when she first speaks."""
-        try:
-            await self.tts.warm()
-        except Exception as exc:  # the first sentence will retry and report a proper turn error
-            log.warning("tts.warm_failed", error=str(exc))
+        """Open connections and load models when Luna joins, not when she first hears or speaks."""
+        for provider in (self.tts, self.stt):
+            try:
+                await provider.warm()
+            except Exception as exc:  # the first call will retry and report a proper turn error
+                log.warning("provider.warm_failed", provider=provider.name, error=str(exc))
 
     async def aclose(self) -> None:
         self._closed = True

@@ -74,6 +74,9 @@ class SpeechToText(Protocol):
 
     def open_stream(self, *, prompt: str | None = None) -> TranscriptionStream: ...
 
+    async def warm(self) -> None:
+        """Load models or open connections before the first utterance."""
+
     async def aclose(self) -> None: ...
 
 

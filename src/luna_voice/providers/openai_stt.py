@@ -140,6 +140,9 @@ class OpenAISTT:
             connect_timeout_s=self._connect_timeout_s,
         )
 
+    async def warm(self) -> None:
+        """Nothing to open ahead: each utterance opens its own session when speech starts."""
+
     async def aclose(self) -> None:
         await self._client.close()
 
