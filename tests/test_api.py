@@ -102,3 +102,11 @@ async def test_api_token_guards_the_control_api(start_service):
     status, _ = await svc.call("POST", "/rooms/r/luna", headers={"Authorization": "Bearer s3cret"})
     assert status == 201
     assert (await svc.call("GET", "/healthz"))[0] == 200  # probes stay open
+
+
+async def test_local_rooms_can_be_turned_off(start_service):
+    svc = await start_service(host=PagelessHost(), local_rooms=False)
+    status, body = await svc.call("POST", "/rooms/r/luna", json={"backend": "local"})
+    assert status == 400 and body["error"]["code"] == "local_rooms_disabled"
+    async with svc.http.get(svc.url + "/demo/rooms/r") as resp:
+        assert resp.status == 404 and (await resp.json())["error"]["code"] == "local_rooms_disabled"

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         default="any", description="Local room: 'loopback' keeps only 127.0.0.1 ICE candidates (tests)."
     )
     default_backend: Literal["auto", "local", "rtk"] = "auto"
+    local_rooms: bool = Field(
+        default=True, description="Serve the local demo room (hub + page); turn off in production with RTK only."
+    )
 
     # --- conversation -------------------------------------------------------------------------------
     turn_policy: TurnPolicyName = "auto"

@@ -82,6 +82,8 @@ class Service:
         name = req.name or self.settings.bot_name
         options = {"policy": req.policy or self.settings.turn_policy, "name": name}
         if backend == "local":
+            if not self.settings.local_rooms:
+                raise ApiError(400, "local_rooms_disabled", "backend 'local' is turned off (LUNA_LOCAL_ROOMS=false)")
             room_config: dict[str, Any] = {
                 "signalUrl": f"ws://127.0.0.1:{self.settings.port}/local/rooms/{room_id}/signal",
                 "name": name,

@@ -181,19 +181,26 @@ async def bridge(request: web.Request) -> web.StreamResponse:
     return await bot.attach(request)
 
 
+def _local_rooms(request: web.Request) -> str:
+    if not _service(request).settings.local_rooms:
+        raise ApiError(404, "local_rooms_disabled", "the local demo room is turned off (LUNA_LOCAL_ROOMS=false)")
+    return _room_id(request)
+
+
 @routes.get("/local/rooms/{room_id}/signal")
 async def local_signal(request: web.Request) -> web.StreamResponse:
-    return await _service(request).hub.handle(request, _room_id(request))
+    room_id = _local_rooms(request)
+    return await _service(request).hub.handle(request, room_id)
 
 
 @routes.get("/local/rooms/{room_id}/participants")
 async def local_participants(request: web.Request) -> web.Response:
-    return web.json_response({"participants": _service(request).hub.participants(_room_id(request))})
+    return web.json_response({"participants": _service(request).hub.participants(_local_rooms(request))})
 
 
 @routes.get("/demo/rooms/{room_id}")
 async def demo_page(request: web.Request) -> web.FileResponse:
-    _room_id(request)
+    _local_rooms(request)
     return web.FileResponse(BOT_PAGE / "demo.html")
 
 
