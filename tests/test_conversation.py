@@ -358,3 +358,21 @@ def test_rate_limited_reply_is_silence_or_one_configured_line(line):
     assert turn["error"] == "llm: rate limited" and turn["state"] == "failed"
     assert turn["spoken_text"] == line
     assert [a.text for a in room.of(act.Synthesize)] == ([line] if line else [])
+
+
+def test_rate_limit_retry_after_is_honoured():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.auto_reply = False
+    room.say("a", "Luna, first question.")
+    first = room.of(act.RequestReply)[0].turn_id
+    room.core.reply_failed(first, "rate limited", room.now, rate_limited=True, retry_after=5.0)
+    room._run()
+    room.say("a", "Luna, second question.")  # within the 5 s: no request is sent
+    assert len(room.of(act.RequestReply)) == 1
+    assert room.turn_by("a", 1)["state"] == "failed" and "retry in" in room.turn_by("a", 1)["error"]
+    room.wait(5)
+    room.auto_reply = True
+    room.say("a", "Luna, third question.")
+    room.wait(3)
+    assert len(room.of(act.RequestReply)) == 2 and room.turn_by("a", 2)["state"] == "done"

@@ -194,7 +194,7 @@ class Pipeline:
                     self.core.reply_delta(a.turn_id, item, self._clock())
                     self._run()
         except RateLimited as exc:
-            self.core.reply_failed(a.turn_id, exc.reason, self._clock(), rate_limited=True)
+            self.core.reply_failed(a.turn_id, exc.reason, self._clock(), rate_limited=True, retry_after=exc.retry_after)
         except ProviderError as exc:
             log.warning("llm.failed", turn=a.turn_id, reason=exc.reason)
             self.core.reply_failed(a.turn_id, exc.reason, self._clock())

@@ -103,6 +103,7 @@ class Conversation:
         self._inflight: deque[_InFlight] = deque()
         self._context: deque[RoomLine] = deque()
         self._ids = itertools.count(1)
+        self._llm_cooldown_until = 0.0
         self._out: list[act.Action] = []
         self._speaking = False
 
@@ -214,7 +215,11 @@ class Conversation:
         self._publish_turn(turn)
         self._maybe_finish(turn, now)
 
-    def reply_failed(self, turn_id: str, reason: str, now: float, *, rate_limited: bool = False) -> None:
+    def reply_failed(
+        self, turn_id: str, reason: str, now: float, *, rate_limited: bool = False, retry_after: float | None = None
+    ) -> None:
+        if rate_limited and retry_after:  # honour the app's rate limit: no reply requests until then
+            self._llm_cooldown_until = max(self._llm_cooldown_until, now + retry_after)
         turn = self._current(turn_id)
         if turn is None:
             return
@@ -321,7 +326,12 @@ class Conversation:
         names = [self.cfg.bot_name, "Luna", "露娜", *self.participants.values()]
         return ", ".join(dict.fromkeys(n for n in names if n))
 
-    def _start(self, turn: Turn, may_stay_silent: bool, now: float) -> None:
+    def _start(self, turn: Turn, may_stay_silent: bool, now: float) -> bool:
+        """Ask for a reply to ``turn``; False if the reply engine asked us to wait (the turn fails at once)."""
+        if now < self._llm_cooldown_until:
+            turn.error = f"llm: rate limited, retry in {self._llm_cooldown_until - now:.0f} s"
+            self._settle(turn, "failed", now)
+            return False
         self._active = turn
         self._chunker = self._new_chunker()
         turn.state = THINKING
@@ -339,6 +349,7 @@ class Conversation:
         )
         self._out.append(act.RequestReply(turn.id, request))
         self._publish_turn(turn)
+        return True
 
     def _add_sentence(self, turn: Turn, text: str) -> None:
         turn.sentences.append(Sentence(text))
@@ -410,8 +421,8 @@ class Conversation:
             if now - nxt.timings["end_of_speech"] > self.cfg.stale_after_s:
                 self._settle(nxt, "stale", now)
                 continue
-            self._start(nxt, nxt.reason == "llm_decides", now)
-            break
+            if self._start(nxt, nxt.reason == "llm_decides", now):
+                break
 
     def _settle(
         self, turn: Turn, state: str, now: float, *, decision: str | None = None, reason: str | None = None
