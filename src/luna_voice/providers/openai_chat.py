@@ -21,7 +21,7 @@ import openai
 import structlog
 
 from luna_voice.providers.base import ProviderError, ReplyRequest, Usage
-from luna_voice.providers.botsession import SILENCE_TOKEN, SilenceGate, status_error
+from luna_voice.providers.replies import SILENCE_TOKEN, SilenceGate, status_error
 
 log = structlog.get_logger(__name__)
 
