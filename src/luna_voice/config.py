@@ -15,6 +15,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 TurnPolicyName = Literal["auto", "always", "never", "llm"]
 
 
+def secret(value: SecretStr | None) -> str | None:
+    """The plain value of an optional secret, for handing to a client (never for logging)."""
+    return value.get_secret_value() if value is not None else None
+
+
 def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 

@@ -18,7 +18,7 @@ from luna_voice.bots.bot import Bot, BotTimings
 from luna_voice.bots.host import ChromiumHost
 from luna_voice.bots.manager import BotManager
 from luna_voice.bots.pipeline import Pipeline
-from luna_voice.config import Settings
+from luna_voice.config import Settings, secret
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
@@ -54,7 +54,7 @@ class Service:
             RtkApi(
                 account_id=settings.rtk_account_id or "",
                 app_id=settings.rtk_app_id or "",
-                api_token=settings.rtk_api_token.get_secret_value() if settings.rtk_api_token else "",
+                api_token=secret(settings.rtk_api_token) or "",
                 preset_name=settings.rtk_preset,
                 base_url=settings.rtk_api_base,
                 name=settings.bot_name,
@@ -182,7 +182,7 @@ class Service:
             await self.rtk.aclose()
 
     def app(self) -> web.Application:
-        token = self.settings.api_token.get_secret_value() if self.settings.api_token else None
+        token = secret(self.settings.api_token)
         app = web.Application(middlewares=[json_errors, require_token(token)], client_max_size=1024**2)
         app[SERVICE] = self
         app.add_routes(routes)

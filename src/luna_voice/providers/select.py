@@ -10,12 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from luna_voice.config import Prices, Settings
+from luna_voice.config import Prices, Settings, secret
 from luna_voice.providers.base import ReplyEngine, SpeechToText, TextToSpeech
-
-
-def _secret(value) -> str | None:  # type: ignore[no-untyped-def]
-    return value.get_secret_value() if value is not None else None
 
 
 @dataclass
@@ -54,7 +50,7 @@ def _stt(s: Settings, notes: list[str]) -> tuple[str, Callable[[], SpeechToText]
     if choice == "openai":
         from luna_voice.providers.openai_stt import OpenAISTT
 
-        key = _secret(s.openai_api_key) or ""
+        key = secret(s.openai_api_key) or ""
         return "openai", lambda: OpenAISTT(
             api_key=key, base_url=s.openai_base_url, model=s.stt_model, mode=s.stt_mode, language=s.stt_language
         )
@@ -81,8 +77,8 @@ def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]
         url = s.botsession_url
         return "botsession", lambda: BotSessionEngine(
             url=url,
-            token=_secret(s.botsession_token),
-            hmac_secret=_secret(s.botsession_hmac_secret),
+            token=secret(s.botsession_token),
+            hmac_secret=secret(s.botsession_hmac_secret),
             timeout_s=s.botsession_timeout_s,
         )
     if choice == "openai_chat":
@@ -90,7 +86,7 @@ def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]
 
         return "openai_chat", lambda: OpenAIChatEngine(
             base_url=s.llm_base_url,
-            api_key=_secret(s.llm_api_key) or "",
+            api_key=secret(s.llm_api_key) or "",
             model=s.llm_model,
             system_prompt=s.llm_system_prompt,
         )
@@ -108,7 +104,7 @@ def _tts(s: Settings, notes: list[str]) -> tuple[str, Callable[[], TextToSpeech]
     if choice == "azure":
         from luna_voice.providers.azure_tts import AzureTextToSpeech
 
-        key = _secret(s.azure_speech_key) or ""
+        key = secret(s.azure_speech_key) or ""
         return "azure", lambda: AzureTextToSpeech(
             key=key,
             region=s.azure_speech_region,
