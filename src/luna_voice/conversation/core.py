@@ -403,8 +403,6 @@ class Conversation:
 
     def _finish(self, turn: Turn, state: str, now: float) -> None:
         """End the active turn: record what was really said, then take the next queued turn."""
-        turn.state = state
-        turn.mark("finished", now)
         spoken = turn.spoken_text
         if spoken or turn.interrupted:  # cut off before a word was heard: history must say so too
             self._out.append(act.RecordSpoken(turn.id, spoken, turn.interrupted))
@@ -412,7 +410,7 @@ class Conversation:
             self._remember(self.cfg.bot_name, spoken + ("…" if turn.interrupted else ""), now)
             if not turn.interrupted:
                 self.policy.answered(turn.speaker_id, now)
-        self._publish_turn(turn)
+        self._settle(turn, state, now)
         self._active = None
         self._chunker = None
         self._set_speaking(False, now)
@@ -427,7 +425,7 @@ class Conversation:
     def _settle(
         self, turn: Turn, state: str, now: float, *, decision: str | None = None, reason: str | None = None
     ) -> None:
-        """End a turn Luna does not answer."""
+        """Give a turn its final state (answered or not) and publish it."""
         if decision is not None:
             turn.decision, turn.reason = decision, reason
         turn.state = state
