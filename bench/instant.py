@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from luna_voice.providers.base import ReplyRequest, Transcript, Usage
+from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.providers.base import Transcript
 from luna_voice.providers.select import ProviderSet
 
 HEARD = "Luna, are you there?"

@@ -12,8 +12,9 @@ import pytest
 import structlog
 
 from fakes.azure_usp import PATHS, FakeAzureTts, Fault
+from luna_voice.conversation.domain import Usage
 from luna_voice.providers.azure_tts import AzureTextToSpeech
-from luna_voice.providers.base import ProviderError, RateLimited, Usage
+from luna_voice.providers.base import ProviderError, RateLimited
 
 ZH = "你好，我是 Luna。"
 EN = "Hello, I am Luna, nice to meet you."

@@ -16,7 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fakes.botsession import FakeBotSession, Reply, fake_botsession, serve
-from luna_voice.providers.base import ProviderError, RateLimited, ReplyRequest, RoomLine, Usage
+from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
+from luna_voice.providers.base import ProviderError, RateLimited
 from luna_voice.providers.botsession import BotSessionEngine
 from luna_voice.providers.replies import SILENCE_TOKEN, SilenceGate
 from luna_voice.retry_after import parse_retry_after

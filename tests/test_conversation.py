@@ -15,8 +15,8 @@ from luna_voice.conversation import actions as act
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
+from luna_voice.conversation.domain import Usage
 from luna_voice.conversation.endpointing import EndpointConfig
-from luna_voice.providers.base import Usage
 
 FRAME = 0.02
 RATE = 48_000

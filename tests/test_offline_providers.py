@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import soxr
 
-from luna_voice.providers.base import PIPELINE_RATE, ProviderError, ReplyRequest, Transcript, Usage
+from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.providers.base import PIPELINE_RATE, ProviderError, Transcript
 from luna_voice.providers.offline import DemoReply, OfflineTTS, WhisperSTT
 from luna_voice.providers.offline._shared import in_thread, load_once
 from luna_voice.providers.offline.piper_tts import CHINESE_VOICE, shared_voice

@@ -12,7 +12,8 @@ import pytest
 import structlog
 
 from fakes.chat_completions import Completion, FakeChatCompletions, fake_chat_completions
-from luna_voice.providers.base import ProviderError, RateLimited, ReplyRequest, RoomLine, Usage
+from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
+from luna_voice.providers.base import ProviderError, RateLimited
 from luna_voice.providers.openai_chat import OpenAIChatEngine
 
 KEY = "sk-test-0123456789abcdef"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from luna_voice.config import Prices
-from luna_voice.providers.base import Usage
+from luna_voice.conversation.domain import Usage
 
 
 def price(usage: Usage, prices: Prices) -> float:

@@ -20,6 +20,7 @@ import webrtcvad
 
 from luna_voice.conversation import actions as act
 from luna_voice.conversation.core import Conversation
+from luna_voice.conversation.domain import Usage
 from luna_voice.providers.base import (
     PIPELINE_RATE,
     ProviderError,
@@ -28,7 +29,6 @@ from luna_voice.providers.base import (
     SpeechToText,
     TextToSpeech,
     TranscriptionStream,
-    Usage,
 )
 
 log = structlog.get_logger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from luna_voice.providers.base import ReplyRequest
+from luna_voice.conversation.domain import ReplyRequest
 
 
 @dataclass(frozen=True)

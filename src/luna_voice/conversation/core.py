@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from luna_voice.conversation import actions as act
+from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
 from luna_voice.conversation.endpointing import (
     EndpointConfig,
     Endpointer,
@@ -38,7 +39,6 @@ from luna_voice.conversation.endpointing import (
 from luna_voice.conversation.pacing import Pacer
 from luna_voice.conversation.policy import PolicyName, TurnPolicy
 from luna_voice.conversation.turns import QUEUED, SPEAKING, THINKING, Sentence, Turn
-from luna_voice.providers.base import ReplyRequest, RoomLine, Usage
 
 
 class Chunker(Protocol):

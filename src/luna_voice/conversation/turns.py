@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from luna_voice.conversation.chunking import is_cjk
-from luna_voice.providers.base import Usage
+from luna_voice.conversation.domain import Usage
 
 # Turn states. Terminal: skipped, silent, done, interrupted, failed, merged, stale, empty.
 TRANSCRIBING, QUEUED, THINKING, SPEAKING = "transcribing", "queued", "thinking", "speaking"

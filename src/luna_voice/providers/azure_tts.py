@@ -23,7 +23,8 @@ from xml.sax.saxutils import escape, quoteattr
 import azure.cognitiveservices.speech as speechsdk
 import structlog
 
-from luna_voice.providers.base import ProviderError, RateLimited, Usage
+from luna_voice.conversation.domain import Usage
+from luna_voice.providers.base import ProviderError, RateLimited
 
 log = structlog.get_logger(__name__)
 

@@ -4,6 +4,8 @@ Each is async and streaming-shaped so a cloud engine and an offline engine fit t
 
 * STT is a *stream per utterance*: audio is pushed while the person speaks (a realtime engine transcribes as
   it goes) and ``finish()`` is called when our own endpointing decides the utterance is over.
+* The core's types (``ReplyRequest``, ``Usage``) live in ``conversation.domain``: providers implement what the
+  conversation needs, not the reverse.
 * A reply is an async iterator of text deltas, ending with one ``Usage``.
 * TTS turns one sentence into an async iterator of PCM chunks (int16 LE mono at ``sample_rate``), then ``Usage``.
 
@@ -13,9 +15,11 @@ carries on (a provider error never kills a bot).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from luna_voice.conversation.domain import ReplyRequest, Usage
 
 PIPELINE_RATE = 16_000  # Hz, what the page sends and STT consumes
 
@@ -32,23 +36,6 @@ class ProviderError(Exception):
 
 class RateLimited(ProviderError):
     """The provider asked us to slow down (HTTP 429)."""
-
-
-@dataclass
-class Usage:
-    """What one call consumed; summed per turn and per bot, priced by ``luna_voice.usage``."""
-
-    stt_seconds: float = 0.0
-    llm_input_tokens: int = 0
-    llm_output_tokens: int = 0
-    tts_characters: int = 0
-
-    def __iadd__(self, other: Usage) -> Usage:
-        self.stt_seconds += other.stt_seconds
-        self.llm_input_tokens += other.llm_input_tokens
-        self.llm_output_tokens += other.llm_output_tokens
-        self.tts_characters += other.tts_characters
-        return self
 
 
 @dataclass
@@ -78,30 +65,6 @@ class SpeechToText(Protocol):
         """Load models or open connections before the first utterance."""
 
     async def aclose(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class RoomLine:
-    """One line of the room transcript given to the LLM as context."""
-
-    speaker: str
-    text: str
-    at: float  # wall-clock seconds
-
-
-@dataclass(frozen=True)
-class ReplyRequest:
-    room_id: str
-    turn_id: str
-    speaker_id: str
-    speaker_name: str
-    text: str
-    language: str | None = None
-    addressed: bool = True
-    # The recent room transcript (oldest first), bounded by the core; includes Luna's own spoken lines.
-    context: Sequence[RoomLine] = ()
-    # ``llm`` turn policy: the model may stay silent by answering with an empty reply.
-    may_stay_silent: bool = False
 
 
 class ReplyEngine(Protocol):

@@ -27,7 +27,8 @@ import structlog
 from aiohttp.http_exceptions import LineTooLong
 from yarl import URL
 
-from luna_voice.providers.base import ProviderError, RateLimited, ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.providers.base import ProviderError, RateLimited
 from luna_voice.providers.replies import SAFE_CODE, SilenceGate, status_error
 from luna_voice.retry_after import parse_retry_after
 

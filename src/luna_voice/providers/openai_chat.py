@@ -20,7 +20,8 @@ from typing import Any
 import openai
 import structlog
 
-from luna_voice.providers.base import ProviderError, ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.providers.base import ProviderError
 from luna_voice.providers.replies import SILENCE_TOKEN, SilenceGate, status_error
 
 log = structlog.get_logger(__name__)

@@ -34,7 +34,8 @@ from openai.types.realtime import RealtimeTranscriptionSessionCreateRequestParam
 from openai.types.websocket_connection_options import WebSocketConnectionOptions
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript, Usage
+from luna_voice.conversation.domain import Usage
+from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from luna_voice.providers.base import ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, Usage
 from luna_voice.providers.offline._shared import CJK_RANGES, cjk_share
 
 # A delta is one Chinese character, or one run of other non-space text, with the spaces after it.

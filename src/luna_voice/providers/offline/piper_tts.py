@@ -24,7 +24,8 @@ import soxr
 import structlog
 from piper import PiperVoice
 
-from luna_voice.providers.base import ProviderError, Usage
+from luna_voice.conversation.domain import Usage
+from luna_voice.providers.base import ProviderError
 from luna_voice.providers.offline._shared import cjk_share, in_thread, load_once
 
 log = structlog.get_logger(__name__)

@@ -17,7 +17,8 @@ import numpy as np
 import structlog
 from faster_whisper import WhisperModel
 
-from luna_voice.providers.base import PIPELINE_RATE, Transcript, Usage
+from luna_voice.conversation.domain import Usage
+from luna_voice.providers.base import PIPELINE_RATE, Transcript
 from luna_voice.providers.offline._shared import in_thread, load_once
 
 log = structlog.get_logger(__name__)

@@ -1,0 +1,53 @@
+"""The conversation's own vocabulary: what a reply request carries and what a call consumed.
+
+These types belong to the core; provider adapters implement the core's needs in these terms, never the other
+way round. This module imports nothing of ours, so every layer can depend on it without cycles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class Usage:
+    """What one call consumed; summed per turn and per bot, priced by ``luna_voice.usage``."""
+
+    stt_seconds: float = 0.0
+    llm_input_tokens: int = 0
+    llm_output_tokens: int = 0
+    tts_characters: int = 0
+
+    def __iadd__(self, other: Usage) -> Usage:
+        self.stt_seconds += other.stt_seconds
+        self.llm_input_tokens += other.llm_input_tokens
+        self.llm_output_tokens += other.llm_output_tokens
+        self.tts_characters += other.tts_characters
+        return self
+
+
+@dataclass(frozen=True)
+class RoomLine:
+    """One line of the room transcript given to the LLM as context."""
+
+    speaker: str
+    text: str
+    at: float  # wall-clock seconds
+
+
+@dataclass(frozen=True)
+class ReplyRequest:
+    """Everything a reply engine needs to answer one turn."""
+
+    room_id: str
+    turn_id: str
+    speaker_id: str
+    speaker_name: str
+    text: str
+    language: str | None = None
+    addressed: bool = True
+    # The recent room transcript (oldest first), bounded by the core; includes Luna's own spoken lines.
+    context: Sequence[RoomLine] = ()
+    # ``llm`` turn policy: the model may stay silent by answering with an empty reply.
+    may_stay_silent: bool = False
