@@ -32,15 +32,12 @@ function log(level, message) {
 function setState(state, sub_code = null, reason = null) {
   if (ended) return; // left/failed is final: a join that returns after the room ended us must not say "joined"
   statusEl.textContent = state + (sub_code ? ` (${sub_code})` : "");
-  window.lunaBot.state = state;
   send({ type: "room_state", state, sub_code, reason });
   if (state === "left" || state === "failed") {
     ended = true;
     for (const id of [...participants.keys()]) dropParticipant(id);
   }
 }
-
-window.lunaBot = { state: "starting", participants: () => [...participants.values()].map((p) => p.name) };
 
 // --- audio graph ------------------------------------------------------------------------------------------
 const ctx = new AudioContext({ sampleRate: 48000, latencyHint: "interactive" });

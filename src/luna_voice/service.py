@@ -177,7 +177,6 @@ class Service:
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         await self.stop()
-        await self.providers.aclose()
         if self.rtk is not None:
             await self.rtk.aclose()
 

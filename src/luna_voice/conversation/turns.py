@@ -62,10 +62,6 @@ class Turn:
     playback_rate: int = 48_000
 
     @property
-    def ended(self) -> bool:
-        return self.state in TERMINAL
-
-    @property
     def spoken_text(self) -> str:
         return join_sentences(s.spoken_part() for s in self.sentences)
 

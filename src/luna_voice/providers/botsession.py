@@ -7,8 +7,8 @@ so the app's history holds only what people actually heard.
 Timeouts are applied per await, never around a ``yield``: the consumer's time between items (TTS, playback) must
 not count against the provider.
 
-Also home to the small pieces both reply engines share: the ``<silent>`` token of the ``llm`` turn policy and the
-HTTP-status-to-``ProviderError`` mapping.
+The pieces both reply engines share (the ``<silent>`` gate of the ``llm`` turn policy, the HTTP-status mapping)
+live in ``providers/replies.py``.
 """
 
 from __future__ import annotations

@@ -37,9 +37,6 @@ class ProviderSet:
     def offline(self) -> bool:
         return self.names["stt"] == "whisper" and self.names["llm"] == "demo" and self.names["tts"] == "offline"
 
-    async def aclose(self) -> None:
-        """Process-wide resources would be released here; per-bot instances close with their bot."""
-
 
 def _stt(s: Settings, notes: list[str]) -> tuple[str, Callable[[], SpeechToText]]:
     choice = s.stt_provider
