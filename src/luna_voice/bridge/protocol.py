@@ -155,7 +155,7 @@ def decode_text(text: str) -> Message:
         state = _field(obj, "state", str)
         if state not in _ROOM_STATES:
             raise ProtocolError(CLOSE_MALFORMED, f"unknown room state '{state}'")
-        return RoomState(state, obj.get("sub_code"), obj.get("reason"))  # type: ignore[arg-type]
+        return RoomState(state, obj.get("sub_code"), obj.get("reason"))
     if kind == "participant_joined":
         return ParticipantJoined(_field(obj, "index", int), _field(obj, "id", str), str(obj.get("name") or ""))
     if kind == "participant_left":

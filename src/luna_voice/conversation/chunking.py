@@ -95,7 +95,7 @@ class SentenceChunker:
         return out
 
     def _scan(self, *, final: bool) -> list[str]:
-        buf, out = self._buf, []
+        buf, out = self._buf, list[str]()
         start, i = 0, self._pos
         while i < len(buf):
             ch = buf[i]

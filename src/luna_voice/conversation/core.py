@@ -24,7 +24,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from luna_voice.conversation import actions as act
 from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
@@ -458,5 +458,5 @@ class Conversation:
     def _publish_turn(self, turn: Turn) -> None:
         self._publish({"type": "turn", "turn": turn.to_dict()})
 
-    def _publish(self, event: dict) -> None:
+    def _publish(self, event: dict[str, Any]) -> None:
         self._out.append(act.Publish(event))
