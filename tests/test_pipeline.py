@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from luna_voice.bots.pipeline import Pipeline
-from test_conversation import Room
+from scripted_room import Room
 
 
 class Idle:

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TurnPolicyName = Literal["auto", "always", "never", "llm"]
+from luna_voice.conversation.policy import PolicyName
 
 
 def secret(value: SecretStr | None) -> str | None:
@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     )
 
     # --- conversation -------------------------------------------------------------------------------
-    turn_policy: TurnPolicyName = "auto"
+    turn_policy: PolicyName = "auto"
     follow_up_window_s: float = 8.0
     end_of_speech_ms: int = 500
     max_utterance_s: float = 30.0

@@ -6,14 +6,15 @@ when a turn ends; bot counts by state are read at scrape time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from luna_voice.conversation.turns import TERMINAL
+from luna_voice.conversation.events import TurnChanged
+from luna_voice.events import Event, StateChanged
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0, 13.0)
@@ -57,14 +58,14 @@ class Metrics:
         self.cost = Counter("luna_cost_usd", "Provider cost of finished turns in USD", registry=self.registry)
         self.ended = Counter("luna_bots_ended", "Bots that ended, by sub-code", ["sub_code"], registry=self.registry)
 
-    def observe(self, event: dict[str, Any]) -> None:
+    def observe(self, event: Event) -> None:
         """Called with every event a bot publishes."""
-        if event.get("type") == "turn" and event["turn"]["state"] in TERMINAL:
-            self._turn(event["turn"])
-        elif event.get("type") == "state" and event["state"] in ("ended", "failed"):
-            self.ended.labels(event.get("sub_code") or "unknown").inc()
+        if isinstance(event, TurnChanged) and event.state.terminal:
+            self._turn(event.turn)
+        elif isinstance(event, StateChanged) and event.state in ("ended", "failed"):
+            self.ended.labels(event.sub_code or "unknown").inc()
 
-    def _turn(self, turn: dict[str, Any]) -> None:
+    def _turn(self, turn: Mapping[str, Any]) -> None:
         self.turns.labels(turn["state"], turn["reason"] or "none").inc()
         latency = turn["latency"]
         if "first_audio_played_ms" in latency:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from luna_voice.conversation.policy import PolicyName
+
 ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
@@ -21,7 +23,5 @@ class SummonRequest(BaseModel):
     auth_token: SecretStr | None = Field(
         default=None, description="RTK participant token minted by the app's backend (skips our own minting)."
     )
-    policy: Literal["auto", "always", "never", "llm"] | None = Field(
-        default=None, description="When Luna answers; default from LUNA_TURN_POLICY."
-    )
+    policy: PolicyName | None = Field(default=None, description="When Luna answers; default from LUNA_TURN_POLICY.")
     name: str | None = Field(default=None, min_length=1, max_length=64, description="Luna's display name.")

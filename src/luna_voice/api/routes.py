@@ -16,6 +16,7 @@ from luna_voice.api.models import ROOM_ID, SummonRequest
 from luna_voice.api.openapi import document
 from luna_voice.bots.manager import CapacityReached
 from luna_voice.bridge import protocol as bp
+from luna_voice.events import StatusSnapshot, sse
 from luna_voice.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -106,14 +107,14 @@ async def events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     q = bot.subscribe()
     try:
-        await resp.write(f"data: {json.dumps({'type': 'status', 'status': bot.status()})}\n\n".encode())
+        await resp.write(sse(StatusSnapshot(bot.status()), room_id=bot.room_id, bot_id=bot.id))
         while True:
             try:
                 event = await asyncio.wait_for(q.get(), 15)
             except TimeoutError:
                 await resp.write(b": keep-alive\n\n")
                 continue
-            await resp.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
+            await resp.write(sse(event, room_id=bot.room_id, bot_id=bot.id))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:

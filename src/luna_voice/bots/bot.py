@@ -25,7 +25,8 @@ from luna_voice.bots.host import BotPage, ChromiumHost
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.bots.states import BotState
 from luna_voice.bridge import protocol as bp
-from luna_voice.conversation.turns import TERMINAL
+from luna_voice.conversation.events import TurnChanged
+from luna_voice.events import Event, StateChanged
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +56,7 @@ class Bot:
     options: dict[str, Any] = field(default_factory=dict)
     # Removes Luna from the room without the page (RTK: the REST kick), for a page that does not answer.
     fallback_leave: Callable[[], Awaitable[None]] | None = None
-    on_event: Callable[[dict[str, Any]], None] | None = None  # every published event (metrics)
+    on_event: Callable[[Event], None] | None = None  # every published event (metrics)
     id: str = field(default_factory=lambda: "bot_" + secrets.token_hex(6))
     token: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
 
@@ -77,7 +78,7 @@ class Bot:
         self._end_request: tuple[str, str | None] | None = None  # (sub_code, reason) that ends the stay
         self._alone_since: float | None = time.time()
         self._pids: dict[int, str] = {}
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._subscribers: set[asyncio.Queue[Event]] = set()
         self.task: asyncio.Task[None] | None = None
         self._rejoins = 0
         self.bridge_stats = {"frames_in": 0, "bytes_out": 0, "malformed": 0}
@@ -196,7 +197,7 @@ class Bot:
         if sub_code is not None:
             self.sub_code, self.reason = sub_code, reason
         log.info("bot.state", bot=self.id, room_id=self.room_id, state=str(state), sub_code=sub_code, reason=reason)
-        self.publish({"type": "state", "state": str(state), "sub_code": self.sub_code, "reason": self.reason})
+        self.publish(StateChanged(str(state), self.sub_code, self.reason))
 
     def _url(self) -> str:
         config = {"botId": self.id, "token": self.token, "backend": self.backend, "room": self.room_config}
@@ -315,18 +316,17 @@ class Bot:
             self.request_end(_LEFT_SUB_CODES.get(msg.sub_code or "", msg.sub_code or sc.ROOM_ENDED), msg.reason)
 
     # ------------------------------------------------------------------ events and status
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+    def subscribe(self) -> asyncio.Queue[Event]:
+        q: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
         self._subscribers.add(q)
         return q
 
-    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+    def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
         self._subscribers.discard(q)
 
-    def publish(self, event: dict[str, Any]) -> None:
-        event = {**event, "room_id": self.room_id, "bot_id": self.id}
-        if event["type"] == "turn" and event["turn"]["state"] in TERMINAL:
-            t = event["turn"]
+    def publish(self, event: Event) -> None:
+        if isinstance(event, TurnChanged) and event.state.terminal:
+            t = event.turn
             log.info(
                 "turn.ended",
                 bot=self.id,

@@ -21,6 +21,7 @@ import webrtcvad
 from luna_voice.conversation import actions as act
 from luna_voice.conversation.core import Conversation
 from luna_voice.conversation.domain import Usage
+from luna_voice.conversation.events import CoreEvent
 from luna_voice.providers.base import (
     PIPELINE_RATE,
     ProviderError,
@@ -46,7 +47,7 @@ class Pipeline:
         tts: TextToSpeech,
         send_audio: Callable[[int, bytes], None],
         clear_playback: Callable[[], None],
-        publish: Callable[[dict[str, Any]], None],
+        publish: Callable[[CoreEvent], None],
         vad_aggressiveness: int = 2,
         playback_rate: int = 48_000,
         clock: Callable[[], float] = time.time,

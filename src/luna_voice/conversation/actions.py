@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from luna_voice.conversation.domain import ReplyRequest
+from luna_voice.conversation.events import CoreEvent
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class RecordSpoken:
 class Publish:
     """An event for captions and status watchers (``GET /rooms/{id}/luna/events``)."""
 
-    event: dict[str, Any]
+    event: CoreEvent
 
 
 Action = (

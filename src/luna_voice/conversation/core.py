@@ -24,7 +24,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from luna_voice.conversation import actions as act
 from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
@@ -36,9 +36,10 @@ from luna_voice.conversation.endpointing import (
     UtteranceEnded,
     UtteranceStarted,
 )
+from luna_voice.conversation.events import Participant, ParticipantsChanged, SpeakingChanged, TurnChanged
 from luna_voice.conversation.pacing import Pacer
 from luna_voice.conversation.policy import PolicyName, TurnPolicy
-from luna_voice.conversation.turns import QUEUED, SPEAKING, THINKING, Sentence, Turn
+from luna_voice.conversation.turns import Sentence, Turn, TurnState
 
 
 class Chunker(Protocol):
@@ -110,14 +111,14 @@ class Conversation:
     # ------------------------------------------------------------------ inputs: room
     def participant_joined(self, pid: str, name: str, now: float) -> None:
         self.participants[pid] = name
-        self._publish({"type": "participants", "participants": self.participant_list()})
+        self._publish_participants()
 
     def participant_left(self, pid: str, now: float) -> None:
         ep = self._endpointers.pop(pid, None)
         if ep is not None:
             self._endpoint(pid, ep.close(), now)
         self.participants.pop(pid, None)
-        self._publish({"type": "participants", "participants": self.participant_list()})
+        self._publish_participants()
 
     @property
     def cost_usd(self) -> float:
@@ -160,7 +161,7 @@ class Conversation:
         turn.heard_text, turn.language = text, language
         self._remember(turn.speaker_name, text, turn.timings["end_of_speech"])
         if not self._is_addressed(text) and self._is_backchannel(text):
-            return self._settle(turn, "skipped", now, decision="listen", reason="backchannel")
+            return self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="backchannel")
         d = self.policy.decide(
             speaker_id=turn.speaker_id,
             text=text,
@@ -169,19 +170,19 @@ class Conversation:
         )
         turn.decision, turn.reason = ("answer" if d.answer else "listen"), d.reason
         if not d.answer:
-            return self._settle(turn, "skipped", now)
+            return self._settle(turn, TurnState.SKIPPED, now)
         active = self._active
         if active is None:
             self._start(turn, d.may_stay_silent, now)
-        elif active.state == THINKING and active.speaker_id == turn.speaker_id and not active.sentences:
+        elif active.state is TurnState.THINKING and active.speaker_id == turn.speaker_id and not active.sentences:
             turn.heard_text = f"{active.heard_text} {text}"
             self._cancel_generation(active)
-            active.state = "merged"
+            active.move(TurnState.MERGED)
             self._publish_turn(active)
             self._active = None
             self._start(turn, d.may_stay_silent, now)
         else:
-            turn.state = QUEUED
+            turn.move(TurnState.QUEUED)
             self._queue.append(turn)
             self._publish_turn(turn)
 
@@ -189,7 +190,7 @@ class Conversation:
         turn = self._by_utterance.pop(utterance_id, None)
         if turn is not None:
             turn.error = f"stt: {reason}"
-            self._settle(turn, "failed", now)
+            self._settle(turn, TurnState.FAILED, now)
 
     def reply_delta(self, turn_id: str, text: str, now: float) -> None:
         turn = self._current(turn_id)
@@ -211,7 +212,7 @@ class Conversation:
             self._add_sentence(turn, sentence)
         turn.reply_done = True
         if not turn.sentences:
-            return self._finish(turn, "silent", now)
+            return self._finish(turn, TurnState.SILENT, now)
         self._publish_turn(turn)
         self._maybe_finish(turn, now)
 
@@ -239,8 +240,8 @@ class Conversation:
             return
         turn.mark("first_tts_audio", now)
         turn.sentences[index].samples += len(pcm) // 2
-        if turn.state != SPEAKING:
-            turn.state = SPEAKING
+        if turn.state is not TurnState.SPEAKING:
+            turn.move(TurnState.SPEAKING)
             self._publish_turn(turn)
         self._pacer.push(pcm, (turn_id, index))
         self._pump(now)
@@ -277,7 +278,7 @@ class Conversation:
                 turn.mark("first_audio_played", now)
         active = self._active
         # The page ran dry mid-reply: TTS was slower than real time.
-        gap = idle and active is not None and active.state == SPEAKING and not self._inflight
+        gap = idle and active is not None and active.state is TurnState.SPEAKING and not self._inflight
         if gap and not self._turn_complete(active):  # type: ignore[arg-type]
             self.stats["playback_gaps"] += 1
         if active is not None:
@@ -330,11 +331,11 @@ class Conversation:
         """Ask for a reply to ``turn``; False if the reply engine asked us to wait (the turn fails at once)."""
         if now < self._llm_cooldown_until:
             turn.error = f"llm: rate limited, retry in {self._llm_cooldown_until - now:.0f} s"
-            self._settle(turn, "failed", now)
+            self._settle(turn, TurnState.FAILED, now)
             return False
         self._active = turn
         self._chunker = self._new_chunker()
-        turn.state = THINKING
+        turn.move(TurnState.THINKING)
         context = [line for line in self._context if line.at < turn.timings["end_of_speech"]]
         request = ReplyRequest(
             room_id=self.cfg.room_id,
@@ -368,7 +369,9 @@ class Conversation:
 
     def _audible(self) -> bool:
         return (
-            self._active is not None and self._active.state == SPEAKING and bool(self._inflight or self._pacer.queued_s)
+            self._active is not None
+            and self._active.state is TurnState.SPEAKING
+            and bool(self._inflight or self._pacer.queued_s)
         )
 
     def _interrupt(self, turn: Turn, now: float) -> None:
@@ -377,7 +380,7 @@ class Conversation:
         self._out.append(act.ClearPlayback())
         self._pacer.clear(now)
         self._inflight.clear()
-        self._finish(turn, "interrupted", now)
+        self._finish(turn, TurnState.INTERRUPTED, now)
 
     def _cancel_generation(self, turn: Turn) -> None:
         self._out.append(act.CancelReply(turn.id))
@@ -399,9 +402,9 @@ class Conversation:
 
     def _maybe_finish(self, turn: Turn, now: float) -> None:
         if turn is self._active and self._turn_complete(turn):
-            self._finish(turn, "failed" if turn.error else "done", now)
+            self._finish(turn, TurnState.FAILED if turn.error else TurnState.DONE, now)
 
-    def _finish(self, turn: Turn, state: str, now: float) -> None:
+    def _finish(self, turn: Turn, state: TurnState, now: float) -> None:
         """End the active turn: record what was really said, then take the next queued turn."""
         spoken = turn.spoken_text
         if spoken or turn.interrupted:  # cut off before a word was heard: history must say so too
@@ -417,18 +420,18 @@ class Conversation:
         while self._queue:
             nxt = self._queue.popleft()
             if now - nxt.timings["end_of_speech"] > self.cfg.stale_after_s:
-                self._settle(nxt, "stale", now)
+                self._settle(nxt, TurnState.STALE, now)
                 continue
             if self._start(nxt, nxt.reason == "llm_decides", now):
                 break
 
     def _settle(
-        self, turn: Turn, state: str, now: float, *, decision: str | None = None, reason: str | None = None
+        self, turn: Turn, state: TurnState, now: float, *, decision: str | None = None, reason: str | None = None
     ) -> None:
         """Give a turn its final state (answered or not) and publish it."""
         if decision is not None:
             turn.decision, turn.reason = decision, reason
-        turn.state = state
+        turn.move(state)
         turn.mark("finished", now)
         self._publish_turn(turn)
 
@@ -453,10 +456,11 @@ class Conversation:
     def _set_speaking(self, speaking: bool, now: float) -> None:
         if speaking != self._speaking:
             self._speaking = speaking
-            self._publish({"type": "speaking", "speaking": speaking, "at": now})
+            self._out.append(act.Publish(SpeakingChanged(speaking, now)))
 
     def _publish_turn(self, turn: Turn) -> None:
-        self._publish({"type": "turn", "turn": turn.to_dict()})
+        self._out.append(act.Publish(TurnChanged(turn.to_dict())))
 
-    def _publish(self, event: dict[str, Any]) -> None:
-        self._out.append(act.Publish(event))
+    def _publish_participants(self) -> None:
+        people = tuple(Participant(pid, name) for pid, name in self.participants.items())
+        self._out.append(act.Publish(ParticipantsChanged(people)))

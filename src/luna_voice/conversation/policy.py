@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+# The one definition of the policy names: settings (LUNA_TURN_POLICY) and the summon body both use it.
 PolicyName = Literal["auto", "always", "never", "llm"]
 
 

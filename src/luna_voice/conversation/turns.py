@@ -4,14 +4,47 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from luna_voice.conversation.chunking import is_cjk
 from luna_voice.conversation.domain import Usage
 
-# Turn states. Terminal: skipped, silent, done, interrupted, failed, merged, stale, empty.
-TRANSCRIBING, QUEUED, THINKING, SPEAKING = "transcribing", "queued", "thinking", "speaking"
-TERMINAL = {"skipped", "silent", "done", "interrupted", "failed", "merged", "stale", "empty"}
+
+class TurnState(StrEnum):
+    """Where a turn is. The value is what the status document and events show."""
+
+    TRANSCRIBING = "transcribing"
+    QUEUED = "queued"  # answered, waiting for Luna to finish another turn
+    THINKING = "thinking"  # reply requested, no audio yet
+    SPEAKING = "speaking"
+    SKIPPED = "skipped"  # heard, not answered (policy or backchannel)
+    SILENT = "silent"  # the ``llm`` policy's model chose not to answer
+    DONE = "done"
+    INTERRUPTED = "interrupted"  # barge-in
+    FAILED = "failed"
+    MERGED = "merged"  # folded into the same speaker's follow-on
+    STALE = "stale"  # queued too long to be worth answering
+
+    @property
+    def terminal(self) -> bool:
+        return not _NEXT[self]
+
+
+_S = TurnState
+_NEXT: dict[TurnState, frozenset[TurnState]] = {
+    _S.TRANSCRIBING: frozenset({_S.QUEUED, _S.THINKING, _S.SKIPPED, _S.FAILED}),
+    _S.QUEUED: frozenset({_S.THINKING, _S.STALE, _S.FAILED}),
+    # A reply whose sentences all come back without audio ends done/failed without ever speaking.
+    _S.THINKING: frozenset({_S.SPEAKING, _S.SILENT, _S.MERGED, _S.DONE, _S.FAILED}),
+    _S.SPEAKING: frozenset({_S.DONE, _S.INTERRUPTED, _S.FAILED}),
+    **{s: frozenset() for s in (_S.SKIPPED, _S.SILENT, _S.DONE, _S.INTERRUPTED, _S.FAILED, _S.MERGED, _S.STALE)},
+}
+TERMINAL = frozenset(s for s in TurnState if s.terminal)
+
+
+class InvalidTransition(RuntimeError):
+    """The core tried a move the turn state machine forbids: a bug, never an input error."""
 
 
 def join_sentences(parts: Iterable[str]) -> str:
@@ -46,7 +79,7 @@ class Turn:
     utterance_id: str
     speaker_id: str
     speaker_name: str
-    state: str = TRANSCRIBING
+    state: TurnState = TurnState.TRANSCRIBING
     heard_text: str = ""
     language: str | None = None
     decision: str | None = None
@@ -60,6 +93,12 @@ class Turn:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     playback_rate: int = 48_000
+
+    def move(self, to: TurnState) -> None:
+        """The only way a turn changes state; a forbidden move raises instead of corrupting the history."""
+        if to not in _NEXT[self.state]:
+            raise InvalidTransition(f"turn {self.id}: {self.state} -> {to}")
+        self.state = to
 
     @property
     def spoken_text(self) -> str:
@@ -79,7 +118,7 @@ class Turn:
         return {
             "id": self.id,
             "speaker": {"id": self.speaker_id, "name": self.speaker_name},
-            "state": self.state,
+            "state": str(self.state),
             "heard_text": self.heard_text,
             "language": self.language,
             "decision": self.decision,

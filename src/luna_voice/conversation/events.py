@@ -1,0 +1,48 @@
+"""What the core publishes for captions and status watchers: typed events, not dicts.
+
+They become JSON in exactly one place, ``luna_voice.events.to_wire``, for the event stream, the demo's captions
+and anything else that watches a bot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from luna_voice.conversation.turns import TurnState
+
+
+@dataclass(frozen=True)
+class Participant:
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ParticipantsChanged:
+    """Someone joined or left; the full list after the change."""
+
+    participants: tuple[Participant, ...]
+
+
+@dataclass(frozen=True)
+class SpeakingChanged:
+    """Luna's voice started or stopped reaching the room."""
+
+    speaking: bool
+    at: float
+
+
+@dataclass(frozen=True)
+class TurnChanged:
+    """A turn changed; ``turn`` is its status-document form at that moment (a copy, safe to keep)."""
+
+    turn: Mapping[str, Any]
+
+    @property
+    def state(self) -> TurnState:
+        return TurnState(self.turn["state"])
+
+
+CoreEvent = ParticipantsChanged | SpeakingChanged | TurnChanged
