@@ -26,6 +26,7 @@ from playwright.async_api import Browser, Page, Playwright, async_playwright
 
 from bench.instant import ReplyAudio, instant_providers
 from bench.signals import RATE, from_int16
+from luna_voice.api.errors import AppRunner
 from luna_voice.bots.bot import Bot
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.bots.pipeline import Pipeline
@@ -219,7 +220,7 @@ class Rig:
             port = s.getsockname()[1]
         base: dict[str, Any] = {"host": "127.0.0.1", "port": port, "local_ice": "loopback", "max_bots": 8}
         service = BenchService(Settings(_env_file=None, **{**base, **overrides}), audio)  # type: ignore[call-arg]
-        runner = web.AppRunner(service.app())
+        runner = AppRunner(service.app())
         started = time.perf_counter()
         await runner.setup()
         startup = time.perf_counter() - started

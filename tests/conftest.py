@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Playwright, async_playwright
 
+from luna_voice.api.errors import AppRunner
 from luna_voice.api.routes import SERVICE
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.config import Settings
@@ -60,7 +61,7 @@ async def start_service() -> AsyncIterator[StartService]:
         }
         settings = Settings(_env_file=None, **{**base, **overrides})
         service = Service(settings, providers=providers, host=host)
-        runner = web.AppRunner(service.app())
+        runner = AppRunner(service.app())
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         runners.append(runner)

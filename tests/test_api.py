@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import pytest
 
 from test_bridge import PagelessHost
+
+JSON = {"Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -41,7 +46,15 @@ async def test_capacity_is_enforced_with_retry_after(api):
         ("GET", "/rooms/-leading-dash/luna", {}, 400, "invalid_room_id"),
         ("GET", "/rooms/nobody-here/luna", {}, 404, "not_found"),
         ("DELETE", "/rooms/nobody-here/luna", {}, 404, "not_found"),
-        ("POST", "/rooms/r/luna", {"data": "{not json"}, 400, "invalid_json"),
+        ("POST", "/rooms/x%0A/luna", {}, 400, "invalid_room_id"),  # `$` let this through as a second room x
+        ("GET", "/rooms/x%0A/luna", {}, 400, "invalid_room_id"),
+        ("GET", "/local/rooms/x%0A/participants", {}, 400, "invalid_room_id"),
+        ("POST", "/rooms/r/luna", {"data": "{not json", "headers": JSON}, 400, "invalid_json"),
+        ("POST", "/rooms/r/luna", {"data": "[" * 25_000 + "]" * 25_000, "headers": JSON}, 400, "invalid_json"),
+        ("POST", "/rooms/r/luna", {"data": b"\xff\xfe{}", "headers": JSON}, 400, "invalid_json"),
+        ("POST", "/rooms/r/luna", {"data": '{"policy": "always"}'}, 415, "unsupported_media_type"),
+        ("POST", "/rooms/r/luna", {"data": '{"a": 1}', "headers": {"Content-Type": "text/plain"}}, 415, None),
+        ("POST", "/rooms/r/luna", {"data": "x" * 70_000, "headers": JSON}, 413, "body_too_large"),
         ("POST", "/rooms/r/luna", {"json": [1, 2]}, 400, "invalid_body"),
         ("POST", "/rooms/r/luna", {"json": {"colour": "blue"}}, 400, "invalid_body"),
         ("POST", "/rooms/r/luna", {"json": {"backend": "zoom"}}, 400, "invalid_body"),
@@ -53,7 +66,54 @@ async def test_capacity_is_enforced_with_retry_after(api):
 async def test_bad_requests_get_json_errors(api, method, path, kwargs, status, code):
     got_status, body = await api.call(method, path, **kwargs)
     assert got_status == status, body
-    assert body["error"]["code"] == code and body["error"]["message"]
+    assert body["error"]["code"] == (code or "unsupported_media_type") and body["error"]["message"]
+    assert (await api.call("GET", "/rooms"))[1] == {"rooms": []}  # nothing was summoned by a refused request
+
+
+async def _chunks(data: bytes, size: int = 4096):  # type: ignore[no-untyped-def]
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "code"),
+    [
+        (b'{"name": "' + b"x" * 100_000 + b'"}', 413, "body_too_large"),  # no Content-Length to check up front
+        (b"[" * 25_000 + b"]" * 25_000, 400, "invalid_json"),  # 50 KB of nesting: was a RecursionError, 500
+    ],
+)
+async def test_chunked_bodies_meet_the_same_limits(api, data, status, code):
+    async with api.http.post(api.url + "/rooms/r/luna", data=_chunks(data), headers=JSON) as resp:
+        assert resp.status == status and (await resp.json())["error"]["code"] == code
+
+
+async def _raw(api, request: bytes) -> tuple[int, str, dict]:  # type: ignore[no-untyped-def]
+    """Send bytes no well-behaved client would, and parse the answer."""
+    host, port = api.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers.get("content-type", ""), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /rooms HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",  # header line the parser refuses
+        b"GET /rooms HTT/1.1\r\nHost: x\r\n\r\n",  # bad request line
+        b"POST /rooms/r/luna HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",  # broken chunk size
+    ],
+)
+async def test_parser_errors_are_json_too(api, request_bytes):
+    status, content_type, body = await _raw(api, request_bytes)
+    assert status == 400 and content_type.startswith("application/json")
+    assert body["error"]["code"] == "bad_request" and body["error"]["message"]
 
 
 async def test_invalid_body_message_names_the_field(api):
@@ -101,6 +161,12 @@ async def test_api_token_guards_the_control_api(start_service):
     assert status == 401 and body["error"]["code"] == "unauthorized"
     status, _ = await svc.call("POST", "/rooms/r/luna", headers={"Authorization": "Bearer s3cret"})
     assert status == 201
+    # the scheme is case-insensitive (RFC 9110); the credentials are not
+    assert (await svc.call("GET", "/rooms", headers={"Authorization": "bearer s3cret"}))[0] == 200
+    assert (await svc.call("GET", "/rooms", headers={"Authorization": "BEARER  s3cret"}))[0] == 200
+    assert (await svc.call("GET", "/rooms", headers={"Authorization": "Bearer S3CRET"}))[0] == 401
+    assert (await svc.call("GET", "/rooms", headers={"Authorization": "Basic s3cret"}))[0] == 401
+    assert (await svc.call("GET", "/rooms", headers={"Authorization": "s3cret"}))[0] == 401
     assert (await svc.call("GET", "/healthz"))[0] == 200  # probes stay open
 
 

@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 
 from luna_voice import logs
-from luna_voice.api.errors import ApiError, json_errors, require_token
+from luna_voice.api.errors import ApiError, AppRunner, json_errors, require_token
 from luna_voice.api.models import SummonRequest
 from luna_voice.api.routes import SERVICE, routes
 from luna_voice.bots.bot import Bot, BotTimings
@@ -192,7 +192,7 @@ class Service:
 
 async def _run(service: Service) -> None:
     s = service.settings
-    runner = web.AppRunner(service.app(), handle_signals=False, shutdown_timeout=15)
+    runner = AppRunner(service.app(), handle_signals=False, shutdown_timeout=15)
     await runner.setup()
     await web.TCPSite(runner, s.host, s.port).start()
     public = s.public_url or f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"

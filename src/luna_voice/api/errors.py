@@ -1,11 +1,19 @@
-"""JSON errors for the control API: every failure is ``{"error": {"code", "message"}}`` with an HTTP status."""
+"""JSON errors for the control API: every failure is ``{"error": {"code", "message"}}`` with an HTTP status.
+
+That includes what aiohttp answers before any middleware runs (a malformed request line, header or chunk):
+``AppRunner`` swaps in a protocol handler whose error page is the same JSON.
+"""
 
 from __future__ import annotations
 
 import secrets
+from http import HTTPStatus
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 log = structlog.get_logger(__name__)
 
@@ -21,7 +29,20 @@ def error_response(status: int, code: str, message: str, *, retry_after: float |
     return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large", 400: "bad_request"}
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    431: "headers_too_large",
+    500: "internal",
+}
+
+
+def _http_error(status: int, message: str) -> web.Response:
+    return error_response(status, _HTTP_CODES.get(status, "http_error"), message)
 
 
 @web.middleware
@@ -33,12 +54,64 @@ async def json_errors(request: web.Request, handler):  # type: ignore[no-untyped
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = _HTTP_CODES.get(exc.status, "http_error")
         message = f"no route for {request.method} {request.path}" if exc.status in (404, 405) else exc.reason
-        return error_response(exc.status, code, message)
+        return _http_error(exc.status, message)
+    except HttpProcessingError as exc:  # a broken body (bad chunk framing, short read) while a handler read it
+        return _http_error(exc.code or 400, f"malformed request: {exc.message}")
     except Exception:
         log.exception("api.unhandled", path=request.path, method=request.method)
-        return error_response(500, "internal", "internal error; see the service log")
+        return _http_error(500, "internal error; see the service log")
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's protocol handler with JSON instead of its text/plain error page (parser errors, timeouts)."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self, request: BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs, and refuses once a response has started
+        if isinstance(exc, HttpProcessingError) and exc.message:
+            text = f"malformed request: {exc.message}"
+        elif status == 500:
+            text = "internal error; see the service log"
+        else:
+            text = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
+        resp = _http_error(status, text)
+        resp.force_close()
+        return resp
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        handler = super().__call__()
+        handler.__class__ = _JsonErrorHandler  # same slots, only handle_error differs
+        return handler
+
+
+class AppRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer even unparseable requests in JSON.
+
+    aiohttp has no public hook for the responses its HTTP parser sends before the application sees a request,
+    so this overrides the runner's server factory; tests/test_api.py sends raw malformed requests to check it.
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _JsonErrorServer
+        return server
+
+
+def _bearer(header: str) -> str | None:
+    """The credentials of an ``Authorization: Bearer …`` header; the scheme is case-insensitive (RFC 9110 §11.1)."""
+    scheme, _, credentials = header.strip().partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def authorized(request: web.Request, token: str) -> bool:
+    given = _bearer(request.headers.get("Authorization", ""))
+    return given is not None and secrets.compare_digest(given.encode(), token.encode())
 
 
 def require_token(token: str | None):  # type: ignore[no-untyped-def]
@@ -46,10 +119,8 @@ def require_token(token: str | None):  # type: ignore[no-untyped-def]
 
     @web.middleware
     async def check(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        if token and request.path.startswith("/rooms"):
-            given = request.headers.get("Authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return error_response(401, "unauthorized", "missing or wrong 'Authorization: Bearer' token")
+        if token and request.path.startswith("/rooms") and not authorized(request, token):
+            return error_response(401, "unauthorized", "missing or wrong 'Authorization: Bearer' token")
         return await handler(request)
 
     return check

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from luna_voice.conversation.policy import PolicyName
 
-ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+ROOM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")  # use with fullmatch
 
 
 class SummonRequest(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from luna_voice.api.models import SummonRequest
+from luna_voice.api.models import ROOM_ID, SummonRequest
 
 _ERROR = {
     "type": "object",
@@ -41,7 +41,7 @@ _ROOM_ID = {
     "name": "room_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"},
+    "schema": {"type": "string", "pattern": f"^{ROOM_ID.pattern}$"},
 }
 
 
@@ -70,7 +70,7 @@ def document() -> dict[str, Any]:
                     "responses": {
                         "201": _json(status_ref, "a new bot"),
                         "200": _json(status_ref, "the bot already live in this room"),
-                        **_errors(400, 404, 413, 502, 503),
+                        **_errors(400, 404, 413, 415, 502, 503),
                     },
                 },
                 "get": {"summary": "Status", "responses": {"200": _json(status_ref, "status"), **_errors(400, 404)}},

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
-from pydantic import ValidationError
 
+from luna_voice.api import bodies
 from luna_voice.api.errors import ApiError
-from luna_voice.api.models import ROOM_ID, SummonRequest
+from luna_voice.api.models import SummonRequest
 from luna_voice.api.openapi import document
 from luna_voice.bots.manager import CapacityReached
 from luna_voice.bridge import protocol as bp
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from luna_voice.service import Service
 
 BOT_PAGE = Path(__file__).resolve().parents[3] / "bot_page"
-MAX_BODY = 64 * 1024
 
 routes = web.RouteTableDef()
 SERVICE: web.AppKey[Service] = web.AppKey("service")
@@ -33,49 +31,10 @@ def _service(request: web.Request) -> Service:
     return request.app[SERVICE]
 
 
-def _room_id(request: web.Request) -> str:
-    room_id = request.match_info["room_id"]
-    if not ROOM_ID.match(room_id):
-        raise ApiError(
-            400,
-            "invalid_room_id",
-            "room id must be 1-128 characters of letters, digits, '-' or '_', starting alphanumeric",
-        )
-    return room_id
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "body_too_large", f"request body over {MAX_BODY} bytes")
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_json", "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_body", "request body must be a JSON object")
-    return body
-
-
-def _validation_message(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
 @routes.post("/rooms/{room_id}/luna")
 async def summon(request: web.Request) -> web.Response:
-    room_id = _room_id(request)
-    try:
-        req = SummonRequest.model_validate(await _body(request))
-    except ValidationError as exc:
-        raise ApiError(400, "invalid_body", _validation_message(exc)) from None
+    room_id = bodies.room_id(request)
+    req = await bodies.read_json(request, SummonRequest)
     service = _service(request)
     try:
         bot, created = await service.summon(room_id, req)
@@ -123,7 +82,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 
 def _bot(request: web.Request):  # type: ignore[no-untyped-def]
-    room_id = _room_id(request)
+    room_id = bodies.room_id(request)
     bot = _service(request).manager.rooms.get(room_id)
     if bot is None:
         raise ApiError(404, "not_found", f"Luna has not been summoned to room '{room_id}'")
@@ -185,7 +144,7 @@ async def bridge(request: web.Request) -> web.StreamResponse:
 def _local_rooms(request: web.Request) -> str:
     if not _service(request).settings.local_rooms:
         raise ApiError(404, "local_rooms_disabled", "the local demo room is turned off (LUNA_LOCAL_ROOMS=false)")
-    return _room_id(request)
+    return bodies.room_id(request)
 
 
 @routes.get("/local/rooms/{room_id}/signal")
