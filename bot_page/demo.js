@@ -5,6 +5,9 @@
 //   window.lunaDemo.startRecording([name]) / stopRecording() -> {sampleRate, pcm}  (pcm: base64 int16 LE mono;
 //     with a name, only that participant is recorded — e.g. "Luna")
 //   window.lunaDemo.captions() -> the caption lines shown
+// When the service has an API token (LUNA_API_TOKEN), open the page as /demo/rooms/ID#token=TOKEN (the fragment
+// never reaches a server or its logs) or paste the token when asked. The page then does what an app's browser
+// client does: it calls the API with the token and joins the room with a single-use ticket it minted.
 import { LocalRoom, attachSink } from "./lib/local-room.js";
 
 const roomId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
@@ -12,6 +15,34 @@ const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 $("room").textContent = roomId;
 $("name").value = params.get("name") || `guest-${Math.floor(Math.random() * 1000)}`;
+
+// The operator's API token, if the service needs one: from the URL fragment once, then this tab's session.
+const fragment = new URLSearchParams(location.hash.slice(1));
+if (fragment.has("token")) {
+  sessionStorage.setItem("lunaToken", fragment.get("token"));
+  history.replaceState(null, "", location.pathname + location.search); // out of the address bar and history
+}
+let token = sessionStorage.getItem("lunaToken");
+const authHeaders = () => (token ? { Authorization: `Bearer ${token}` } : {});
+
+async function authorizedFetch(url, init = {}) {
+  let resp = await fetch(url, { ...init, headers: { ...(init.headers || {}), ...authHeaders() } });
+  if (resp.status === 401) {
+    const given = window.prompt("This Luna voice service needs its API token (LUNA_API_TOKEN):");
+    if (!given) return resp;
+    token = given.trim();
+    sessionStorage.setItem("lunaToken", token);
+    resp = await fetch(url, { ...init, headers: { ...(init.headers || {}), ...authHeaders() } });
+  }
+  return resp;
+}
+
+async function roomTicket() {
+  const resp = await authorizedFetch(`/local/rooms/${encodeURIComponent(roomId)}/tickets`, { method: "POST" });
+  const data = await resp.json();
+  if (!resp.ok) throw new Error(`no room ticket: ${data.error.message}`);
+  return data.ticket;
+}
 
 let room = null;
 let ctx = null;
@@ -78,7 +109,12 @@ async function join() {
     recordBus = ctx.createGain();
   }
   const name = $("name").value.trim() || "guest";
-  room = new LocalRoom({ signalUrl: `${location.origin.replace(/^http/, "ws")}/local/rooms/${encodeURIComponent(roomId)}/signal`, name });
+  const ticket = await roomTicket();
+  room = new LocalRoom({
+    signalUrl: `${location.origin.replace(/^http/, "ws")}/local/rooms/${encodeURIComponent(roomId)}/signal`,
+    name,
+    ticket,
+  });
   room.addEventListener("participant-joined", ({ detail }) => tile(detail.id, detail.name, detail.kind));
   room.addEventListener("participant-left", ({ detail }) => dropTile(detail.id));
   room.addEventListener("track", async ({ detail }) => {
@@ -121,7 +157,7 @@ function participants() {
 
 // --- Luna: summon, dismiss, captions ------------------------------------------------------------------------
 async function api(method, body) {
-  const resp = await fetch(`/rooms/${encodeURIComponent(roomId)}/luna`, {
+  const resp = await authorizedFetch(`/rooms/${encodeURIComponent(roomId)}/luna`, {
     method,
     headers: { "Content-Type": "application/json" },
     body: body ? JSON.stringify(body) : undefined,
@@ -143,21 +179,40 @@ async function summon(body = { backend: "local" }) {
 
 const dismiss = () => api("DELETE");
 
-let events = null;
-function watch() {
-  if (events) return;
-  events = new EventSource(`/rooms/${encodeURIComponent(roomId)}/luna/events`);
-  events.onmessage = ({ data }) => {
-    const ev = JSON.parse(data);
-    if (ev.type === "turn") caption(ev.turn);
-    else if (ev.type === "status") ev.status.turns.forEach(caption);
-    else if (ev.type === "state") status(`Luna is ${ev.state}${ev.sub_code ? ` (${ev.sub_code})` : ""}.`);
-  };
-  events.onerror = () => {
-    events.close();
-    events = null;
-    setTimeout(watch, 2000); // not summoned yet, or the service restarted
-  };
+// The event stream, read with fetch rather than EventSource, which cannot send the Authorization header.
+let watching = false;
+async function watch() {
+  if (watching) return;
+  watching = true;
+  try {
+    const resp = await fetch(`/rooms/${encodeURIComponent(roomId)}/luna/events`, { headers: authHeaders() });
+    if (resp.ok) {
+      const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = frame.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+          if (data) onEvent(JSON.parse(data));
+        }
+      }
+    }
+  } catch (err) {
+    console.warn("event stream", err);
+  }
+  watching = false;
+  setTimeout(watch, 2000); // not summoned yet, the stream ended, or the service restarted
+}
+
+function onEvent(ev) {
+  if (ev.type === "turn") caption(ev.turn);
+  else if (ev.type === "status") ev.status.turns.forEach(caption);
+  else if (ev.type === "state") status(`Luna is ${ev.state}${ev.sub_code ? ` (${ev.sub_code})` : ""}.`);
 }
 
 function line(key) {

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from test_bridge import PagelessHost
+from pageless import PagelessHost
 
 JSON = {"Content-Type": "application/json"}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import struct
 
@@ -11,6 +10,7 @@ import aiohttp
 import pytest
 
 from luna_voice.bridge import protocol as bp
+from pageless import PagelessHost, page_config
 
 
 def test_audio_frame_round_trip():
@@ -66,37 +66,6 @@ def test_control_messages_parse():
     )
     assert bp.decode_text('{"type":"played","seq":41,"idle":true}') == bp.Played(41, True)
     assert json.loads(bp.control("clear")) == {"type": "clear"}
-
-
-class PagelessHost:
-    """Stands in for Chromium: records the page URL so the test can play the page over the real socket."""
-
-    def __init__(self) -> None:
-        self.urls: list[str] = []
-        self.ready = True
-        self.on_browser_lost = None
-        self.crash = lambda: None  # simulates the page crashing once it is open
-
-    async def start(self) -> None:
-        pass
-
-    async def open(self, url, *, on_crash):  # type: ignore[no-untyped-def]
-        self.urls.append(url)
-        self.crash = on_crash
-
-        class Handle:
-            async def close(self) -> None:
-                pass
-
-        return Handle()
-
-    async def close(self) -> None:
-        pass
-
-
-def page_config(url: str) -> dict:
-    frag = url.split("#", 1)[1]
-    return json.loads(base64.urlsafe_b64decode(frag + "=" * (-len(frag) % 4)))
 
 
 async def summon_pageless(start_service):  # type: ignore[no-untyped-def]

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
+from pageless import PagelessHost, page_config
 from roomtools import until
-from test_bridge import PagelessHost, page_config
 
 
 async def summon(start_service, **settings):  # type: ignore[no-untyped-def]

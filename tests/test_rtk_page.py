@@ -36,8 +36,8 @@ from fakes.cloudflare_rtk import FakeCloudflareRtk, decode_token_payload
 from luna_voice.bots.host import CHROMIUM_ARGS, BotPage, ChromiumHost
 from luna_voice.bridge import protocol as bp
 from luna_voice.rooms.rtk_api import RtkApi
+from pageless import page_config
 from roomtools import until
-from test_bridge import page_config
 
 pytestmark = pytest.mark.browser
 

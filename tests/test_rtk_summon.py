@@ -9,7 +9,7 @@ import json
 import pytest
 
 from fakes.cloudflare_rtk import FakeCloudflareRtk
-from test_bridge import PagelessHost, page_config
+from pageless import PagelessHost, page_config
 
 
 @pytest.fixture

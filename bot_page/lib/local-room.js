@@ -1,15 +1,17 @@
 // Local room: a WebRTC mesh on loopback, signalled through the service's hub (/local/rooms/{id}/signal).
 // Used by Luna's page (through rooms/local.js) and by the human demo page. It knows nothing of Luna.
 //
-// Hub protocol (JSON over WebSocket): we send {type:"join", name, kind}; the hub answers
+// Hub protocol (JSON over WebSocket): we send {type:"join", name, kind, ticket?}; the hub answers
 // {type:"welcome", id, peers:[{id,name,kind}], ice} and then relays {type:"peer_joined"|"peer_left", peer} and
 // {type:"signal", from, data}. The newcomer makes the offer to every peer already there, so a pair never
-// negotiates from both ends at once.
+// negotiates from both ends at once. When the service has an API token, `ticket` (a single-use room ticket from
+// POST /local/rooms/{id}/tickets) is required, and the hub closes with 4401 without one.
 
 export class LocalRoom extends EventTarget {
-  constructor({ signalUrl, name, kind = "human", iceFilter = null }) {
+  constructor({ signalUrl, name, kind = "human", iceFilter = null, ticket = null }) {
     super();
     this.signalUrl = signalUrl;
+    this.ticket = ticket;
     this.name = name;
     this.kind = kind;
     this.iceFilter = iceFilter; // "loopback" keeps only 127.0.0.1 candidates; otherwise the hub's choice
@@ -33,7 +35,7 @@ export class LocalRoom extends EventTarget {
       const ws = new WebSocket(this.signalUrl);
       this.ws = ws;
       let welcomed = false;
-      ws.onopen = () => ws.send(JSON.stringify({ type: "join", name: this.name, kind: this.kind }));
+      ws.onopen = () => ws.send(JSON.stringify({ type: "join", name: this.name, kind: this.kind, ticket: this.ticket }));
       ws.onerror = () => {
         if (!welcomed) reject(new Error(`cannot reach the local room hub at ${this.signalUrl}`));
       };

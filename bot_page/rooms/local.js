@@ -5,7 +5,9 @@
 import { LocalRoom } from "../lib/local-room.js";
 
 export async function createRoom(config, handlers) {
-  const room = new LocalRoom({ signalUrl: config.signalUrl, name: config.name, kind: "bot", iceFilter: config.iceFilter });
+  const room = new LocalRoom({
+    signalUrl: config.signalUrl, name: config.name, kind: "bot", iceFilter: config.iceFilter, ticket: config.ticket,
+  });
   room.addEventListener("participant-joined", ({ detail }) => handlers.participantJoined(detail));
   room.addEventListener("participant-left", ({ detail }) => handlers.participantLeft(detail));
   room.addEventListener("track", ({ detail }) =>

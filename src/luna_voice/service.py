@@ -27,6 +27,7 @@ from luna_voice.metrics import Metrics
 from luna_voice.providers.select import ProviderSet, select_providers
 from luna_voice.rooms.local_hub import LocalRoomHub
 from luna_voice.rooms.rtk_api import RtkApi, RtkApiError
+from luna_voice.rooms.tickets import RoomTickets
 from luna_voice.usage import price
 
 log = structlog.get_logger(__name__)
@@ -39,7 +40,9 @@ class Service:
         self.settings = settings
         self.providers = providers or select_providers(settings)
         self.prices = self.providers.prices(settings.prices)
-        self.hub = LocalRoomHub(ice=settings.local_ice)
+        # With an API token, joining a local room takes a ticket minted by an authenticated call.
+        self.tickets = RoomTickets()
+        self.hub = LocalRoomHub(ice=settings.local_ice, tickets=self.tickets if settings.api_token else None)
         self.host = host or ChromiumHost(settings.chromium_path)
         self.manager = BotManager(
             host=self.host,
@@ -72,6 +75,9 @@ class Service:
 
     def _page_url(self, config: dict[str, Any]) -> str:
         config = {**config, "bridgeUrl": f"ws://127.0.0.1:{self.settings.port}/bridge/{config['botId']}"}
+        if config["backend"] == "local":  # every page opened (a rejoin too) gets a fresh single-use ticket
+            room = config["room"]
+            config["room"] = {**room, "ticket": self.tickets.mint(room["roomId"], "bot")}
         return f"{self.internal_url}/bot/bot.html#{Bot.encode_config(config)}"
 
     async def summon(self, room_id: str, req: SummonRequest) -> tuple[Bot, bool]:
@@ -85,6 +91,7 @@ class Service:
             if not self.settings.local_rooms:
                 raise ApiError(400, "local_rooms_disabled", "backend 'local' is turned off (LUNA_LOCAL_ROOMS=false)")
             room_config: dict[str, Any] = {
+                "roomId": room_id,
                 "signalUrl": f"ws://127.0.0.1:{self.settings.port}/local/rooms/{room_id}/signal",
                 "name": name,
                 "iceFilter": self.settings.local_ice,
@@ -163,6 +170,7 @@ class Service:
 
     async def _on_startup(self, _app: web.Application) -> None:
         log.info("providers", **self.providers.names, offline=self.providers.offline)
+        self._log_access()
         for note in self.providers.notes:
             log.warning("providers.note", note=note)
         try:
@@ -170,6 +178,21 @@ class Service:
         except Exception as exc:  # the API still answers; /readyz says why bots cannot start
             self.browser_error = f"{type(exc).__name__}: {exc}"
             log.error("chromium.failed", error=self.browser_error)
+
+    def _log_access(self) -> None:
+        s = self.settings
+        if s.api_token:
+            log.info(
+                "access",
+                api="Authorization: Bearer LUNA_API_TOKEN",
+                local_rooms="join with a ticket from POST /local/rooms/{id}/tickets" if s.local_rooms else "off",
+            )
+        else:
+            log.warning(
+                "access.open",
+                note="LUNA_API_TOKEN is not set: anyone who reaches this port can summon Luna"
+                + (" and join the local demo rooms without a ticket" if s.local_rooms else ""),
+            )
 
     async def stop(self) -> None:
         """Every bot leaves its room, then Chromium and the providers close. Call before the HTTP server stops."""

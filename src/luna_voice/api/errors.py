@@ -114,12 +114,24 @@ def authorized(request: web.Request, token: str) -> bool:
     return given is not None and secrets.compare_digest(given.encode(), token.encode())
 
 
+def needs_token(path: str) -> bool:
+    """What the API token guards: the control API, metrics, and the local room's ticket and participant list.
+
+    Open: ``/healthz``, ``/readyz`` (probes: readiness, provider names, bot counts), ``/openapi.json`` (no data),
+    the static pages, and the two sockets, which carry their own credentials (a bridge token per bot, a room
+    ticket per local-room peer).
+    """
+    if path.startswith("/rooms") or path == "/metrics":
+        return True
+    return path.startswith("/local/rooms/") and not path.endswith("/signal")
+
+
 def require_token(token: str | None):  # type: ignore[no-untyped-def]
-    """Middleware: the control API (``/rooms…``) answers only callers with the configured bearer token."""
+    """Middleware: with a token configured, what ``needs_token`` names answers only callers that present it."""
 
     @web.middleware
     async def check(request: web.Request, handler):  # type: ignore[no-untyped-def]
-        if token and request.path.startswith("/rooms") and not authorized(request, token):
+        if token and needs_token(request.path) and not authorized(request, token):
             return error_response(401, "unauthorized", "missing or wrong 'Authorization: Bearer' token")
         return await handler(request)
 

@@ -17,6 +17,7 @@ from luna_voice.bots.manager import CapacityReached
 from luna_voice.bridge import protocol as bp
 from luna_voice.events import StatusSnapshot, sse
 from luna_voice.metrics import CONTENT_TYPE
+from luna_voice.rooms.tickets import TICKET_TTL_S
 
 if TYPE_CHECKING:
     from luna_voice.service import Service
@@ -151,6 +152,14 @@ def _local_rooms(request: web.Request) -> str:
 async def local_signal(request: web.Request) -> web.StreamResponse:
     room_id = _local_rooms(request)
     return await _service(request).hub.handle(request, room_id)
+
+
+@routes.post("/local/rooms/{room_id}/tickets")
+async def local_ticket(request: web.Request) -> web.Response:
+    """A single-use pass into the room for one page (needed when LUNA_API_TOKEN is set; harmless otherwise)."""
+    room_id = _local_rooms(request)
+    ticket = _service(request).tickets.mint(room_id, "human")
+    return web.json_response({"ticket": ticket, "expires_in_s": TICKET_TTL_S}, status=201)
 
 
 @routes.get("/local/rooms/{room_id}/participants")

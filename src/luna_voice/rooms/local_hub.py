@@ -1,7 +1,11 @@
 """Signaling hub for the local room: a WebRTC mesh on loopback between Luna's page and human pages.
 
 It relays SDP and ICE between peers of one room and tells everyone who joined and left; media never passes
-through here. The message shapes are documented in ``bot_page/lib/local-room.js``.
+through here. The message shapes are documented in ``bot_page/lib/local-room.js`` and checked by the pydantic
+models below: a message that does not fit closes the socket with 4400 and a reason, never a traceback.
+
+With room tickets (``LUNA_API_TOKEN`` set), the first message must carry a ticket for this room
+(``rooms/tickets.py``); the ticket, not the message, says whether the peer is a person or Luna.
 """
 
 from __future__ import annotations
@@ -9,14 +13,58 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 import structlog
 from aiohttp import WSMsgType, web
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+
+from luna_voice.rooms.tickets import PeerKind, RoomTickets
 
 log = structlog.get_logger(__name__)
 
 MAX_PEERS_PER_ROOM = 16
 MAX_MESSAGE_BYTES = 64 * 1024
+CLOSE_MALFORMED = 4400
+CLOSE_NO_TICKET = 4401
+CLOSE_FULL = 4429
+
+
+class Join(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["join"]
+    name: str = Field(default="guest", max_length=200)
+    kind: PeerKind = "human"
+    ticket: str | None = Field(default=None, max_length=200)
+
+
+class Signal(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["signal"]
+    to: str = Field(max_length=64)
+    data: dict[str, JsonValue]
+
+
+M = TypeVar("M", Join, Signal)
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code, self.reason = code, reason
+
+
+def _parse(text: str, model: type[M]) -> M:
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        if err["type"] in ("json_invalid", "model_type"):
+            raise _Refused(CLOSE_MALFORMED, "signal messages are JSON objects") from None
+        raise _Refused(CLOSE_MALFORMED, f"bad '{model.__name__.lower()}' message: {where}: {err['msg']}") from None
 
 
 @dataclass
@@ -33,13 +81,14 @@ class Peer:
 @dataclass
 class LocalRoomHub:
     ice: str = "any"
+    tickets: RoomTickets | None = None  # None: the open demo (anyone who reaches the port may join)
     rooms: dict[str, dict[str, Peer]] = field(default_factory=dict)
-    _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def participants(self, room_id: str) -> list[dict[str, str]]:
         return [p.public() for p in self.rooms.get(room_id, {}).values()]
 
-    async def _broadcast(self, room_id: str, message: dict, *, skip: str | None = None) -> None:
+    async def _broadcast(self, room_id: str, message: dict[str, Any], *, skip: str | None = None) -> None:
         data = json.dumps(message)
         for peer in list(self.rooms.get(room_id, {}).values()):
             if peer.id != skip and not peer.ws.closed:
@@ -53,21 +102,16 @@ class LocalRoomHub:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     continue
-                try:
-                    data = json.loads(msg.data)
-                except ValueError:
-                    await ws.close(code=4400, message=b"signal messages are JSON")
-                    break
                 if peer is None:
-                    peer = await self._join(ws, room_id, data)
-                    if peer is None:
-                        break
-                elif data.get("type") == "signal":
-                    target = self.rooms.get(room_id, {}).get(str(data.get("to")))
-                    if target and not target.ws.closed:
-                        await target.ws.send_str(
-                            json.dumps({"type": "signal", "from": peer.id, "data": data.get("data")})
-                        )
+                    peer = await self._join(ws, room_id, _parse(msg.data, Join))
+                    continue
+                sig = _parse(msg.data, Signal)
+                target = self.rooms.get(room_id, {}).get(sig.to)
+                if target and not target.ws.closed:
+                    await target.ws.send_str(json.dumps({"type": "signal", "from": peer.id, "data": sig.data}))
+        except _Refused as exc:
+            log.info("local_room.refused", room_id=room_id, code=exc.code, reason=exc.reason)
+            await ws.close(code=exc.code, message=exc.reason.encode()[:120])
         finally:
             if peer is not None:
                 members = self.rooms.get(room_id, {})
@@ -78,17 +122,17 @@ class LocalRoomHub:
                 await self._broadcast(room_id, {"type": "peer_left", "peer": peer.public()})
         return ws
 
-    async def _join(self, ws: web.WebSocketResponse, room_id: str, data: dict) -> Peer | None:
-        if data.get("type") != "join":
-            await ws.close(code=4400, message=b"first message must be 'join'")
-            return None
+    async def _join(self, ws: web.WebSocketResponse, room_id: str, join: Join) -> Peer:
+        kind: PeerKind = join.kind
+        if self.tickets is not None:
+            admitted = self.tickets.redeem(join.ticket, room_id) if join.ticket else None
+            if admitted is None:
+                raise _Refused(CLOSE_NO_TICKET, "joining needs a room ticket: missing, expired or already used")
+            kind = admitted
         members = self.rooms.setdefault(room_id, {})
         if len(members) >= MAX_PEERS_PER_ROOM:
-            await ws.close(code=4429, message=b"local room is full")
-            return None
-        name = str(data.get("name") or "guest")[:64]
-        kind = "bot" if data.get("kind") == "bot" else "human"
-        peer = Peer(id=f"p{next(self._ids)}", name=name, kind=kind, ws=ws)
+            raise _Refused(CLOSE_FULL, "local room is full")
+        peer = Peer(id=f"p{next(self._ids)}", name=join.name.strip()[:64] or "guest", kind=kind, ws=ws)
         await ws.send_str(
             json.dumps(
                 {"type": "welcome", "id": peer.id, "peers": [p.public() for p in members.values()], "ice": self.ice}
@@ -96,5 +140,5 @@ class LocalRoomHub:
         )
         await self._broadcast(room_id, {"type": "peer_joined", "peer": peer.public()})
         members[peer.id] = peer
-        log.info("local_room.joined", room_id=room_id, peer=peer.id, name=name, kind=kind)
+        log.info("local_room.joined", room_id=room_id, peer=peer.id, name=peer.name, kind=kind)
         return peer
