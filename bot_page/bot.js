@@ -1,12 +1,10 @@
 // Luna's page. It joins a room through a room adapter (rooms/<backend>.js), captures every other participant's
 // audio and streams it to Python over the bridge WebSocket, and plays what Python sends into a WebAudio graph
 // whose MediaStreamDestination track is Luna's microphone in the room. The bridge protocol is documented in
-// src/luna_voice/bridge/protocol.py. The page builds its audio graph itself at load (no test hooks), so an
-// AudioContext left suspended by the autoplay policy shows up here and not only in production.
-
-const KIND_CAPTURE = 1;
-const KIND_PLAYBACK = 2;
-const HEADER = 16;
+// src/luna_voice/bridge/protocol.py, which generates ./protocol.js. The page builds its audio graph itself at
+// load (no test hooks), so an AudioContext left suspended by the autoplay policy shows up here and not only in
+// production.
+import * as wire from "./protocol.js";
 
 // Config comes in the URL fragment (base64url JSON), which is never sent to a server or written to access logs.
 const b64 = location.hash.slice(1).replace(/-/g, "+").replace(/_/g, "/");
@@ -40,7 +38,7 @@ function setState(state, sub_code = null, reason = null) {
 }
 
 // --- audio graph ------------------------------------------------------------------------------------------
-const ctx = new AudioContext({ sampleRate: 48000, latencyHint: "interactive" });
+const ctx = new AudioContext({ sampleRate: wire.PLAYBACK_RATE, latencyHint: "interactive" });
 const silentOut = ctx.createGain();
 silentOut.gain.value = 0;
 silentOut.connect(ctx.destination); // keeps capture worklets pulled by the render graph
@@ -63,7 +61,7 @@ function openBridge() {
     bridge.onopen = () => {
       bridge.send(JSON.stringify({
         type: "hello", token: cfg.token, backend: cfg.backend, audio_context: ctx.state,
-        capture_rate: 16000, playback_rate: ctx.sampleRate,
+        capture_rate: wire.CAPTURE_RATE, playback_rate: ctx.sampleRate, // Python refuses rates it does not use
       }));
       resolve();
     };
@@ -80,9 +78,9 @@ function openBridge() {
         return;
       }
       const view = new DataView(data);
-      if (data.byteLength < HEADER || view.getUint8(1) !== KIND_PLAYBACK) return;
-      const seq = view.getUint32(4, true);
-      const buffer = data.slice(HEADER);
+      if (data.byteLength < wire.HEADER_BYTES || view.getUint8(wire.OFFSET_KIND) !== wire.KIND_PLAYBACK) return;
+      const seq = view.getUint32(wire.OFFSET_SEQ, true);
+      const buffer = data.slice(wire.HEADER_BYTES);
       playback.port.postMessage({ type: "pcm", seq, buffer }, [buffer]);
     };
   });
@@ -90,12 +88,12 @@ function openBridge() {
 
 // --- per-participant capture -------------------------------------------------------------------------------
 function frameHeader(index, seq) {
-  const head = new DataView(new ArrayBuffer(HEADER));
-  head.setUint8(0, 1);
-  head.setUint8(1, KIND_CAPTURE);
-  head.setUint16(2, index, true);
-  head.setUint32(4, seq >>> 0, true);
-  head.setFloat64(8, wallClockMs(), true);
+  const head = new DataView(new ArrayBuffer(wire.HEADER_BYTES));
+  head.setUint8(wire.OFFSET_VERSION, wire.VERSION);
+  head.setUint8(wire.OFFSET_KIND, wire.KIND_CAPTURE);
+  head.setUint16(wire.OFFSET_PARTICIPANT, index, true);
+  head.setUint32(wire.OFFSET_SEQ, seq >>> 0, true);
+  head.setFloat64(wire.OFFSET_TIMESTAMP, wallClockMs(), true);
   return head.buffer;
 }
 
@@ -130,9 +128,9 @@ async function audioTrack({ id, name, track }) {
   p.node = new AudioWorkletNode(ctx, "luna-capture", { numberOfInputs: 1, outputChannelCount: [1] });
   p.node.port.onmessage = ({ data }) => {
     if (!bridge || bridge.readyState !== WebSocket.OPEN) return;
-    const frame = new Uint8Array(HEADER + data.byteLength);
+    const frame = new Uint8Array(wire.HEADER_BYTES + data.byteLength);
     frame.set(new Uint8Array(frameHeader(p.index, p.seq++)), 0);
-    frame.set(new Uint8Array(data), HEADER);
+    frame.set(new Uint8Array(data), wire.HEADER_BYTES);
     bridge.send(frame.buffer);
   };
   p.source.connect(p.node);

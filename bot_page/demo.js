@@ -9,6 +9,7 @@
 // never reaches a server or its logs) or paste the token when asked. The page then does what an app's browser
 // client does: it calls the API with the token and joins the room with a single-use ticket it minted.
 import { LocalRoom, attachSink } from "./lib/local-room.js";
+import { CAPTURE_RATE, PLAYBACK_RATE } from "./protocol.js";
 
 const roomId = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop());
 const params = new URLSearchParams(location.search);
@@ -102,7 +103,7 @@ async function micTrack() {
 
 async function join() {
   if (room) return room.id;
-  ctx = ctx || new AudioContext({ sampleRate: 48000 });
+  ctx = ctx || new AudioContext({ sampleRate: PLAYBACK_RATE });
   await ctx.resume().catch(() => {});
   if (!recordBus) {
     await ctx.audioWorklet.addModule("/bot/audio/capture-worklet.js");
@@ -262,7 +263,7 @@ function startRecording(only = null) {
 }
 
 function stopRecording() {
-  if (!recorder) return { sampleRate: 16000, pcm: "" };
+  if (!recorder) return { sampleRate: CAPTURE_RATE, pcm: "" };
   recorder.input.disconnect(recorder.node);
   recorder.node.disconnect();
   const total = recorder.chunks.reduce((n, c) => n + c.length, 0);
@@ -278,7 +279,7 @@ function stopRecording() {
   const bytes = new Uint8Array(pcm.buffer);
   let bin = "";
   for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-  return { sampleRate: 16000, pcm: btoa(bin) };
+  return { sampleRate: CAPTURE_RATE, pcm: btoa(bin) };
 }
 
 function offerDownload(pcm) {
@@ -286,7 +287,7 @@ function offerDownload(pcm) {
   const w = (o, s) => [...s].forEach((c, i) => header.setUint8(o + i, c.charCodeAt(0)));
   w(0, "RIFF"); header.setUint32(4, 36 + pcm.byteLength, true); w(8, "WAVEfmt ");
   header.setUint32(16, 16, true); header.setUint16(20, 1, true); header.setUint16(22, 1, true);
-  header.setUint32(24, 16000, true); header.setUint32(28, 32000, true); header.setUint16(32, 2, true);
+  header.setUint32(24, CAPTURE_RATE, true); header.setUint32(28, 2 * CAPTURE_RATE, true); header.setUint16(32, 2, true);
   header.setUint16(34, 16, true); w(36, "data"); header.setUint32(40, pcm.byteLength, true);
   const a = $("download");
   a.href = URL.createObjectURL(new Blob([header, pcm], { type: "audio/wav" }));

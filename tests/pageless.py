@@ -36,3 +36,18 @@ def page_config(url: str) -> dict[str, Any]:
     """The config Luna's page reads from its URL fragment."""
     frag = url.split("#", 1)[1]
     return json.loads(base64.urlsafe_b64decode(frag + "=" * (-len(frag) % 4)))
+
+
+def page_hello(cfg: dict[str, Any], **override: Any) -> str:
+    """The hello Luna's page sends first on the bridge (what bot.js sends)."""
+    from luna_voice.bridge import protocol as bp
+
+    hello = {
+        "type": "hello",
+        "token": cfg["token"],
+        "backend": cfg["backend"],
+        "audio_context": "running",
+        "capture_rate": bp.CAPTURE_RATE,
+        "playback_rate": bp.PLAYBACK_RATE,
+    }
+    return json.dumps({**hello, **override})

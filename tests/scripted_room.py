@@ -24,7 +24,7 @@ class Room:
     def __init__(self, policy: str = "auto", **cfg) -> None:  # type: ignore[no-untyped-def]
         self.now = 1000.0
         self.core = Conversation(
-            CoreConfig(room_id="r1", policy=policy, **cfg),  # type: ignore[arg-type]
+            CoreConfig(room_id="r1", playback_rate=RATE, policy=policy, **cfg),  # type: ignore[arg-type]
             is_addressed=AddressDetector().is_addressed,
             is_backchannel=is_backchannel,
             new_chunker=SentenceChunker,

@@ -8,9 +8,11 @@ import struct
 
 import aiohttp
 import pytest
+import structlog
 
 from luna_voice.bridge import protocol as bp
-from pageless import PagelessHost, page_config
+from pageless import PagelessHost, page_config, page_hello
+from roomtools import until
 
 
 def test_audio_frame_round_trip():
@@ -52,6 +54,17 @@ def test_malformed_audio_frames_are_refused(data, message):
         '{"type": "room_state", "state": "x"}',
         '{"type": "participant_joined", "index": "1", "id": "a"}',
         '{"type": "played", "seq": true}',
+        '{"type": "played", "seq": -2}',
+        '{"type": "room_state", "state": "failed", "sub_code": 5}',  # reached the bot's shutdown as a TypeError
+        '{"type": "room_state", "state": "left", "reason": ["x"]}',
+        '{"type": "participant_joined", "index": 0, "id": "a"}',
+        '{"type": "participant_joined", "index": 70000, "id": "a"}',
+        '{"type": "participant_joined", "index": 1, "id": ""}',
+        '{"type": "participant_left", "index": 1.5}',
+        '{"type": "cleared", "dropped_ms": -1}',
+        '{"type": "cleared", "dropped_ms": "10"}',
+        '{"type": "log", "level": "shout", "message": "hi"}',
+        '{"type": "hello", "token": "t", "backend": "local", "audio_context": "running"}',
     ],
 )
 def test_malformed_control_messages_are_refused(text):
@@ -73,62 +86,101 @@ async def summon_pageless(start_service):  # type: ignore[no-untyped-def]
     svc = await start_service(host=host)
     status, bot = await svc.call("POST", "/rooms/bridge-test/luna", json={"backend": "local"})
     assert status == 201
-    for _ in range(50):
-        if host.urls:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: asyncio.sleep(0, bool(host.urls)), 5, "Luna's page to open")
     return svc, bot, page_config(host.urls[0])
 
 
-async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> int:
+async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> tuple[int, str]:
     msg = await ws.receive(timeout=5)
     assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
-    return ws.close_code or msg.data
+    return ws.close_code or msg.data, msg.extra or ""
 
 
 async def test_bridge_refuses_unknown_bot_and_bad_token(start_service):
     svc, bot, cfg = await summon_pageless(start_service)
     ws_url = svc.url.replace("http", "ws")
     async with svc.http.ws_connect(f"{ws_url}/bridge/bot_nope") as ws:
-        assert await closed_with(ws) == bp.CLOSE_UNKNOWN_BOT
+        assert (await closed_with(ws))[0] == bp.CLOSE_UNKNOWN_BOT
     async with svc.http.ws_connect(f"{ws_url}/bridge/{bot['bot_id']}") as ws:
-        await ws.send_str(json.dumps({"type": "hello", "token": "wrong"}))
-        assert await closed_with(ws) == bp.CLOSE_UNAUTHORIZED
+        await ws.send_str(page_hello(cfg, token="wrong"))
+        assert (await closed_with(ws))[0] == bp.CLOSE_UNAUTHORIZED
     async with svc.http.ws_connect(f"{ws_url}/bridge/{bot['bot_id']}") as ws:
         await ws.send_bytes(b"\x01" * 20)  # audio before hello
-        assert await closed_with(ws) == bp.CLOSE_UNAUTHORIZED
+        assert (await closed_with(ws))[0] == bp.CLOSE_UNAUTHORIZED
     assert cfg["token"] not in json.dumps((await svc.call("GET", "/rooms/bridge-test/luna"))[1])
 
 
-async def test_bridge_carries_participants_and_refuses_malformed_frames(start_service):
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ({"playback_rate": 44_100}, ["44100", "48000"]),  # a page whose AudioContext ignored the rate asked for
+        ({"capture_rate": 8_000}, ["8000", "16000"]),
+        ({"capture_rate": None}, ["capture_rate"]),  # a page from before the rates were sent
+    ],
+)
+async def test_a_page_with_other_rates_is_refused_with_a_reason(start_service, override, names):
+    svc, bot, cfg = await summon_pageless(start_service)
+    async with svc.http.ws_connect(f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}") as ws:
+        await ws.send_str(page_hello(cfg, **override))
+        code, reason = await closed_with(ws)
+    assert code == bp.CLOSE_MALFORMED and all(n in reason for n in names), reason
+
+
+async def _status(svc):  # type: ignore[no-untyped-def]
+    return (await svc.call("GET", "/rooms/bridge-test/luna"))[1]
+
+
+async def test_junk_from_the_page_is_logged_once_and_dropped(start_service):
     svc, bot, cfg = await summon_pageless(start_service)
     ws_url = f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}"
-    async with svc.http.ws_connect(ws_url) as ws:
-        await ws.send_str(json.dumps({"type": "hello", "token": cfg["token"], "backend": "local"}))
-        await ws.send_str(json.dumps({"type": "room_state", "state": "joined"}))
-        await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Bob"}))
-        silence = bytes(640)
-        for seq in range(10):
-            await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, seq, 0.0, silence))
-        for _ in range(50):
-            status, body = await svc.call("GET", "/rooms/bridge-test/luna")
-            if body["participants"] and body["stats"]["frames_in"] == 10:
-                break
-            await asyncio.sleep(0.05)
-        assert body["state"] == "joined"
-        assert body["participants"] == [{"id": "p1", "name": "Bob"}]
-        assert body["stats"]["frames_in"] == 10
+    silence = bytes(640)
+    with structlog.testing.capture_logs() as logs:
+        async with svc.http.ws_connect(ws_url) as ws:
+            await ws.send_str(page_hello(cfg))
+            await ws.send_str(json.dumps({"type": "room_state", "state": "joined"}))
+            await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Bob"}))
+            for seq in range(5):
+                await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, seq, 0.0, silence))
+            # a room_state whose sub_code is not a string once left the bot joined forever (TypeError in shutdown)
+            for _ in range(3):
+                await ws.send_str(json.dumps({"type": "room_state", "state": "failed", "sub_code": 5}))
+            await ws.send_bytes(b"\x01\x01\x00")
+            await ws.send_str(json.dumps({"type": "participant_joined", "index": 0, "id": "p2"}))
+            for seq in range(5, 10):  # the page is still heard
+                await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, seq, 0.0, silence))
 
-        async with svc.http.ws_connect(ws_url) as second:  # one page per bot
-            await second.send_str(json.dumps({"type": "hello", "token": cfg["token"]}))
-            assert await closed_with(second) == bp.CLOSE_CONFLICT
+            async def all_frames():  # type: ignore[no-untyped-def]
+                body = await _status(svc)
+                return body if body["stats"]["frames_in"] == 10 else None
 
-        await ws.send_bytes(b"\x01\x01\x00")
-        assert await closed_with(ws) == bp.CLOSE_MALFORMED
+            body = await until(all_frames, 5, "the valid frames after the junk")
+            assert body["state"] == "joined" and body["participants"] == [{"id": "p1", "name": "Bob"}]
+            assert body["stats"]["malformed"] == 5
 
-    for _ in range(100):  # the bot ends with a reason; the service keeps answering
-        status, body = await svc.call("GET", "/rooms/bridge-test/luna")
-        if body["state"] in ("ended", "failed"):
-            break
-        await asyncio.sleep(0.05)
-    assert status == 200 and body["sub_code"] == "crashed" and "bridge" in body["reason"]
+            async with svc.http.ws_connect(ws_url) as second:  # one page per bot
+                await second.send_str(page_hello(cfg))
+                assert (await closed_with(second))[0] == bp.CLOSE_CONFLICT
+
+            status, after = await svc.call("DELETE", "/rooms/bridge-test/luna")
+    assert status == 200 and after["state"] == "ended" and after["sub_code"] == "dismissed"
+    dropped = [e["reason"] for e in logs if e["event"] == "bridge.malformed"]
+    assert len(dropped) == 3 and any("sub_code" in r for r in dropped), dropped  # each reason once
+
+
+async def test_a_frame_over_the_limit_closes_the_bridge_and_the_log_says_why(start_service):
+    svc, bot, cfg = await summon_pageless(start_service)
+    with structlog.testing.capture_logs() as logs:
+        async with svc.http.ws_connect(f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}") as ws:
+            await ws.send_str(page_hello(cfg))
+            await ws.send_str(json.dumps({"type": "room_state", "state": "joined"}))
+            await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, 0, 0.0, bytes(bp.MAX_FRAME_BYTES)))
+            assert (await closed_with(ws))[0] == 1009  # message too big
+
+        async def lost():  # type: ignore[no-untyped-def]
+            body = await _status(svc)
+            return body if body["sub_code"] == "crashed" else None
+
+        body = await until(lost, 10, "the bot to notice its page's bridge closed")  # and try a new page
+    assert "bridge" in body["reason"]
+    closed = [e for e in logs if e["event"] == "bridge.closed"]
+    assert len(closed) == 1 and f"exceeds limit {bp.MAX_FRAME_BYTES}" in (closed[0]["error"] or ""), closed

@@ -30,7 +30,7 @@ def test_terminal_states_are_the_ones_with_no_way_out() -> None:
     ],
 )
 def test_a_forbidden_move_raises_and_leaves_the_state(path: list[TurnState], bad: TurnState) -> None:
-    turn = Turn("t1", "u1", "a", "Alice")
+    turn = Turn("t1", "u1", "a", "Alice", 48_000)
     for state in path:
         turn.move(state)
     before = turn.state

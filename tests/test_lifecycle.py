@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from pageless import PagelessHost, page_config
+from pageless import PagelessHost, page_config, page_hello
 from roomtools import until
 
 
@@ -31,7 +31,7 @@ async def ended(svc) -> dict:  # type: ignore[no-untyped-def]
 
 async def attach(svc, bot, cfg):  # type: ignore[no-untyped-def]
     ws = await svc.http.ws_connect(f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}")
-    await ws.send_str(json.dumps({"type": "hello", "token": cfg["token"], "backend": "local"}))
+    await ws.send_str(page_hello(cfg))
     return ws
 
 

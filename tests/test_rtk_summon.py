@@ -9,7 +9,8 @@ import json
 import pytest
 
 from fakes.cloudflare_rtk import FakeCloudflareRtk
-from pageless import PagelessHost, page_config
+from pageless import PagelessHost, page_config, page_hello
+from roomtools import until
 
 
 @pytest.fixture
@@ -102,12 +103,13 @@ async def test_dismiss_kicks_luna_through_rest_when_her_page_does_not_answer(sta
     _, bot = await svc.call("POST", f"/rooms/{meeting}/luna")
     cfg = page_config(await opened_url(host))
     async with svc.http.ws_connect(f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}") as page:
-        await page.send_str(json.dumps({"type": "hello", "token": cfg["token"], "backend": "rtk"}))
+        await page.send_str(page_hello(cfg))
         await page.send_str(json.dumps({"type": "room_state", "state": "joined"}))
-        for _ in range(50):
-            if (await svc.call("GET", f"/rooms/{meeting}/luna"))[1]["state"] == "joined":
-                break
-            await asyncio.sleep(0.05)
+
+        async def joined() -> bool:
+            return (await svc.call("GET", f"/rooms/{meeting}/luna"))[1]["state"] == "joined"
+
+        await until(joined, 5, "Luna to be joined")
         # the page is stuck: it never confirms leaving
         status, after = await svc.call("DELETE", f"/rooms/{meeting}/luna")
     assert status == 200 and after["state"] == "ended" and after["sub_code"] == "dismissed"

@@ -1,10 +1,8 @@
 // Capture worklet: one instance per remote participant. Downmixes to mono, low-passes and resamples the
 // context rate (48 kHz) to 16 kHz, and posts 20 ms Int16 frames (320 samples) to the page, which tags them
 // with the participant and forwards them over the bridge. A muted participant yields zeros, so speech
-// detection in Python sees silence rather than a stalled stream.
-
-const OUT_RATE = 16000;
-const FRAME = 320; // 20 ms at 16 kHz
+// detection in Python sees silence rather than a stalled stream. Rates and frame size: ../protocol.js.
+import { CAPTURE_FRAME_SAMPLES as FRAME, CAPTURE_RATE as OUT_RATE } from "../protocol.js";
 const TAPS = 63;
 
 function lowpass(cutoff, rate) {

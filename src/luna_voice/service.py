@@ -18,6 +18,7 @@ from luna_voice.bots.bot import Bot, BotTimings
 from luna_voice.bots.host import ChromiumHost
 from luna_voice.bots.manager import BotManager
 from luna_voice.bots.pipeline import Pipeline
+from luna_voice.bridge import protocol as bp
 from luna_voice.config import Settings, secret
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
@@ -133,6 +134,7 @@ class Service:
         core = Conversation(
             CoreConfig(
                 room_id=bot.room_id,
+                playback_rate=bp.PLAYBACK_RATE,
                 bot_name=name,
                 policy=bot.options.get("policy", s.turn_policy),
                 follow_up_window_s=s.follow_up_window_s,

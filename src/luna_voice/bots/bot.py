@@ -222,17 +222,28 @@ class Bot:
         self.page_info.update(backend=hello.backend, audio_context=hello.audio_context)
         log.info("bridge.attached", bot=self.id, audio_context=hello.audio_context)
         sender = asyncio.create_task(self._send_loop(ws))
+        junk: set[str] = set()  # reasons already logged for this socket
         try:
             async for msg in ws:
-                if msg.type == WSMsgType.BINARY:
-                    self._on_audio(bp.decode_audio(msg.data))
-                elif msg.type == WSMsgType.TEXT:
-                    self._on_control(bp.decode_text(msg.data))
-        except bp.ProtocolError as exc:
-            self.bridge_stats["malformed"] += 1
-            log.warning("bridge.malformed", bot=self.id, reason=exc.reason)
-            await ws.close(code=exc.code, message=exc.reason.encode()[:120])
+                try:
+                    if msg.type == WSMsgType.BINARY:
+                        self._on_audio(bp.decode_audio(msg.data))
+                    elif msg.type == WSMsgType.TEXT:
+                        self._on_control(bp.decode_text(msg.data))
+                except bp.ProtocolError as exc:  # junk is dropped: it never reaches the lifecycle
+                    self.bridge_stats["malformed"] += 1
+                    if exc.reason not in junk and len(junk) < 20:
+                        junk.add(exc.reason)
+                        log.warning("bridge.malformed", bot=self.id, reason=exc.reason, dropped=True)
         finally:
+            # Say why the socket went: aiohttp closes it itself (1009) for a frame over MAX_FRAME_BYTES.
+            error = ws.exception()
+            log.info(
+                "bridge.closed",
+                bot=self.id,
+                code=ws.close_code,
+                error=f"{type(error).__name__}: {error}" if error is not None else None,
+            )
             sender.cancel()
             self._page_left.set()
             if self._ws is ws:
@@ -250,10 +261,7 @@ class Bot:
             raise bp.ProtocolError(bp.CLOSE_UNAUTHORIZED, "no hello") from None
         if msg.type != WSMsgType.TEXT:
             raise bp.ProtocolError(bp.CLOSE_UNAUTHORIZED, "first message must be a text hello with the bot token")
-        hello = bp.decode_text(msg.data)
-        if not isinstance(hello, bp.Hello) or not secrets.compare_digest(hello.token, self.token):
-            raise bp.ProtocolError(bp.CLOSE_UNAUTHORIZED, "bad bot token")
-        return hello
+        return bp.decode_hello(msg.data, self.token)
 
     async def _send_loop(self, ws: web.WebSocketResponse) -> None:
         while True:

@@ -49,7 +49,6 @@ class Pipeline:
         clear_playback: Callable[[], None],
         publish: Callable[[CoreEvent], None],
         vad_aggressiveness: int = 2,
-        playback_rate: int = 48_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
@@ -58,7 +57,7 @@ class Pipeline:
         self._clear_playback = clear_playback
         self._publish = publish
         self._vad = webrtcvad.Vad(vad_aggressiveness)
-        self._playback_rate = playback_rate
+        self._playback_rate = core.cfg.playback_rate
         self._clock = clock
         self._utterances: dict[str, asyncio.Queue[Any]] = {}
         self._replies: dict[str, asyncio.Task[None]] = {}

@@ -1,7 +1,12 @@
 """The bridge protocol between Luna's page and Python, sans I/O (parse and build messages; no sockets).
 
+This module is the one definition of the wire contract. The page's side (``bot_page/protocol.js``, imported by
+``bot.js`` and the audio worklets) is generated from it by ``python -m luna_voice.bridge.protocol``, and
+tests/test_wire_contract.py fails when the two differ.
+
 One WebSocket per bot, opened by the page at ``/bridge/{bot_id}``. The page's first message must be a text
-``hello`` carrying the bot's token; anything else closes the socket with ``4401``.
+``hello`` carrying the bot's token and the rates it captures and plays at; a wrong token closes the socket with
+4401, a malformed hello or rates other than ours with 4400 and a reason that names them.
 
 Binary audio frames, both directions: a 16-byte little-endian header, then int16 LE mono PCM::
 
@@ -13,31 +18,47 @@ Binary audio frames, both directions: a 16-byte little-endian header, then int16
     8      8     timestamp, float64 ms since the Unix epoch (page: ``performance.timeOrigin + performance.now()``)
 
 Capture frames are 16 kHz, 20 ms (320 samples); playback frames are 48 kHz, any length (Python sends 20 ms).
-20 ms matches Opus and webrtcvad; per-frame overhead stays small with several speakers.
+20 ms matches Opus and webrtcvad; per-frame overhead stays small with several speakers. A frame is at most
+64 KB; a larger one closes the socket (1009) and the bot logs why.
 
 JSON text messages, page → Python: ``hello {token, backend, audio_context, capture_rate, playback_rate}``,
 ``room_state {state, sub_code?, reason?}``, ``participant_joined {index, id, name}``,
-``participant_left {index, id}``, ``played {seq, idle}`` (the highest playback seq fully rendered; ``idle`` when
-the buffer ran empty), ``cleared {dropped_ms}``, ``log {level, message}``.
+``participant_left {index, id}``, ``played {seq, idle}`` (the highest playback seq fully rendered, -1 before the
+first; ``idle`` when the buffer ran empty), ``cleared {dropped_ms}``, ``log {level, message}``.
 Python → page: ``clear`` (drop all queued playback now), ``leave`` (leave the room, then close).
+Every field is checked for type and range (pydantic); a message that fails is junk: the bot logs the reason
+once per socket and drops it, so nothing malformed reaches the lifecycle.
 
-Close codes: 4400 malformed message, 4401 bad or missing token, 4404 unknown bot, 4409 a page is already
+Close codes: 4400 malformed hello, 4401 bad or missing token, 4404 unknown bot, 4409 a page is already
 attached, 1000 normal.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import struct
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
 
 VERSION = 1
 KIND_CAPTURE = 1
 KIND_PLAYBACK = 2
-HEADER = struct.Struct("<BBHId")
-CAPTURE_RATE = 16_000
-PLAYBACK_RATE = 48_000
+# (field, struct code) in wire order; HEADER and the page's offsets both come from this one list.
+HEADER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("version", "B"),
+    ("kind", "B"),
+    ("participant", "H"),
+    ("seq", "I"),
+    ("timestamp", "d"),
+)
+HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))
+CAPTURE_RATE = 16_000  # Hz, what the page sends and STT consumes
+PLAYBACK_RATE = 48_000  # Hz, the page's AudioContext: what Luna's voice is played at
+FRAME_MS = 20
+CAPTURE_FRAME_SAMPLES = CAPTURE_RATE * FRAME_MS // 1000
 MAX_FRAME_BYTES = 64 * 1024
 
 CLOSE_MALFORMED = 4400
@@ -45,14 +66,22 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_UNKNOWN_BOT = 4404
 CLOSE_CONFLICT = 4409
 
+_MAX_LOG_CHARS = 2000
+
 
 class ProtocolError(Exception):
-    """A message broke the protocol; the socket is closed with ``code``."""
+    """A message broke the protocol: ``reason`` says how (a hello's error closes the socket with ``code``)."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+_STRICT = ConfigDict(extra="ignore", allow_inf_nan=False)
+_Index = Annotated[StrictInt, Field(ge=1, le=0xFFFF)]
+_Id = Annotated[StrictStr, Field(min_length=1, max_length=256)]
+_Text = Annotated[StrictStr, Field(max_length=1000)]
 
 
 @dataclass(frozen=True)
@@ -64,53 +93,67 @@ class AudioFrame:
     pcm: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class Hello:
-    token: str
-    backend: str
-    audio_context: str
+    token: Annotated[StrictStr, Field(max_length=256)]
+    backend: Annotated[StrictStr, Field(max_length=32)]
+    audio_context: Annotated[StrictStr, Field(max_length=32)]
+    capture_rate: StrictInt
+    playback_rate: StrictInt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class RoomState:
     state: Literal["joining", "joined", "reconnecting", "left", "failed"]
-    sub_code: str | None
-    reason: str | None
+    sub_code: Annotated[StrictStr, Field(max_length=64)] | None = None
+    reason: _Text | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class ParticipantJoined:
-    index: int
-    id: str
-    name: str
+    index: _Index
+    id: _Id
+    name: Annotated[StrictStr, Field(max_length=256)] = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class ParticipantLeft:
-    index: int
-    id: str
+    index: _Index
+    id: Annotated[StrictStr, Field(max_length=256)] = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class Played:
-    seq: int
-    idle: bool
+    seq: Annotated[StrictInt, Field(ge=-1, le=0xFFFFFFFF)]
+    idle: StrictBool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class Cleared:
-    dropped_ms: float
+    dropped_ms: Annotated[StrictFloat, Field(ge=0)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT)
 class PageLog:
-    level: str
-    message: str
+    level: Literal["debug", "info", "warn", "error"] = "info"
+    message: StrictStr = ""
 
 
 Message = AudioFrame | Hello | RoomState | ParticipantJoined | ParticipantLeft | Played | Cleared | PageLog
+_PageMessage = Hello | RoomState | ParticipantJoined | ParticipantLeft | Played | Cleared | PageLog
 
-_ROOM_STATES = {"joining", "joined", "reconnecting", "left", "failed"}
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {
+    name: TypeAdapter(model)
+    for name, model in {
+        "hello": Hello,
+        "room_state": RoomState,
+        "participant_joined": ParticipantJoined,
+        "participant_left": ParticipantLeft,
+        "played": Played,
+        "cleared": Cleared,
+        "log": PageLog,
+    }.items()
+}
 
 
 def encode_audio(kind: int, participant: int, seq: int, timestamp_ms: float, pcm: bytes) -> bytes:
@@ -133,15 +176,8 @@ def decode_audio(data: bytes) -> AudioFrame:
     return AudioFrame(kind, participant, seq, ts, pcm)
 
 
-def _field(obj: dict[str, Any], name: str, typ: type | tuple[type, ...]) -> Any:
-    value = obj.get(name)
-    if not isinstance(value, typ) or (isinstance(value, bool) and typ is not bool):
-        raise ProtocolError(CLOSE_MALFORMED, f"'{obj.get('type')}' needs field '{name}'")
-    return value
-
-
-def decode_text(text: str) -> Message:
-    """Parse one page → Python JSON message."""
+def decode_text(text: str) -> _PageMessage:
+    """Parse and check one page → Python JSON message."""
     try:
         obj = json.loads(text)
     except ValueError:
@@ -149,25 +185,69 @@ def decode_text(text: str) -> Message:
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise ProtocolError(CLOSE_MALFORMED, "JSON message needs a string 'type'")
     kind = obj["type"]
-    if kind == "hello":
-        return Hello(_field(obj, "token", str), str(obj.get("backend", "")), str(obj.get("audio_context", "")))
-    if kind == "room_state":
-        state = _field(obj, "state", str)
-        if state not in _ROOM_STATES:
-            raise ProtocolError(CLOSE_MALFORMED, f"unknown room state '{state}'")
-        return RoomState(state, obj.get("sub_code"), obj.get("reason"))
-    if kind == "participant_joined":
-        return ParticipantJoined(_field(obj, "index", int), _field(obj, "id", str), str(obj.get("name") or ""))
-    if kind == "participant_left":
-        return ParticipantLeft(_field(obj, "index", int), str(obj.get("id", "")))
-    if kind == "played":
-        return Played(_field(obj, "seq", int), bool(obj.get("idle", False)))
-    if kind == "cleared":
-        return Cleared(float(_field(obj, "dropped_ms", (int, float))))
-    if kind == "log":
-        return PageLog(str(obj.get("level", "info")), str(obj.get("message", ""))[:2000])
-    raise ProtocolError(CLOSE_MALFORMED, f"unknown message type '{kind}'")
+    adapter = _ADAPTERS.get(kind)
+    if adapter is None:
+        raise ProtocolError(CLOSE_MALFORMED, f"unknown message type '{kind[:40]}'")
+    if kind == "log" and isinstance(obj.get("message"), str):
+        obj["message"] = obj["message"][:_MAX_LOG_CHARS]
+    try:
+        message: _PageMessage = adapter.validate_python(obj)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        raise ProtocolError(CLOSE_MALFORMED, f"'{kind}' {where}: {err['msg']}") from None
+    return message
+
+
+def decode_hello(text: str, token: str) -> Hello:
+    """The page's first message: the bot's token (else 4401), then a well-formed hello at our rates (else 4400)."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        obj = None
+    given = obj.get("token") if isinstance(obj, dict) and obj.get("type") == "hello" else None
+    if not isinstance(given, str) or not secrets.compare_digest(given.encode(), token.encode()):
+        raise ProtocolError(CLOSE_UNAUTHORIZED, "first message must be a hello with the bot token")
+    hello = decode_text(text)
+    assert isinstance(hello, Hello)
+    if hello.capture_rate != CAPTURE_RATE or hello.playback_rate != PLAYBACK_RATE:
+        raise ProtocolError(
+            CLOSE_MALFORMED,
+            f"page audio at capture {hello.capture_rate} Hz / playback {hello.playback_rate} Hz; "
+            f"the bridge needs {CAPTURE_RATE} / {PLAYBACK_RATE}",
+        )
+    return hello
 
 
 def control(kind: Literal["clear", "leave"]) -> str:
     return json.dumps({"type": kind})
+
+
+def javascript() -> str:
+    """``bot_page/protocol.js``: the page's copy of the wire constants, generated from this module."""
+    offsets: dict[str, int] = {}
+    at = 0
+    for name, code in HEADER_FIELDS:
+        offsets[name] = at
+        at += struct.calcsize("<" + code)
+    values: dict[str, Any] = {
+        "VERSION": VERSION,
+        "KIND_CAPTURE": KIND_CAPTURE,
+        "KIND_PLAYBACK": KIND_PLAYBACK,
+        "HEADER_BYTES": HEADER.size,
+        **{f"OFFSET_{name.upper()}": offset for name, offset in offsets.items()},
+        "CAPTURE_RATE": CAPTURE_RATE,
+        "PLAYBACK_RATE": PLAYBACK_RATE,
+        "CAPTURE_FRAME_SAMPLES": CAPTURE_FRAME_SAMPLES,
+        "MAX_FRAME_BYTES": MAX_FRAME_BYTES,
+    }
+    lines = [
+        "// GENERATED from src/luna_voice/bridge/protocol.py by `python -m luna_voice.bridge.protocol`; do not edit.",
+        "// The bridge's wire contract as the page sees it (tests/test_wire_contract.py checks it is current).",
+        *(f"export const {name} = {json.dumps(value)};" for name, value in values.items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(javascript(), end="")

@@ -51,6 +51,7 @@ class Chunker(Protocol):
 @dataclass(frozen=True)
 class CoreConfig:
     room_id: str
+    playback_rate: int  # Hz of the audio Luna sends (bridge.protocol.PLAYBACK_RATE)
     bot_name: str = "Luna"
     policy: PolicyName = "auto"
     follow_up_window_s: float = 8.0
@@ -60,7 +61,6 @@ class CoreConfig:
     context_chars: int = 4000
     stale_after_s: float = 20.0
     rate_limited_line: str = ""
-    playback_rate: int = 48_000
     lead_s: float = 0.6
     max_turns_kept: int = 200
 
@@ -314,8 +314,7 @@ class Conversation:
             elif isinstance(ev, UtteranceEnded):
                 uid, started = self._open.pop(pid)
                 self._out.append(act.FinishTranscription(uid))
-                turn = Turn(f"t{next(self._ids)}", uid, pid, self.participants.get(pid, pid))
-                turn.playback_rate = self.cfg.playback_rate
+                turn = Turn(f"t{next(self._ids)}", uid, pid, self.participants.get(pid, pid), self.cfg.playback_rate)
                 turn.mark("speech_started", started)
                 turn.mark("end_of_speech", ev.end_of_speech)
                 self._by_utterance[uid] = turn

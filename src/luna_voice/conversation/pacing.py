@@ -23,7 +23,7 @@ class OutFrame(Generic[Tag]):
 
 
 class Pacer(Generic[Tag]):
-    def __init__(self, *, rate: int = 48_000, frame_ms: int = 20, lead_s: float = 0.6) -> None:
+    def __init__(self, *, rate: int, frame_ms: int = 20, lead_s: float = 0.6) -> None:
         self.rate = rate
         self.frame_bytes = rate * frame_ms // 1000 * 2
         self.lead_s = lead_s

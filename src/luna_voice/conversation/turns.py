@@ -79,6 +79,7 @@ class Turn:
     utterance_id: str
     speaker_id: str
     speaker_name: str
+    playback_rate: int  # Hz, to report reply and played audio in seconds
     state: TurnState = TurnState.TRANSCRIBING
     heard_text: str = ""
     language: str | None = None
@@ -92,7 +93,6 @@ class Turn:
     timings: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
-    playback_rate: int = 48_000
 
     def move(self, to: TurnState) -> None:
         """The only way a turn changes state; a forbidden move raises instead of corrupting the history."""

@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from luna_voice.bridge.protocol import CAPTURE_RATE
 from luna_voice.conversation.domain import ReplyRequest, Usage
 
-PIPELINE_RATE = 16_000  # Hz, what the page sends and STT consumes
+PIPELINE_RATE = CAPTURE_RATE  # Hz, what the page sends and STT consumes (the bridge's wire contract)
 
 
 class ProviderError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from luna_voice.bridge.protocol import PLAYBACK_RATE
 from luna_voice.config import Prices, Settings, secret
 from luna_voice.providers.base import ReplyEngine, SpeechToText, TextToSpeech
 
@@ -108,11 +109,11 @@ def _tts(s: Settings, notes: list[str]) -> tuple[str, Callable[[], TextToSpeech]
             endpoint=s.azure_speech_endpoint,
             voice=s.tts_voice,
             voice_en=s.tts_voice_en,
-            sample_rate=48_000,
+            sample_rate=PLAYBACK_RATE,  # the page plays at this rate: no resampling
         )
     from luna_voice.providers.offline import OfflineTTS
 
-    return "offline", lambda: OfflineTTS(sample_rate=48_000)
+    return "offline", lambda: OfflineTTS(sample_rate=PLAYBACK_RATE)
 
 
 def select_providers(settings: Settings) -> ProviderSet:
