@@ -8,14 +8,16 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+import luna_voice.bridge
 import luna_voice.conversation
 
 CORE = Path(luna_voice.conversation.__file__).parent
 
 
-def _our_imports(path: Path) -> set[str]:
+def _our_imports(path: Path, package: str = "luna_voice.conversation") -> set[str]:
     """Every ``luna_voice`` module a file imports, at any depth (relative imports resolved)."""
-    package = "luna_voice.conversation"
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -29,16 +31,18 @@ def _our_imports(path: Path) -> set[str]:
     return found
 
 
-def test_the_core_imports_only_itself() -> None:
-    files = sorted(CORE.glob("*.py"))
-    assert len(files) > 5  # the scan really sees the package
+@pytest.mark.parametrize("package", [luna_voice.conversation, luna_voice.bridge])
+def test_the_core_and_the_wire_protocol_import_only_themselves(package) -> None:  # type: ignore[no-untyped-def]
+    name = package.__name__
+    files = sorted(Path(package.__file__).parent.glob("*.py"))
+    assert len(files) >= 2  # the scan really sees the package
     outside = {
         f"{path.name}: {module}"
         for path in files
-        for module in _our_imports(path)
-        if not (module == "luna_voice.conversation" or module.startswith("luna_voice.conversation."))
+        for module in _our_imports(path, name)
+        if not (module == name or module.startswith(f"{name}."))
     }
-    assert not outside, f"the conversation core must not import other layers: {sorted(outside)}"
+    assert not outside, f"{name} must not import other layers: {sorted(outside)}"
 
 
 def test_the_domain_imports_nothing_of_ours() -> None:
