@@ -27,9 +27,7 @@ from playwright.async_api import Browser, Page, Playwright, async_playwright
 from bench.instant import ReplyAudio, instant_providers
 from bench.signals import RATE, from_int16
 from luna_voice.api.errors import AppRunner
-from luna_voice.bots.bot import Bot
 from luna_voice.bots.host import CHROMIUM_ARGS
-from luna_voice.bots.pipeline import Pipeline
 from luna_voice.config import Settings
 from luna_voice.service import Service
 
@@ -104,22 +102,15 @@ class BenchService(Service):
     ``frame_logs`` it also keeps each frame: (arrival wall-clock s, page stamp ms, participant id, pcm)."""
 
     def __init__(self, settings: Settings, audio: ReplyAudio) -> None:
-        super().__init__(settings, providers=instant_providers(audio))
+        super().__init__(settings, providers=instant_providers(audio), audio_tap=self._tap)
         self.frame_logs: dict[str, list[tuple[float, float, str, bytes]]] = {}
         self.frames_seen: dict[str, Counter[str]] = defaultdict(Counter)
 
-    def _make_pipeline(self, bot: Bot) -> Pipeline:
-        pipeline = super()._make_pipeline(bot)
-        inner, seen, log = pipeline.frame, self.frames_seen[bot.room_id], self.frame_logs.get(bot.room_id)
-
-        def frame(pid: str, timestamp_ms: float, pcm: bytes) -> None:
-            seen[pid] += 1
-            if log is not None:
-                log.append((time.time(), timestamp_ms, pid, pcm))
-            inner(pid, timestamp_ms, pcm)
-
-        pipeline.frame = frame  # type: ignore[method-assign]
-        return pipeline
+    def _tap(self, room_id: str, pid: str, timestamp_ms: float, pcm: bytes) -> None:
+        self.frames_seen[room_id][pid] += 1
+        log = self.frame_logs.get(room_id)
+        if log is not None:
+            log.append((time.time(), timestamp_ms, pid, pcm))
 
     def pid_of(self, room: str, name: str) -> str | None:
         """The participant id Luna's page announced for ``name`` in ``room``."""

@@ -1,24 +1,350 @@
-"""The asyncio driver: closing a pipeline stops all of its tasks, even while audio keeps waking it."""
+"""The asyncio driver (``bots/pipeline.py``) with scripted providers: each provider call is a task whose result,
+error or cancellation reaches the core, and closing stops every task and provider.
+
+The test plays the page: voiced frames (a harmonic buzz webrtcvad takes for speech) and silence on a fake clock,
+and it "renders" what Python sends by reporting playback marks. Every wait is on the published event itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
 
 from luna_voice.bots.pipeline import Pipeline
-from scripted_room import Room
+from luna_voice.conversation.addressing import AddressDetector, is_backchannel
+from luna_voice.conversation.chunking import SentenceChunker
+from luna_voice.conversation.core import Conversation, CoreConfig
+from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.conversation.events import CoreEvent, TurnChanged
+from luna_voice.conversation.turns import TurnState
+from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
+
+RATE = 48_000
+_t = np.arange(320) / PIPELINE_RATE
+_buzz = sum(np.sin(2 * np.pi * 150 * k * _t) / k for k in range(1, 12))
+VOICED = (_buzz / np.abs(_buzz).max() * 8000).astype(np.int16).tobytes()
+SILENT = bytes(640)
 
 
-class Idle:
-    """A provider that is never called here: these tests exercise the driver's own tasks."""
+class Hang(Exception):
+    """Script step: block until cancelled."""
 
-    name = "idle"
-    sample_rate = 48_000
+
+class Gate(Exception):
+    """Script step: wait until the test opens it."""
+
+    def __init__(self) -> None:
+        super().__init__("gate")
+        self.open = asyncio.Event()
+
+
+@dataclass
+class Calls:
+    """What the providers saw; ``until`` waits for it to change (no sleeps)."""
+
+    hanging: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    spoken: list[tuple[str, bool]] = field(default_factory=list)
+    requests: list[ReplyRequest] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)  # playback seqs the driver sent to the page
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def note(self, where: list[Any], item: Any) -> None:
+        where.append(item)
+        self.changed.set()
+
+    async def until(self, pred: Callable[[], bool], what: str) -> None:
+        async with asyncio.timeout(5):
+            while not pred():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def _hang(calls: Calls, what: str) -> None:
+    calls.note(calls.hanging, what)
+    try:
+        await asyncio.Event().wait()
+    except asyncio.CancelledError:
+        calls.note(calls.cancelled, what)
+        raise
+
+
+class ScriptedSTT:
+    """Each utterance takes the next outcome: a text, or an exception to raise from ``finish``."""
+
+    name = "scripted-stt"
+
+    def __init__(self, calls: Calls, outcomes: list[str | Exception]) -> None:
+        self.calls, self.outcomes = calls, outcomes
+
+    def open_stream(self, *, prompt: str | None = None) -> Any:
+        outcome = self.outcomes.pop(0) if self.outcomes else ""
+        calls = self.calls
+
+        class Stream:
+            async def push(self, pcm: bytes) -> None:
+                pass
+
+            async def finish(self) -> Transcript:
+                if isinstance(outcome, Hang):
+                    await _hang(calls, "stt")
+                if isinstance(outcome, Exception):
+                    raise outcome
+                return Transcript(outcome, "en", Usage(stt_seconds=1.0))
+
+            async def cancel(self) -> None:
+                calls.note(calls.cancelled, "stt-stream")
+
+        return Stream()
 
     async def warm(self) -> None:
         pass
 
     async def aclose(self) -> None:
+        self.calls.note(self.calls.closed, self.name)
+
+
+class ScriptedLLM:
+    """Each reply plays the next script: text deltas, then Usage; an exception item is raised there."""
+
+    name = "scripted-llm"
+
+    def __init__(self, calls: Calls, scripts: list[list[str | Exception]]) -> None:
+        self.calls, self.scripts = calls, scripts
+
+    async def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]:
+        self.calls.requests.append(request)
+        for item in self.scripts.pop(0) if self.scripts else ["Hello there."]:
+            if isinstance(item, Hang):
+                await _hang(self.calls, "llm")
+            if isinstance(item, Gate):
+                await item.open.wait()
+                continue
+            if isinstance(item, Exception):
+                raise item
+            yield item
+        yield Usage(llm_output_tokens=3)
+
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
+        self.calls.note(self.calls.spoken, (spoken_text, interrupted))
+
+    async def aclose(self) -> None:
+        self.calls.note(self.calls.closed, self.name)
+
+
+class ScriptedTTS:
+    """Every sentence becomes ``seconds`` of audio; ``fail`` raises instead, ``hang`` blocks after the audio."""
+
+    name = "scripted-tts"
+    sample_rate = RATE
+
+    def __init__(self, calls: Calls, seconds: float = 0.4, fail: Exception | None = None, hang: bool = False) -> None:
+        self.calls, self.seconds, self.fail, self.hang = calls, seconds, fail, hang
+
+    async def warm(self) -> None:
         pass
+
+    async def synthesize(self, text: str) -> AsyncIterator[bytes | Usage]:
+        if self.fail is not None:
+            raise self.fail
+        yield bytes(2 * round(self.seconds * RATE))
+        if self.hang:
+            await _hang(self.calls, "tts")
+        yield Usage(tts_characters=len(text))
+
+    async def aclose(self) -> None:
+        self.calls.note(self.calls.closed, self.name)
+
+
+@dataclass
+class Page:
+    """Luna's page as the driver sees it: audio in, playback marks out, on a clock the test moves."""
+
+    stt: ScriptedSTT
+    llm: ScriptedLLM
+    tts: ScriptedTTS
+    now: float = 1000.0
+    clears: int = 0
+    turns: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pipe: Pipeline = field(init=False)
+
+    def __post_init__(self) -> None:
+        core = Conversation(
+            CoreConfig(room_id="r", playback_rate=RATE),
+            is_addressed=AddressDetector().is_addressed,
+            is_backchannel=is_backchannel,
+            new_chunker=SentenceChunker,
+        )
+        self.pipe = Pipeline(
+            core,
+            stt=self.stt,  # type: ignore[arg-type]
+            llm=self.llm,  # type: ignore[arg-type]
+            tts=self.tts,  # type: ignore[arg-type]
+            send_audio=lambda seq, pcm: self.calls.note(self.calls.sent, seq),
+            clear_playback=self._clear,
+            publish=self._publish,
+            clock=lambda: self.now,
+        )
+
+    @property
+    def calls(self) -> Calls:
+        return self.stt.calls
+
+    @property
+    def sent(self) -> list[int]:
+        return self.calls.sent
+
+    def _clear(self) -> None:
+        self.clears += 1
+
+    def _publish(self, event: CoreEvent) -> None:
+        if isinstance(event, TurnChanged):
+            self.turns[event.turn["id"]] = dict(event.turn)
+            self.calls.changed.set()
+
+    def talk(self, seconds: float, frame: bytes) -> None:
+        for _ in range(round(seconds / 0.02)):
+            self.now += 0.02
+            self.pipe.frame("a", self.now * 1000, frame)
+
+    def say(self) -> None:
+        self.talk(0.6, VOICED)
+        self.talk(0.8, SILENT)  # webrtcvad hangs over ~120 ms; then 500 ms ends the utterance
+
+    async def play_through(self) -> dict[str, Any]:
+        """The page renders whatever arrives, in real time on the test's clock, until the turn is over."""
+        async with asyncio.timeout(5):
+            while not (done := [t for t in self.turns.values() if TurnState(t["state"]).terminal]):
+                self.calls.changed.clear()
+                self.now += 0.5
+                if self.sent:
+                    self.pipe.played(self.sent[-1], True)
+                await self.calls.changed.wait()  # more audio, or the turn's end
+        return done[0]
+
+    async def turn(self, n: int, pred: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        async with asyncio.timeout(5):
+            while len(found := [t for t in self.turns.values() if pred(t)]) <= n:
+                self.calls.changed.clear()
+                await self.calls.changed.wait()
+        return found[n]
+
+    async def ended(self, n: int = 0) -> dict[str, Any]:
+        return await self.turn(n, lambda t: TurnState(t["state"]).terminal, f"turn {n} to end")
+
+    async def speaking(self) -> dict[str, Any]:
+        return await self.turn(0, lambda t: t["state"] == "speaking", "Luna to speak")
+
+    async def until_sent(self) -> None:
+        await self.calls.until(lambda: bool(self.sent), "audio sent to the page")  # on the ticker's next beat
+
+
+def page(stt: list[str | Exception], llm: list[list[str | Exception]] | None = None, **tts: Any) -> Page:
+    calls = Calls()
+    p = Page(ScriptedSTT(calls, stt), ScriptedLLM(calls, llm or []), ScriptedTTS(calls, **tts))
+    p.pipe.start()
+    p.pipe.participant_joined("a", "Alice")
+    return p
+
+
+async def test_a_turn_runs_through_every_provider_task():
+    p = page(["What time is it?"], [["It is noon. ", "Enjoy lunch."]])
+    p.say()
+    await p.speaking()
+    turn = await p.play_through()
+    assert (turn["state"], turn["reply_text"], turn["spoken_text"]) == (
+        "done",
+        "It is noon. Enjoy lunch.",
+        turn["reply_text"],
+    )
+    assert turn["usage"] == {"stt_seconds": 1.0, "llm_input_tokens": 0, "llm_output_tokens": 3, "tts_characters": 23}
+    assert p.calls.requests[0].text == "What time is it?"
+    await p.calls.until(lambda: bool(p.calls.spoken), "what was said to reach the reply engine")
+    assert p.calls.spoken == [("It is noon. Enjoy lunch.", False)]
+    await p.pipe.aclose()
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ProviderError("stt", "timeout"), "stt: timeout"),
+        (RuntimeError("boom"), "stt: unexpected error: RuntimeError"),  # a bug in an adapter is a failed turn too
+    ],
+)
+async def test_a_transcription_error_fails_the_turn_and_the_next_one_is_heard(error, message):
+    p = page([error, "Are you there?"])
+    p.say()
+    failed = await p.ended()
+    assert (failed["state"], failed["error"]) == ("failed", message)
+    p.say()
+    await p.speaking()
+    assert p.calls.requests[-1].text == "Are you there?"
+    await p.pipe.aclose()
+
+
+async def test_a_reply_error_mid_stream_keeps_what_was_already_said():
+    gate = Gate()
+    p = page(["Tell me a story."], [["Once upon a time. ", gate, ProviderError("llm", "stream cut")]])
+    p.say()
+    await p.speaking()
+    gate.open.set()  # the stream breaks once the first sentence is being heard
+    turn = await p.play_through()
+    assert (turn["state"], turn["error"], turn["spoken_text"]) == ("failed", "llm: stream cut", "Once upon a time.")
+    await p.pipe.aclose()
+
+
+async def test_a_rate_limited_reply_holds_off_the_next_turn():
+    p = page(["One?", "Two?"], [[RateLimited("llm", "429", retry_after=30)]])
+    p.say()
+    first = await p.ended()
+    assert (first["state"], first["error"]) == ("failed", "llm: 429")
+    p.say()
+    second = await p.ended(1)
+    assert second["state"] == "failed" and "retry in" in second["error"]
+    assert len(p.calls.requests) == 1  # the engine was not asked again inside its Retry-After
+    await p.pipe.aclose()
+
+
+async def test_a_synthesis_error_fails_the_turn_without_audio():
+    p = page(["Hello?"], fail=ProviderError("tts", "voice gone"))
+    p.say()
+    turn = await p.ended()
+    assert (turn["state"], turn["error"], turn["spoken_text"]) == ("failed", "tts: voice gone", "")
+    assert p.sent == []
+    await p.pipe.aclose()
+
+
+async def test_barge_in_cancels_the_reply_and_the_synthesis_tasks():
+    p = page(["Talk for a while."], [["First part. ", Hang()]], seconds=3.0, hang=True)
+    p.say()
+    await p.speaking()
+    await p.until_sent()
+    p.pipe.played(p.sent[0], False)  # the room is hearing her
+    p.talk(0.5, VOICED)  # Alice talks over her
+    turn = await p.ended()
+    assert turn["state"] == "interrupted" and p.clears == 1
+    await p.calls.until(lambda: sorted(p.calls.cancelled) == ["llm", "tts"], "both tasks cancelled")
+    await p.calls.until(lambda: bool(p.calls.spoken), "the cut-off reply to reach the reply engine")
+    assert p.calls.spoken[0][1] is True  # history knows she was cut off
+    await p.pipe.aclose()
+
+
+async def test_close_cancels_every_task_and_closes_every_provider():
+    p = page([Hang()])
+    p.talk(0.6, VOICED)
+    p.talk(0.8, SILENT)  # the utterance is with STT, which never answers
+    await p.calls.until(lambda: p.calls.hanging == ["stt"], "STT to be working on the utterance")
+    async with asyncio.timeout(5):
+        await p.pipe.aclose()
+    assert "stt" in p.calls.cancelled and "stt-stream" in p.calls.cancelled
+    assert sorted(p.calls.closed) == ["scripted-llm", "scripted-stt", "scripted-tts"]
+    assert not p.pipe.running
 
 
 async def test_close_stops_the_ticker_while_frames_keep_waking_it():
@@ -28,25 +354,16 @@ async def test_close_stops_the_ticker_while_frames_keep_waking_it():
 
 
 async def ticker_survives_close() -> bool:
-    pipe = Pipeline(
-        Room().core,
-        stt=Idle(),  # type: ignore[arg-type]
-        llm=Idle(),  # type: ignore[arg-type]
-        tts=Idle(),  # type: ignore[arg-type]
-        send_audio=lambda *_: None,
-        clear_playback=lambda: None,
-        publish=lambda _e: None,
-    )
-    pipe.start()
+    p = page([])
 
     async def frames() -> None:
         while True:  # a busy room: every capture frame wakes the ticker
-            pipe.frame("a", 0.0, bytes(640))
+            p.pipe.frame("a", 0.0, SILENT)
             await asyncio.sleep(0)
 
     feeder = asyncio.create_task(frames())
-    await asyncio.sleep(0.005)
-    await pipe.aclose()
+    await asyncio.sleep(0)
+    await p.pipe.aclose()
     feeder.cancel()
     await asyncio.sleep(0)
-    return not pipe._ticker.done()  # type: ignore[union-attr]
+    return p.pipe.running

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,12 +34,21 @@ from luna_voice.usage import price
 
 log = structlog.get_logger(__name__)
 
+AudioTap = Callable[[str, str, float, bytes], None]
+
 
 class Service:
     def __init__(
-        self, settings: Settings, providers: ProviderSet | None = None, host: ChromiumHost | None = None
+        self,
+        settings: Settings,
+        providers: ProviderSet | None = None,
+        host: ChromiumHost | None = None,
+        audio_tap: AudioTap | None = None,
     ) -> None:
+        """``providers`` replaces the engines chosen from settings; ``audio_tap`` is called with every capture
+        frame Python receives (room id, participant id, page stamp in ms, pcm) — the bench's hooks."""
         self.settings = settings
+        self.audio_tap = audio_tap
         self.providers = providers or select_providers(settings)
         self.prices = self.providers.prices(settings.prices)
         # With an API token, joining a local room takes a ticket minted by an authenticated call.
@@ -158,6 +168,7 @@ class Service:
             clear_playback=bot.clear_playback,
             publish=bot.publish,
             vad_aggressiveness=s.vad_aggressiveness,
+            audio_tap=functools.partial(self.audio_tap, bot.room_id) if self.audio_tap is not None else None,
         )
 
     def readiness(self) -> dict[str, Any]:

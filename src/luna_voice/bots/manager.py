@@ -13,6 +13,7 @@ from luna_voice.bots import states as sc
 from luna_voice.bots.bot import Bot, BotTimings
 from luna_voice.bots.host import ChromiumHost
 from luna_voice.bots.pipeline import Pipeline
+from luna_voice.events import Event
 
 log = structlog.get_logger(__name__)
 
@@ -32,7 +33,7 @@ class BotManager:
         timings: BotTimings,
         page_url: Callable[[dict[str, Any]], str],
         make_pipeline: Callable[[Bot], Pipeline],
-        on_event: Callable[[dict[str, Any]], None] | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.host = host
         self.max_bots = max_bots

@@ -50,6 +50,7 @@ class Pipeline:
         publish: Callable[[CoreEvent], None],
         vad_aggressiveness: int = 2,
         clock: Callable[[], float] = time.time,
+        audio_tap: Callable[[str, float, bytes], None] | None = None,
     ) -> None:
         self.core = core
         self.stt, self.llm, self.tts = stt, llm, tts
@@ -59,6 +60,7 @@ class Pipeline:
         self._vad = webrtcvad.Vad(vad_aggressiveness)
         self._playback_rate = core.cfg.playback_rate
         self._clock = clock
+        self._audio_tap = audio_tap  # sees every capture frame (participant, page stamp ms, pcm): the bench
         self._utterances: dict[str, asyncio.Queue[Any]] = {}
         self._replies: dict[str, asyncio.Task[None]] = {}
         self._speech: dict[str, tuple[asyncio.Queue[tuple[int, str]], asyncio.Task[None]]] = {}
@@ -71,6 +73,11 @@ class Pipeline:
     @property
     def started(self) -> bool:
         return self._ticker is not None
+
+    @property
+    def running(self) -> bool:
+        """Started, and its ticker has not stopped (close stops it whatever wakes it)."""
+        return self._ticker is not None and not self._ticker.done()
 
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name="pipeline-ticker")
@@ -111,6 +118,8 @@ class Pipeline:
         self._run()
 
     def frame(self, pid: str, timestamp_ms: float, pcm: bytes) -> None:
+        if self._audio_tap is not None:
+            self._audio_tap(pid, timestamp_ms, pcm)
         is_speech = len(pcm) == 640 and self._vad.is_speech(pcm, PIPELINE_RATE)
         self.core.audio(pid, timestamp_ms / 1000, pcm, is_speech, self._clock())
         self._run()
