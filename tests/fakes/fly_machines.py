@@ -7,6 +7,8 @@ It answers under ``/v1/apps/{app}/machines`` with the documented shapes (docs: "
   ``GET /{id}``; ``POST /{id}/start``; ``POST /{id}/stop`` (``{signal, timeout}``); ``DELETE /{id}`` (``force``);
   ``GET /{id}/wait`` (``state`` started|stopped|destroyed, ``timeout`` seconds, ``instance_id`` required for
   stopped; 408 on timeout).
+* ``POST /{id}/metadata/{key}`` (``{"value": ...}``, 204) and ``DELETE`` of a key: metadata without a new
+  machine version. Not verified: the exact request body (flaps sends ``{"value"}``).
 * Bearer auth: a missing or wrong token is 401. Errors are ``{"error": "<message>"}`` with an optional ``status``
   code word, as flaps sends them. Unknown app or machine: 404. A taken name, or an injected host capacity
   failure: 409. Starting a running machine or destroying one without ``force``: 412 (what flyd answers for a
@@ -117,6 +119,7 @@ class FakeFlyMachines:
         self.default_region = default_region
         self.log_dir = log_dir
         self.machines: dict[str, FakeMachine] = {}
+        self.created: list[dict[str, Any]] = []  # every accepted create body, in order
         self.calls: Counter[str] = Counter()  # "create", "start", "stop", "destroy", "list", "get", "wait"
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
         self._faults: list[Fault] = []
@@ -156,6 +159,7 @@ class FakeFlyMachines:
         app.router.add_route("*", "/v1/apps/{app}/machines", self._collection)
         app.router.add_route("*", "/v1/apps/{app}/machines/{id}", self._member)
         app.router.add_route("*", "/v1/apps/{app}/machines/{id}/{action}", self._member)
+        app.router.add_route("*", "/v1/apps/{app}/machines/{id}/metadata/{key}", self._metadata)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         port = _free_port()
@@ -224,6 +228,7 @@ class FakeFlyMachines:
             id=secrets.token_hex(7), name=name, region=body.get("region") or self.default_region, config=config
         )
         self.machines[machine.id] = machine
+        self.created.append(body)
         self._event(machine, "launch", "created")
         if not body.get("skip_launch"):
             await self._spawn(machine)
@@ -261,6 +266,26 @@ class FakeFlyMachines:
             await self._set(machine, "destroyed", "destroy")
             return web.json_response({"ok": True})
         return _err(405, f"{request.method} {action} is not supported by this fake")
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        if (refused := self._gate(request, "metadata")) is not None:
+            return refused
+        machine = self.machines.get(request.match_info["id"])
+        if machine is None or machine.state == "destroyed":
+            return _err(404, "machine not found", "not_found")
+        self.calls["metadata"] += 1
+        meta = machine.config.setdefault("metadata", {})
+        if request.method == "DELETE":
+            meta.pop(request.match_info["key"], None)
+            return web.Response(status=204)
+        try:
+            value = (await request.json())["value"]
+        except (ValueError, KeyError, TypeError):
+            return _err(400, 'body must be {"value": string}', "invalid_argument")
+        if not isinstance(value, str):
+            return _err(400, "metadata values are strings", "invalid_argument")
+        meta[request.match_info["key"]] = value
+        return web.Response(status=204)
 
     async def _wait(self, request: web.Request, machine: FakeMachine) -> web.Response:
         state = request.query.get("state", "started")

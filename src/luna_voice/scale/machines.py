@@ -12,6 +12,7 @@ appears in a log line, an exception message or a ``repr``.
 from __future__ import annotations
 
 import asyncio
+import json as _json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -178,6 +179,10 @@ class MachinesApi:
         data = await self._call("GET", "", params=params)
         return [Machine.from_json(m) for m in data or []]
 
+    async def set_metadata(self, machine_id: str, key: str, value: str) -> None:
+        """Change one metadata key without a new machine version (no reboot)."""
+        await self._call("POST", f"/{machine_id}/metadata/{key}", json={"value": value})
+
     async def destroy(self, machine_id: str, *, force: bool = False) -> None:
         await self._call("DELETE", f"/{machine_id}", params={"force": "true"} if force else None)
 
@@ -207,7 +212,8 @@ class MachinesApi:
                     method, url, json=json, params=params, headers=headers, timeout=timeout
                 ) as resp:
                     if resp.status < 400:
-                        return await resp.json(content_type=None) if resp.content_length != 0 else None
+                        body = await resp.read()
+                        return _json.loads(body) if body.strip() else None
                     last = await _error(resp)
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 if not idempotent:
