@@ -242,15 +242,17 @@ class Dispatcher:
     # ------------------------------------------------------------------ the pool
     def refill(self) -> list[Action]:
         """Old-image pool machines go; new ones are created until K are warm or the cap is reached."""
-        actions: list[Action] = [
-            DestroyMachine(s.id, "pool machine on an old image")
+        stale = [
+            s
             for s in self.slots.values()
             if s.stay_id is None
             and s.image != self.cfg.image
             and s.state in (MachineState.CREATED, MachineState.STOPPED)
         ]
-        for a in actions:
-            self.slots[a.machine_id].state = MachineState.DESTROYING
+        actions: list[Action] = []
+        for slot in stale:
+            slot.state = MachineState.DESTROYING
+            actions.append(DestroyMachine(slot.id, "pool machine on an old image"))
         pending_pool = sum(1 for p in self._pending.values() if p.purpose is Purpose.POOL)
         missing = self.cfg.pool_size - len(self.warm()) - pending_pool
         for _ in range(max(0, missing)):
