@@ -17,6 +17,7 @@ import pytest
 from luna_voice.api.routes import routes
 from luna_voice.config import Settings
 from luna_voice.sandbox import sandbox_decision
+from luna_voice.scale.settings import FlySettings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -63,9 +64,17 @@ def test_dockerignore_keeps_every_copied_path():
 
 def test_fly_toml_matches_the_code():
     env = FLY["env"]
-    fields = Settings.model_fields
+    known = {f"LUNA_{name.upper()}" for name in Settings.model_fields}
+    known |= {f"LUNA_FLY_{name.upper()}" for name in FlySettings.model_fields} | {"LUNA_BOT_HOST"}
     for key in env:
-        assert key.startswith("LUNA_") and key[5:].lower() in fields, f"fly.toml sets unknown {key}"
+        assert key in known, f"fly.toml sets unknown {key}"
+    parsed = FlySettings(
+        _env_file=None, **{k[len("LUNA_FLY_") :].lower(): v for k, v in env.items() if k.startswith("LUNA_FLY_")}
+    )
+    assert parsed.max_machines >= parsed.pool_size
+    assert env.get("LUNA_BOT_HOST") in (None, "local", "fly")
+    leaked = [k for k in env if any(word in k for word in ("TOKEN", "KEY", "SECRET"))]
+    assert not leaked, f"secrets belong in `fly secrets`, not fly.toml: {leaked}"
     service = FLY["http_service"]
     assert str(service["internal_port"]) == env["LUNA_PORT"]
     paths = {getattr(r, "path", None) for r in routes}

@@ -151,3 +151,14 @@ async def test_machine_env_has_secrets_config_env_and_the_fly_variables(api: Mac
     m = await api.create(config(ECHO, env={"X": "from-config"}))
     await api.wait(m.id, "stopped", instance_id=m.instance_id, timeout_s=5)
     assert (tmp_path / f"machine-{m.id}.log").read_text().split() == [m.id, "from-fly-secrets", "from-config"]
+
+
+async def test_metadata_changes_without_a_new_version_and_filters_the_list(api: MachinesApi, fly: FakeFlyMachines):
+    m = await api.create(config(), skip_launch=True)
+    await api.set_metadata(m.id, "luna_stay", "bot_1")
+    got = await api.get(m.id)
+    assert got.metadata["luna_stay"] == "bot_1" and got.instance_id == m.instance_id
+    assert [x.id for x in await api.list(metadata={"luna_stay": "bot_1"})] == [m.id]
+    with pytest.raises(FlyApiError) as exc:
+        await api.set_metadata("nope", "luna_stay", "x")
+    assert exc.value.status == 404

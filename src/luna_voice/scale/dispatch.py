@@ -442,16 +442,18 @@ class Dispatcher:
         return actions + self.refill()
 
 
-def public_status(stay: Stay) -> dict[str, Any]:
-    """The stay as the public API shows it: the bot's last report, with the dispatcher's word on state."""
+def public_status(stay: Stay, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The stay as the public API shows it: the bot's last report (or ``status``), with the dispatcher's word on
+    state, its own stay id as ``bot_id``, and where it runs."""
     ended = not stay.live
+    status = stay.status if status is None else status
     return {
-        **stay.status,
+        **status,
         "room_id": stay.room_id,
         "bot_id": stay.id,
         "state": str(stay.state),
-        "sub_code": stay.sub_code if ended else stay.status.get("sub_code"),
-        "reason": stay.reason if ended else stay.status.get("reason"),
+        "sub_code": stay.sub_code if ended else status.get("sub_code"),
+        "reason": stay.reason if ended else status.get("reason"),
         "machine": {"id": stay.machine_id, "region": stay.region},
         "restarted_from": stay.previous,
     }
