@@ -15,10 +15,12 @@ from pathlib import Path
 import structlog
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
 
+from luna_voice.sandbox import chromium_sandbox_flags
+
 log = structlog.get_logger(__name__)
 
 CHROMIUM_ARGS = [
-    "--no-sandbox",
+    *chromium_sandbox_flags(),  # sandboxed unless root or no user namespaces (see luna_voice/sandbox.py)
     "--disable-gpu",
     "--no-first-run",
     "--disable-background-networking",

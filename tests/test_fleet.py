@@ -1,0 +1,212 @@
+"""The dispatcher's adapter against the fake Fly: warm pool, cap, crashes, dispatcher restart, deploys, secrets.
+
+Machines here run ``tests/fakes/bot_machine.py`` (the real agent protocol, no Chromium) so many can run at once;
+``tests/test_scale_e2e.py`` runs the real ``luna-voice bot`` in a real room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from tests.conftest import free_port
+from tests.fakes.fly_machines import FakeFlyMachines
+
+from luna_voice.api.errors import json_errors
+from luna_voice.bots.states import BotState
+from luna_voice.scale.dispatch import CapacityReached, DispatchConfig, Dispatcher, StayKeys, public_status
+from luna_voice.scale.fleet import Fleet, FleetConfig
+from luna_voice.scale.internal import FLEET, internal_routes
+from luna_voice.scale.machines import MachinesApi
+
+ROOT = Path(__file__).resolve().parents[1]
+V1, V2 = "registry.fly.io/luna-voice:deployment-1", "registry.fly.io/luna-voice:deployment-2"
+BOT = (sys.executable, "-m", "tests.fakes.bot_machine")
+
+
+async def eventually(check: Callable[[], bool], within: float = 10.0, what: str = "condition") -> None:
+    """Wait for a condition the system reaches on its own (bounded); fails with what was awaited."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Rig:
+    fly: FakeFlyMachines
+    fleet: Fleet
+    url: str
+    runner: web.AppRunner
+
+    async def stop(self) -> None:
+        """The dispatcher process goes away; its machines do not."""
+        await self.fleet.aclose()
+        await self.runner.cleanup()
+
+    @property
+    def core(self) -> Dispatcher:
+        return self.fleet.core
+
+
+StartRig = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def fly(tmp_path: Path) -> AsyncIterator[FakeFlyMachines]:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{ROOT / 'src'}:{ROOT}", "HOME": str(tmp_path)}
+    fake = FakeFlyMachines(images={V1: list(BOT), V2: list(BOT)}, base_env=env, log_dir=tmp_path)
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def start_rig(fly: FakeFlyMachines) -> AsyncIterator[StartRig]:
+    rigs: list[Rig] = []
+    port = free_port()
+
+    async def start(image: str = V1, **cfg: object) -> Rig:
+        """A dispatcher (same port each time, as after a restart) around a fresh core."""
+        core = Dispatcher(DispatchConfig(**{"image": image, "region": "nrt", "pool_size": 2, **cfg}))
+        api = MachinesApi(app=fly.app, token=fly.token, base_url=fly.url, backoff_s=0.01)
+        url = f"http://127.0.0.1:{port}"
+        config = FleetConfig(app=fly.app, dispatcher_url=url, bot_cmd=BOT, list_interval_s=0.3, tick_interval_s=0.1)
+        fleet = Fleet(api, core, StayKeys.from_token(fly.token), config, address=fly.address)
+        app = web.Application(middlewares=[json_errors])
+        app[FLEET] = fleet
+        app.add_routes(internal_routes)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await fleet.start()
+        rigs.append(Rig(fly, fleet, url, runner))
+        return rigs[-1]
+
+    yield start
+    for rig in rigs:
+        await rig.stop()
+
+
+def environ_of(pid: int) -> bytes:
+    return Path(f"/proc/{pid}/environ").read_bytes()
+
+
+def warm_count(rig: Rig) -> int:
+    return len(rig.core.warm())
+
+
+async def test_pool_of_two_with_three_summons_is_two_starts_and_one_create(start_rig: StartRig):
+    rig = await start_rig(pool_size=2, max_machines=6)
+    await eventually(lambda: warm_count(rig) == 2, what="two warm machines")
+    creates_before = len(rig.fly.created)
+    stays = [rig.fleet.summon(room, {}, None)[0] for room in ("a", "b", "c")]
+    await eventually(lambda: all(s.state is BotState.JOINED for s in stays), what="three bots joined")
+    assert rig.fly.calls["start"] == 2
+    new = rig.fly.created[creates_before:]
+    for_stays = [c for c in new if "luna_stay" in c["config"]["metadata"]]
+    assert len(for_stays) == 1 and not for_stays[0].get("skip_launch")
+    assert all(c["skip_launch"] for c in new if c not in for_stays)  # the refills are stopped pool machines
+    await eventually(lambda: warm_count(rig) == 2, what="the pool refilled")
+
+
+async def test_the_cap_refuses_with_retry_after(start_rig: StartRig):
+    rig = await start_rig(pool_size=0, max_machines=1, retry_after_s=7)
+    rig.fleet.summon("a", {}, None)
+    with pytest.raises(CapacityReached) as exc:
+        rig.fleet.summon("b", {}, None)
+    assert exc.value.retry_after == 7
+
+
+async def test_a_killed_bot_machine_is_crashed_within_seconds_then_restarted_on_a_fresh_machine(start_rig: StartRig):
+    rig = await start_rig(pool_size=0)
+    stay, _ = rig.fleet.summon("a", {"policy": "always"}, None)
+    await eventually(lambda: stay.state is BotState.JOINED, what="joined")
+    first_machine = stay.machine_id
+    assert first_machine is not None
+    killed_at = time.monotonic()
+    rig.fly.kill(first_machine)
+    await eventually(lambda: stay.state is BotState.FAILED, within=5, what="failed/crashed")
+    assert stay.sub_code == "crashed" and time.monotonic() - killed_at < 5
+    retry = rig.core.stay_in("a")
+    assert retry is not None and retry is not stay and retry.request == {"policy": "always"}
+    await eventually(lambda: retry.state is BotState.JOINED, what="the restart joined")
+    assert retry.machine_id not in (None, first_machine)
+    assert public_status(retry)["restarted_from"]["sub_code"] == "crashed"
+    await eventually(lambda: rig.fly.machines[first_machine].state == "destroyed", what="old machine destroyed")
+
+
+async def test_no_restart_when_the_bot_was_alone(start_rig: StartRig, fly: FakeFlyMachines):
+    fly.base_env["STAND_IN_ALONE"] = "1"
+    rig = await start_rig(pool_size=0)
+    stay, _ = rig.fleet.summon("a", {}, None)
+    await eventually(lambda: stay.state is BotState.JOINED, what="joined")
+    fly.kill(stay.machine_id or "")
+    await eventually(lambda: stay.state is BotState.FAILED, within=5, what="failed/crashed")
+    assert rig.core.stay_in("a") is stay and len(fly.created) == 1
+
+
+async def test_a_restarted_dispatcher_still_answers_for_and_dismisses_the_live_stay(start_rig: StartRig):
+    rig = await start_rig(pool_size=1)
+    stay, _ = rig.fleet.summon("a", {}, None)
+    await eventually(lambda: stay.state is BotState.JOINED, what="joined")
+    pool_before = {s.id for s in rig.core.warm()}
+    await rig.stop()
+    rig2 = await start_rig(pool_size=1)
+    again = rig2.core.stay_in("a")
+    assert again is not None and again.id == stay.id
+    await eventually(lambda: again.state is BotState.JOINED, what="status fetched from the bot")
+    assert {s.id for s in rig2.core.warm()} == pool_before  # the same warm machine, not a new one
+    await rig2.fleet.dismiss(again)
+    assert again.state is BotState.ENDED and again.sub_code == "dismissed"
+    machine = again.machine_id or ""
+    await eventually(lambda: rig2.fly.machines[machine].state == "destroyed", what="its machine destroyed")
+    assert public_status(rig2.core.stay_in("a"))["state"] == "ended"  # after the machine is gone
+
+
+async def test_a_deploy_moves_the_pool_and_the_live_stay_finishes_on_the_old_image(start_rig: StartRig):
+    rig = await start_rig(pool_size=2)
+    await eventually(lambda: warm_count(rig) == 2, what="warm pool")
+    stay, _ = rig.fleet.summon("a", {}, None)
+    await eventually(lambda: stay.state is BotState.JOINED, what="joined")
+    old_pool = {s.id for s in rig.core.warm()}
+    await rig.stop()
+    rig2 = await start_rig(image=V2, pool_size=2)
+    await eventually(lambda: warm_count(rig2) == 2, what="a new pool")
+    assert all(s.image == V2 for s in rig2.core.warm())
+    await eventually(
+        lambda: all(rig2.fly.machines[m].state == "destroyed" for m in old_pool), what="old pool destroyed"
+    )
+    live = rig2.core.stay_in("a")
+    assert live is not None and live.live and rig2.fly.machines[live.machine_id or ""].config["image"] == V1
+
+
+async def test_secrets_stay_where_they_belong(start_rig: StartRig, fly: FakeFlyMachines):
+    rig = await start_rig(pool_size=1)
+    stay, _ = rig.fleet.summon("a", {}, None)
+    await eventually(lambda: stay.state is BotState.JOINED, what="joined")
+    for m in fly.live():
+        env = m.config.get("env") or {}
+        assert fly.token not in str(m.config) and "FLY_API_TOKEN" not in env
+        if m.proc is not None:
+            assert fly.token.encode() not in environ_of(m.proc.pid)
+    async with aiohttp.ClientSession() as http:
+        url = f"{rig.url}/internal/stays/{stay.id}/report"
+        async with http.post(url, json={"state": "ended"}, headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+        machine = stay.machine_id or ""
+        url = f"{rig.url}/internal/machines/{machine}/assignment"
+        async with http.post(url, headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401
+        async with http.get(f"{fly.address(machine)}/rooms/a/luna") as resp:  # the bot wants the stay secret
+            assert resp.status == 401
+    assert stay.live
