@@ -17,9 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-from tests.conftest import free_port
-from tests.fakes.fly_machines import FakeFlyMachines
 
+from fakes.fly_machines import FakeFlyMachines, free_port
 from luna_voice.api.errors import json_errors
 from luna_voice.bots.states import BotState
 from luna_voice.scale.dispatch import CapacityReached, DispatchConfig, Dispatcher, StayKeys, public_status

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import structlog
-from tests.fakes.fly_machines import FakeFlyMachines
 
+from fakes.fly_machines import FakeFlyMachines
 from luna_voice.scale.machines import FlyApiError, MachinesApi, MachineState
 
 SLEEPER = "registry.fly.io/luna-bots:sleeper"

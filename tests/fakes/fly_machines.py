@@ -45,7 +45,7 @@ from aiohttp import web
 MAX_RESTARTS = 10
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -76,7 +76,7 @@ class FakeMachine:
     config: dict[str, Any]
     state: str = "created"
     instance_id: str = field(default_factory=lambda: "01" + secrets.token_hex(12).upper())
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     events: list[dict[str, Any]] = field(default_factory=list)
     created_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     proc: asyncio.subprocess.Process | None = None
@@ -162,7 +162,7 @@ class FakeFlyMachines:
         app.router.add_route("*", "/v1/apps/{app}/machines/{id}/metadata/{key}", self._metadata)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        port = _free_port()
+        port = free_port()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self.url = f"http://127.0.0.1:{port}"
         return self.url
