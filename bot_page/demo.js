@@ -129,11 +129,12 @@ async function join() {
     source.connect(t.analyser);
     source.connect(recordBus);
   });
-  room.addEventListener("closed", () => {
+  room.addEventListener("closed", ({ detail }) => {
     for (const id of [...tiles.keys()]) dropTile(id);
     room = null;
     toggle(false);
-    status("Left the room.");
+    // The hub says why when it closes the room on us (e.g. "service stopping").
+    status(detail.expected || !detail.reason ? "Left the room." : `The room closed: ${detail.reason}.`);
   });
   const track = await micTrack();
   const id = await room.join(track);
