@@ -187,7 +187,9 @@ async function watch() {
   if (watching) return;
   watching = true;
   try {
-    const resp = await fetch(`/rooms/${encodeURIComponent(roomId)}/luna/events`, { headers: authHeaders() });
+    // follow=room: the captions carry on with the room's next Luna after a dismiss and a new summon.
+    const url = `/rooms/${encodeURIComponent(roomId)}/luna/events?follow=room`;
+    const resp = await fetch(url, { headers: authHeaders() });
     if (resp.ok) {
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
@@ -215,6 +217,7 @@ function onEvent(ev) {
   if (ev.type === "turn") caption(ev.turn);
   else if (ev.type === "status") ev.status.turns.forEach(caption);
   else if (ev.type === "state") status(`Luna is ${ev.state}${ev.sub_code ? ` (${ev.sub_code})` : ""}.`);
+  else if (ev.type === "closed") status(`Luna's events stopped: ${ev.reason}.`);
 }
 
 function line(key) {
