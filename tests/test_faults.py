@@ -206,7 +206,7 @@ async def test_sigterm_with_open_streams_and_people_exits_in_time(tmp_path, laun
                 events = [json.loads(line[6:]) async for line in stream.content if line.startswith(b"data: ")]
                 lasts.append(events[-1])
             for page in people:
-                assert await page.text_content("#status") == "The room closed: service stopping."
+                assert "service stopping" in (await page.text_content("#status") or "")  # people are told why
     finally:
         if proc.returncode is None:
             proc.kill()
