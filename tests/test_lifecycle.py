@@ -330,3 +330,22 @@ def test_a_new_page_resets_playback_and_history_keeps_what_the_room_heard():
     room.wait(0.5)
     history = room.of(act.RequestReply)[-1].request.context
     assert history[-1].text == turn["spoken_text"] + "…"  # Luna's line is what was heard, marked as cut off
+
+
+class RefusingHost(PagelessHost):
+    """A browser whose page load fails the way Playwright reports it: the URL, fragment and all, in the message."""
+
+    async def open(self, url, *, on_crash):  # type: ignore[no-untyped-def]
+        self.urls.append(url)
+        raise RuntimeError(f"Page.goto: net::ERR_CONNECTION_REFUSED at {url}")
+
+
+async def test_a_page_that_does_not_open_fails_without_leaking_its_tokens(start_service, capsys):
+    host = RefusingHost()
+    svc = await start_service(host=host)
+    assert (await svc.call("POST", "/rooms/life/luna"))[0] == 201
+    body = await ended(svc)
+    assert (body["state"], body["sub_code"]) == ("failed", "crashed")
+    assert "ERR_CONNECTION_REFUSED" in body["reason"]
+    secret = host.urls[0].split("#", 1)[1]
+    assert secret not in body["reason"] and secret not in capsys.readouterr().out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 import time
 from collections import deque
@@ -32,6 +33,7 @@ from luna_voice.events import Event, StateChanged, StatusSnapshot
 
 log = structlog.get_logger(__name__)
 
+_FRAGMENT = re.compile(r"#\S*")
 LEAVE_GRACE_S = 3.0
 FALLBACK_LEAVE_S = 5.0
 PIPELINE_CLOSE_S = 6.0
@@ -144,8 +146,10 @@ class Bot:
         try:
             session.page = await self.host.open(url, on_crash=session.on_crash)
         except Exception as exc:  # the browser may be relaunching: this attempt failed like a crash
-            log.warning("bot.page_open_failed", bot=self.id, error=str(exc)[:300])
-            self.request_end(sc.CRASHED, f"the page did not open: {type(exc).__name__}")
+            # Playwright's message quotes the URL, whose fragment holds the bridge and RTK tokens.
+            error = _FRAGMENT.sub("#…", f"{type(exc).__name__}: {exc}")[:300]
+            log.warning("bot.page_open_failed", bot=self.id, error=error)
+            self.request_end(sc.CRASHED, f"the page did not open: {error}")
             return
         try:
             await asyncio.wait_for(self._first(session.joined, self._end), self.timings.join_timeout_s)
