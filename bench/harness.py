@@ -114,8 +114,8 @@ class BenchService(Service):
 
     def pid_of(self, room: str, name: str) -> str | None:
         """The participant id Luna's page announced for ``name`` in ``room``."""
-        participants = self.manager.rooms[room].pipeline.core.participants
-        return next((pid for pid, n in participants.items() if n == name), None)
+        status = self.status(room) or {"participants": []}
+        return next((p["id"] for p in status["participants"] if p["name"] == name), None)
 
 
 @dataclass

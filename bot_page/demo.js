@@ -129,11 +129,12 @@ async function join() {
     source.connect(t.analyser);
     source.connect(recordBus);
   });
-  room.addEventListener("closed", () => {
+  room.addEventListener("closed", ({ detail }) => {
     for (const id of [...tiles.keys()]) dropTile(id);
     room = null;
     toggle(false);
-    status("Left the room.");
+    // The hub says why when it closes the room on us (e.g. "service stopping").
+    status(detail.expected || !detail.reason ? "Left the room." : `The room closed: ${detail.reason}.`);
   });
   const track = await micTrack();
   const id = await room.join(track);
@@ -186,7 +187,9 @@ async function watch() {
   if (watching) return;
   watching = true;
   try {
-    const resp = await fetch(`/rooms/${encodeURIComponent(roomId)}/luna/events`, { headers: authHeaders() });
+    // follow=room: the captions carry on with the room's next Luna after a dismiss and a new summon.
+    const url = `/rooms/${encodeURIComponent(roomId)}/luna/events?follow=room`;
+    const resp = await fetch(url, { headers: authHeaders() });
     if (resp.ok) {
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
@@ -214,6 +217,7 @@ function onEvent(ev) {
   if (ev.type === "turn") caption(ev.turn);
   else if (ev.type === "status") ev.status.turns.forEach(caption);
   else if (ev.type === "state") status(`Luna is ${ev.state}${ev.sub_code ? ` (${ev.sub_code})` : ""}.`);
+  else if (ev.type === "closed") status(`Luna's events stopped: ${ev.reason}.`);
 }
 
 function line(key) {

@@ -14,7 +14,6 @@ from aiohttp import web
 from playwright.async_api import Browser, Playwright, async_playwright
 
 from luna_voice.api.errors import AppRunner
-from luna_voice.api.routes import SERVICE
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.config import Settings
 from luna_voice.providers.select import ProviderSet
@@ -46,7 +45,7 @@ StartService = Callable[..., Awaitable[Running]]
 @pytest.fixture
 async def start_service() -> AsyncIterator[StartService]:
     """Start the whole service (offline providers unless told otherwise) on a free loopback port."""
-    runners: list[web.AppRunner] = []
+    runners: list[tuple[web.AppRunner, Service]] = []
     sessions: list[aiohttp.ClientSession] = []
 
     async def start(providers: ProviderSet | None = None, host: Any = None, **overrides: Any) -> Running:
@@ -64,7 +63,7 @@ async def start_service() -> AsyncIterator[StartService]:
         runner = AppRunner(service.app())
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
+        runners.append((runner, service))
         http = aiohttp.ClientSession()
         sessions.append(http)
         return Running(service, f"http://127.0.0.1:{port}", http)
@@ -72,8 +71,8 @@ async def start_service() -> AsyncIterator[StartService]:
     yield start
     for http in sessions:
         await http.close()
-    for runner in reversed(runners):
-        await runner.app[SERVICE].stop()
+    for runner, service in reversed(runners):
+        await service.stop()
         await runner.cleanup()
 
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import luna_voice
 from conftest import free_port
+from proctools import alive, descendants
 from roomtools import until
 
 pytestmark = pytest.mark.browser
@@ -20,30 +22,11 @@ pytestmark = pytest.mark.browser
 SECRETS = ("OPENAI_API_KEY", "AZURE_SPEECH_KEY", "LUNA_BOTSESSION_URL", "LUNA_LLM_API_KEY", "LUNA_RTK_API_TOKEN")
 
 
-def descendants(pid: int) -> set[int]:
-    found, frontier = set(), [pid]
-    while frontier:
-        parent = frontier.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            children = (task / "children").read_text().split() if (task / "children").exists() else []
-            for child in map(int, children):
-                if child not in found:
-                    found.add(child)
-                    frontier.append(child)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 async def test_sigterm_makes_bots_leave_and_chromium_exit(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    env.update(LUNA_LOCAL_ICE="loopback", HF_HUB_OFFLINE="1")
+    # The service under test runs these sources, wherever the package is installed from.
+    env.update(LUNA_LOCAL_ICE="loopback", HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(luna_voice.__file__).parents[1]))
     proc = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).with_name("luna-voice")),
         "serve",

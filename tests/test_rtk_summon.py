@@ -54,7 +54,7 @@ async def test_summon_mints_a_named_token_and_hands_it_to_the_page(start_service
     _, status_body = await svc.call("GET", f"/rooms/{meeting}/luna")
     text = json.dumps([bot, status_body])
     assert cloudflare.api_token not in text and cloudflare.minted_tokens[0] not in text
-    assert cloudflare.minted_tokens[0] not in repr(svc.service.manager.rooms[meeting])
+    assert cloudflare.minted_tokens[0] not in repr(svc.service.manager.get(meeting))
     # a second summon returns the same bot and mints nothing new
     status, again = await svc.call("POST", f"/rooms/{meeting}/luna")
     assert status == 200 and again["bot_id"] == bot["bot_id"] and len(cloudflare.minted_tokens) == 1
@@ -117,3 +117,11 @@ async def test_dismiss_kicks_luna_through_rest_when_her_page_does_not_answer(sta
     assert after["room_cost_usd"] == pytest.approx(after["room_minutes"] * 0.0005, abs=1e-6)
     participant = cloudflare.meetings[meeting].participants[0]["id"]
     assert cloudflare.meetings[meeting].kicked == [participant]
+
+
+async def test_no_token_is_minted_when_capacity_is_reached(start_service, cloudflare):
+    svc, _host = await rtk_service(start_service, cloudflare, max_bots=1)
+    assert (await svc.call("POST", "/rooms/other/luna", json={"backend": "local"}))[0] == 201
+    status, body = await svc.call("POST", f"/rooms/{cloudflare.add_meeting()}/luna")
+    assert status == 503 and body["error"]["code"] == "capacity_reached"
+    assert cloudflare.minted_tokens == []  # a refused summon leaves no participant behind in the meeting

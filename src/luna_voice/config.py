@@ -59,6 +59,17 @@ class Settings(BaseSettings):
     join_timeout_s: float = 30.0
     alone_timeout_s: float = Field(default=60.0, description="Leave after this long with no human in the room.")
     max_duration_s: float = Field(default=4 * 3600.0, description="Hard cap on one bot's stay.")
+    rejoin_max: int = Field(default=3, ge=0, description="Crash rejoins allowed within LUNA_REJOIN_WINDOW_S.")
+    rejoin_window_s: float = Field(default=600.0, gt=0, description="Window of the crash rejoin budget.")
+    ended_retention_s: float = Field(
+        default=3600.0, ge=0, description="How long an ended bot's status stays visible before it is forgotten."
+    )
+    ended_retention_count: int = Field(default=100, ge=0, description="Most ended bots kept (oldest go first).")
+    bot_base_url: str | None = Field(
+        default=None,
+        description="Base URL Luna's browser reaches this service at (bridge, page, local room); "
+        "default http://127.0.0.1:<port>.",
+    )
     local_ice: Literal["any", "loopback"] = Field(
         default="any", description="Local room: 'loopback' keeps only 127.0.0.1 ICE candidates (tests)."
     )

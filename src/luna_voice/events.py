@@ -25,12 +25,20 @@ class StateChanged:
 
 @dataclass(frozen=True)
 class StatusSnapshot:
-    """The whole status document; the first event of every stream."""
+    """The whole status document; the first event of every stream, and its last (``final``) when the bot ends."""
 
     status: Mapping[str, Any]
+    final: bool = False
 
 
-Event = CoreEvent | StateChanged | StatusSnapshot
+@dataclass(frozen=True)
+class Closed:
+    """The stream ends without a final status of its bot (the service is stopping)."""
+
+    reason: str
+
+
+Event = CoreEvent | StateChanged | StatusSnapshot | Closed
 
 
 def to_wire(event: Event, *, room_id: str, bot_id: str) -> dict[str, Any]:
@@ -45,8 +53,10 @@ def to_wire(event: Event, *, room_id: str, bot_id: str) -> dict[str, Any]:
             body = {"type": "speaking", "speaking": speaking, "at": at}
         case StateChanged(state=state, sub_code=sub_code, reason=reason):
             body = {"type": "state", "state": str(state), "sub_code": sub_code, "reason": reason}
-        case StatusSnapshot(status=status):
-            body = {"type": "status", "status": dict(status)}
+        case StatusSnapshot(status=status, final=final):
+            body = {"type": "status", "status": dict(status), **({"final": True} if final else {})}
+        case Closed(reason=reason):
+            body = {"type": "closed", "reason": reason}
     return {**body, "room_id": room_id, "bot_id": bot_id}
 
 

@@ -14,10 +14,11 @@ from aiohttp import web
 from luna_voice import logs
 from luna_voice.api.errors import ApiError, AppRunner, json_errors, require_token
 from luna_voice.api.models import SummonRequest
-from luna_voice.api.routes import SERVICE, routes
-from luna_voice.bots.bot import Bot, BotTimings
-from luna_voice.bots.host import ChromiumHost
-from luna_voice.bots.manager import BotManager
+from luna_voice.api.port import SERVICE, EventStream
+from luna_voice.api.routes import routes
+from luna_voice.bots.host import ChromiumHost, PageHost, PageUrls
+from luna_voice.bots.lifecycle import Bot, BotTimings
+from luna_voice.bots.manager import BotManager, CapacityReached, Retention, RoomSetup, StillLeaving
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.bridge import protocol as bp
 from luna_voice.config import Settings, secret
@@ -37,12 +38,18 @@ log = structlog.get_logger(__name__)
 AudioTap = Callable[[str, str, float, bytes], None]
 
 
+CLOSE_TIMEOUT_S = 3.0
+DISMISS_WAIT_S = 10.0
+
+
 class Service:
+    """Implements the API's ``LunaService`` for bots running in this process."""
+
     def __init__(
         self,
         settings: Settings,
         providers: ProviderSet | None = None,
-        host: ChromiumHost | None = None,
+        host: PageHost | None = None,
         audio_tap: AudioTap | None = None,
     ) -> None:
         """``providers`` replaces the engines chosen from settings; ``audio_tap`` is called with every capture
@@ -55,15 +62,18 @@ class Service:
         self.tickets = RoomTickets()
         self.hub = LocalRoomHub(ice=settings.local_ice, tickets=self.tickets if settings.api_token else None)
         self.host = host or ChromiumHost(settings.chromium_path)
+        self.urls = PageUrls(settings.bot_base_url or f"http://127.0.0.1:{settings.port}")
+        s = settings
         self.manager = BotManager(
             host=self.host,
-            max_bots=settings.max_bots,
-            timings=BotTimings(settings.join_timeout_s, settings.alone_timeout_s, settings.max_duration_s),
-            page_url=self._page_url,
+            max_bots=s.max_bots,
+            timings=BotTimings(s.join_timeout_s, s.alone_timeout_s, s.max_duration_s, s.rejoin_max, s.rejoin_window_s),
+            urls=self.urls,
             make_pipeline=self._make_pipeline,
-            on_event=lambda event: self.metrics.observe(event),
+            on_event=lambda event: self._metrics.observe(event),
+            retention=Retention(s.ended_retention_s, s.ended_retention_count),
         )
-        self.metrics = Metrics(lambda: (str(b.state) for b in self.manager.rooms.values()))
+        self._metrics = Metrics(lambda: (str(b.state) for b in self.manager.all()))
         self.rtk = (
             RtkApi(
                 account_id=settings.rtk_account_id or "",
@@ -78,43 +88,86 @@ class Service:
             else None
         )
         self.browser_error: str | None = None
+        self._stopped = False
 
+    # ------------------------------------------------------------------ LunaService
     @property
-    def internal_url(self) -> str:
-        """How Luna's own browser reaches this service (always loopback)."""
-        return f"http://127.0.0.1:{self.settings.port}"
+    def local_rooms(self) -> bool:
+        return self.settings.local_rooms
 
-    def _page_url(self, config: dict[str, Any]) -> str:
-        config = {**config, "bridgeUrl": f"ws://127.0.0.1:{self.settings.port}/bridge/{config['botId']}"}
-        if config["backend"] == "local":  # every page opened (a rejoin too) gets a fresh single-use ticket
-            room = config["room"]
-            config["room"] = {**room, "ticket": self.tickets.mint(room["roomId"], "bot")}
-        return f"{self.internal_url}/bot/bot.html#{Bot.encode_config(config)}"
-
-    async def summon(self, room_id: str, req: SummonRequest) -> tuple[Bot, bool]:
-        live = self.manager.live_in(room_id)
-        if live is not None:  # idempotent, and no second token minted for it
-            return live, False
+    async def summon(self, room_id: str, req: SummonRequest) -> tuple[dict[str, Any], bool]:
         backend = req.backend or self._default_backend()
         name = req.name or self.settings.bot_name
-        options = {"policy": req.policy or self.settings.turn_policy, "name": name}
+        options: dict[str, Any] = {"policy": req.policy or self.settings.turn_policy, "name": name}
         if backend == "local":
             if not self.settings.local_rooms:
                 raise ApiError(400, "local_rooms_disabled", "backend 'local' is turned off (LUNA_LOCAL_ROOMS=false)")
-            room_config: dict[str, Any] = {
-                "roomId": room_id,
-                "signalUrl": f"ws://127.0.0.1:{self.settings.port}/local/rooms/{room_id}/signal",
-                "name": name,
-                "iceFilter": self.settings.local_ice,
-            }
-            return await self.manager.summon(room_id, backend=backend, room_config=room_config, options=options)
-        options["minute_price"] = self.settings.prices.rtk_per_minute
-        token, kick = await self._rtk_token(room_id, req)
-        room_config = {"authToken": token, "name": name}
-        return await self.manager.summon(
-            room_id, backend=backend, room_config=room_config, options=options, fallback_leave=kick
-        )
+            signal_url = self.urls.ws(f"/local/rooms/{room_id}/signal")
+            ice = self.settings.local_ice
 
+            def local_page() -> dict[str, Any]:  # every page opened (a rejoin too) gets a fresh single-use ticket
+                ticket = self.tickets.mint(room_id, "bot")
+                return {"roomId": room_id, "signalUrl": signal_url, "name": name, "iceFilter": ice, "ticket": ticket}
+
+            async def setup() -> RoomSetup:
+                return RoomSetup(local_page)
+        else:
+            options["minute_price"] = self.settings.prices.rtk_per_minute
+
+            async def setup() -> RoomSetup:
+                token, kick = await self._rtk_token(room_id, req)
+                return RoomSetup(lambda: {"authToken": token, "name": name}, kick)
+
+        try:
+            bot, created = await self.manager.summon(room_id, backend=backend, options=options, setup=setup)
+        except CapacityReached as exc:
+            raise ApiError(503, "capacity_reached", str(exc), retry_after=30) from None
+        except StillLeaving as exc:
+            raise ApiError(409, "still_leaving", str(exc), retry_after=2) from None
+        return bot.status(), created
+
+    def status(self, room_id: str) -> dict[str, Any] | None:
+        bot = self.manager.get(room_id)
+        return bot.status() if bot is not None else None
+
+    async def dismiss(self, room_id: str) -> dict[str, Any] | None:
+        bot = self.manager.dismiss(room_id)
+        if bot is None:
+            return None
+        await bot.wait_ended(DISMISS_WAIT_S)
+        return bot.status()
+
+    def watch(self, room_id: str, *, follow: bool) -> EventStream | None:
+        return self.manager.watch(room_id, follow=follow)
+
+    def rooms(self) -> list[dict[str, Any]]:
+        return [
+            {"room_id": b.room_id, "bot_id": b.id, "backend": b.backend, "state": str(b.state), "sub_code": b.sub_code}
+            for b in self.manager.all()
+        ]
+
+    def metrics(self) -> bytes:
+        return self._metrics.render()
+
+    async def bridge(self, bot_id: str, request: web.Request) -> web.StreamResponse:
+        bot = self.manager.by_id(bot_id)
+        if bot is None:
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            await ws.close(code=bp.CLOSE_UNKNOWN_BOT, message=b"unknown bot")
+            return ws
+        return await bot.attach(request)
+
+    async def local_signal(self, room_id: str, request: web.Request) -> web.StreamResponse:
+        return await self.hub.handle(request, room_id)
+
+    def local_participants(self, room_id: str) -> list[dict[str, str]]:
+        return self.hub.participants(room_id)
+
+    def local_ticket(self, room_id: str) -> str:
+        return self.tickets.mint(room_id, "human")
+
+    # ------------------------------------------------------------------ assembly
     def _default_backend(self) -> str:
         if self.settings.default_backend != "auto":
             return self.settings.default_backend
@@ -165,6 +218,7 @@ class Service:
             llm=self.providers.make_llm(),
             tts=self.providers.make_tts(),
             send_audio=bot.send_audio,
+            clock=bot.clock,
             clear_playback=bot.clear_playback,
             publish=bot.publish,
             vad_aggressiveness=s.vad_aggressiveness,
@@ -208,13 +262,24 @@ class Service:
             )
 
     async def stop(self) -> None:
-        """Every bot leaves its room, then Chromium and the providers close. Call before the HTTP server stops."""
-        await self.manager.shutdown()
+        """Every bot leaves its room, event streams and local-room sockets close saying why, then Chromium exits.
+
+        Call before the HTTP server stops; bounded well inside fly.toml's kill_timeout. Safe to call twice.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        reason = "service stopping"
+        await self.manager.shutdown(reason)
+        await self.hub.close_all(reason)
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         await self.stop()
         if self.rtk is not None:
-            await self.rtk.aclose()
+            try:
+                await asyncio.wait_for(self.rtk.aclose(), CLOSE_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("service.close_failed", error=str(exc) or type(exc).__name__)
 
     def app(self) -> web.Application:
         token = secret(self.settings.api_token)
@@ -228,7 +293,8 @@ class Service:
 
 async def _run(service: Service) -> None:
     s = service.settings
-    runner = AppRunner(service.app(), handle_signals=False, shutdown_timeout=15)
+    # Streams and sockets are closed by service.stop(); the runner only waits briefly for in-flight requests.
+    runner = AppRunner(service.app(), handle_signals=False, shutdown_timeout=2)
     await runner.setup()
     await web.TCPSite(runner, s.host, s.port).start()
     public = s.public_url or f"http://{'127.0.0.1' if s.host in ('0.0.0.0', '::') else s.host}:{s.port}"
@@ -239,7 +305,7 @@ async def _run(service: Service) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("service.stopping")
-    # Bots leave their rooms while the bridge sockets still work; aiohttp's own shutdown closes connections.
+    # Bots leave their rooms while the bridge sockets still work, then streams and local-room sockets close.
     await service.stop()
     await runner.cleanup()
 

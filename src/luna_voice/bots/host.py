@@ -1,16 +1,21 @@
-"""Where bots run: one Playwright Chromium per service process, one browser context per bot.
+"""The host seam: where a bot's page runs, and the URLs it uses to reach this service.
 
-This is the seam for scaling past one machine: a host opens a bot's page at a URL and can close it; a host that
-starts a Fly Machine per room would fit the same two calls.
+A bot needs only two calls from its host: open Luna's page at a URL (with a callback for a page crash) and close
+it. ``ChromiumHost`` runs one Playwright Chromium per process and one browser context per page; a host that
+starts a Fly Machine per room fits the same ``PageHost`` protocol. Nothing here assumes loopback: every URL the
+page gets is built from a configured base (``PageUrls``), so the page can run on another machine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-from collections.abc import Callable
+import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import structlog
 from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
@@ -18,6 +23,9 @@ from playwright.async_api import Browser, BrowserContext, Page, Playwright, asyn
 from luna_voice.sandbox import chromium_sandbox_flags
 
 log = structlog.get_logger(__name__)
+
+CLOSE_TIMEOUT_S = 3.0  # a context or browser that does not close by then is abandoned (the process exits anyway)
+GOTO_TIMEOUT_MS = 20_000
 
 CHROMIUM_ARGS = [
     *chromium_sandbox_flags(),  # sandboxed unless root or no user namespaces (see luna_voice/sandbox.py)
@@ -35,19 +43,69 @@ CHROMIUM_ARGS = [
 ]
 
 
+class PageHandle(Protocol):
+    async def close(self) -> None: ...
+
+
+class PageHost(Protocol):
+    """What a bot needs from wherever its page runs."""
+
+    on_browser_lost: Callable[[], None] | None
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def open(self, url: str, *, on_crash: Callable[[], None]) -> PageHandle: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PageUrls:
+    """URLs of this service as Luna's page sees them, from one base (``LUNA_BOT_BASE_URL``)."""
+
+    base: str  # e.g. http://127.0.0.1:8080 or https://luna.internal:8080
+
+    def http(self, path: str) -> str:
+        return self.base.rstrip("/") + path
+
+    def ws(self, path: str) -> str:
+        base = self.base.rstrip("/")
+        scheme, rest = base.split("://", 1)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}"
+
+    def page(self, config: dict[str, Any]) -> str:
+        """Luna's page with its configuration in the fragment (never sent to a server, never in access logs)."""
+        config = {**config, "bridgeUrl": self.ws(f"/bridge/{config['botId']}")}
+        frag = base64.urlsafe_b64encode(json.dumps(config).encode()).decode().rstrip("=")
+        return self.http(f"/bot/bot.html#{frag}")
+
+
 @dataclass
 class BotPage:
     context: BrowserContext
     page: Page
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.context.close(), 5.0)
+        await _close_context(self.context)
+
+
+async def _close_context(context: BrowserContext) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(context.close(), CLOSE_TIMEOUT_S)
 
 
 class ChromiumHost:
-    def __init__(self, chromium_path: Path) -> None:
+    """One Playwright Chromium for the process; relaunched on the next ``start`` after it is lost."""
+
+    def __init__(
+        self, chromium_path: Path, *, prepare_context: Callable[[BrowserContext, str], Awaitable[None]] | None = None
+    ) -> None:
         self.chromium_path = chromium_path
+        # Runs on each new context before the page opens (tests install the RTK SDK stub here).
+        self.prepare_context = prepare_context
         self._pw: Playwright | None = None
         self._browser: Browser | None = None
         self._lock = asyncio.Lock()
@@ -81,13 +139,21 @@ class ChromiumHost:
 
     async def open(self, url: str, *, on_crash: Callable[[], None]) -> BotPage:
         await self.start()
-        assert self._browser is not None
-        context = await self._browser.new_context()
-        page = await context.new_page()
-        page.on("crash", lambda _page: on_crash())
-        page.on("console", lambda msg: log.debug("page.console", type=msg.type, text=msg.text[:500]))
-        page.on("pageerror", lambda err: log.warning("page.error", error=str(err)[:500]))
-        await page.goto(url)
+        browser = self._browser
+        if browser is None:
+            raise RuntimeError("Chromium exited while the page was opening")
+        context = await browser.new_context()
+        try:  # a page that fails to open must not leave its context behind
+            if self.prepare_context is not None:
+                await self.prepare_context(context, url)
+            page = await context.new_page()
+            page.on("crash", lambda _page: on_crash())
+            page.on("console", lambda msg: log.debug("page.console", type=msg.type, text=msg.text[:500]))
+            page.on("pageerror", lambda err: log.warning("page.error", error=str(err)[:500]))
+            await page.goto(url, timeout=GOTO_TIMEOUT_MS)
+        except BaseException:
+            await _close_context(context)
+            raise
         return BotPage(context, page)
 
     async def close(self) -> None:
@@ -95,8 +161,8 @@ class ChromiumHost:
             browser, self._browser = self._browser, None
             if browser is not None:
                 with contextlib.suppress(Exception):
-                    await browser.close()
+                    await asyncio.wait_for(browser.close(), CLOSE_TIMEOUT_S)
             if self._pw is not None:
                 with contextlib.suppress(Exception):
-                    await self._pw.stop()
+                    await asyncio.wait_for(self._pw.stop(), 2.0)
                 self._pw = None

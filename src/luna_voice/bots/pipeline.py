@@ -18,6 +18,7 @@ import soxr
 import structlog
 import webrtcvad
 
+from luna_voice.bridge.clock import PageClock
 from luna_voice.conversation import actions as act
 from luna_voice.conversation.core import Conversation
 from luna_voice.conversation.domain import Usage
@@ -35,6 +36,7 @@ from luna_voice.providers.base import (
 log = structlog.get_logger(__name__)
 
 _FINISH = object()
+PROVIDER_CLOSE_S = 3.0
 
 
 class Pipeline:
@@ -49,7 +51,7 @@ class Pipeline:
         clear_playback: Callable[[], None],
         publish: Callable[[CoreEvent], None],
         vad_aggressiveness: int = 2,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
         audio_tap: Callable[[str, float, bytes], None] | None = None,
     ) -> None:
         self.core = core
@@ -59,7 +61,8 @@ class Pipeline:
         self._publish = publish
         self._vad = webrtcvad.Vad(vad_aggressiveness)
         self._playback_rate = core.cfg.playback_rate
-        self._clock = clock
+        self._clock = clock  # monotonic: a wall-clock step must not stall or burst playback
+        self._page_clock = PageClock()
         self._audio_tap = audio_tap  # sees every capture frame (participant, page stamp ms, pcm): the bench
         self._utterances: dict[str, asyncio.Queue[Any]] = {}
         self._replies: dict[str, asyncio.Task[None]] = {}
@@ -91,6 +94,12 @@ class Pipeline:
             except Exception as exc:  # the first call will retry and report a proper turn error
                 log.warning("provider.warm_failed", provider=provider.name, error=str(exc))
 
+    def page_changed(self) -> None:
+        """A new page took over: its timestamps have their own origin, and the old page's playback is gone."""
+        self._page_clock = PageClock()
+        self.core.playback_reset(self._clock())
+        self._run()
+
     async def aclose(self) -> None:
         self._closed = True
         self._wake.set()
@@ -104,9 +113,9 @@ class Pipeline:
                 log.warning("pipeline.tasks_stuck", count=len(stuck))
         for provider in (self.stt, self.llm, self.tts):
             try:
-                await provider.aclose()
-            except Exception as exc:
-                log.warning("provider.close_failed", provider=provider.name, error=str(exc))
+                await asyncio.wait_for(provider.aclose(), PROVIDER_CLOSE_S)
+            except Exception as exc:  # TimeoutError included: a hung provider must not keep the bot
+                log.warning("provider.close_failed", provider=provider.name, error=str(exc) or type(exc).__name__)
 
     # ------------------------------------------------------------------ inputs from the bridge
     def participant_joined(self, pid: str, name: str) -> None:
@@ -118,10 +127,12 @@ class Pipeline:
         self._run()
 
     def frame(self, pid: str, timestamp_ms: float, pcm: bytes) -> None:
+        """One capture frame; ``timestamp_ms`` is on the page's clock and is mapped onto ours."""
         if self._audio_tap is not None:
             self._audio_tap(pid, timestamp_ms, pcm)
         is_speech = len(pcm) == 640 and self._vad.is_speech(pcm, PIPELINE_RATE)
-        self.core.audio(pid, timestamp_ms / 1000, pcm, is_speech, self._clock())
+        now = self._clock()
+        self.core.audio(pid, self._page_clock.to_local(timestamp_ms, now), pcm, is_speech, now)
         self._run()
 
     def played(self, seq: int, idle: bool) -> None:

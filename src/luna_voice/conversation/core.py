@@ -1,6 +1,6 @@
 """The conversation core: a sans-I/O state machine for one bot in one room.
 
-Events go in as method calls that carry the current time (``now``, wall-clock seconds) — audio frames with a
+Events go in as method calls that carry the current time (``now``, monotonic seconds) — audio frames with a
 VAD flag, transcripts, reply deltas, synthesized audio, playback marks from the page, participants joining and
 leaving. Actions come out of ``drain()`` (see ``actions.py``) and the driver performs them. Nothing here does
 I/O or reads a clock, so scripted multi-speaker timelines run in milliseconds in the tests.
@@ -284,6 +284,21 @@ class Conversation:
         if active is not None:
             self._maybe_finish(active, now)
         self._set_speaking(bool(self._inflight) or bool(self._pacer.queued_s), now)
+
+    def playback_reset(self, now: float) -> None:
+        """A new page took over Luna's microphone: audio released to the old one is gone with it.
+
+        The answer being spoken ends as interrupted and history keeps only what the room heard (the played marks
+        the old page sent); a reply still being thought about carries on into the new page.
+        """
+        self._pacer.clear(now)
+        self._inflight.clear()
+        active = self._active
+        if active is not None and active.sentences:
+            active.interrupted = True
+            self._cancel_generation(active)
+            self._finish(active, TurnState.INTERRUPTED, now)
+        self._set_speaking(False, now)
 
     def tick(self, now: float) -> None:
         for pid, ep in list(self._endpointers.items()):

@@ -22,7 +22,7 @@ class EndpointConfig:
 
 @dataclass(frozen=True)
 class UtteranceStarted:
-    at: float  # wall-clock seconds of the first voiced frame
+    at: float  # seconds (the driver's monotonic clock) of the first voiced frame
     pcm: bytes  # pre-roll plus the voiced frames that triggered the start
 
 
@@ -33,7 +33,7 @@ class UtteranceAudio:
 
 @dataclass(frozen=True)
 class UtteranceEnded:
-    end_of_speech: float  # wall-clock seconds of the last voiced frame's end
+    end_of_speech: float  # seconds of the last voiced frame's end
     reason: str  # "silence" | "max_length" | "stalled" | "left"
     voiced_ms: int
 
@@ -54,7 +54,7 @@ class Endpointer:
         self._silence_ms = 0
 
     def feed(self, t_end: float, pcm: bytes, is_speech: bool) -> list[EndpointEvent]:
-        """One frame whose last sample was captured at ``t_end`` (wall-clock seconds)."""
+        """One frame whose last sample was captured at ``t_end`` (seconds on the driver's clock)."""
         self._last_frame = t_end
         if not self.speaking:
             self._preroll.append(pcm)

@@ -29,7 +29,7 @@ class Pacer(Generic[Tag]):
         self.lead_s = lead_s
         self._pending: deque[tuple[bytes, Tag]] = deque()
         self._partial: tuple[bytearray, Tag] | None = None
-        self._horizon = 0.0  # estimated wall-clock time at which everything released so far has played
+        self._horizon = 0.0  # estimated time (caller's clock) at which everything released so far has played
         self._seq = 0
 
     @property

@@ -10,6 +10,7 @@ With room tickets (``LUNA_API_TOKEN`` set), the first message must carry a ticke
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -87,6 +88,14 @@ class LocalRoomHub:
 
     def participants(self, room_id: str) -> list[dict[str, str]]:
         return [p.public() for p in self.rooms.get(room_id, {}).values()]
+
+    async def close_all(self, reason: str) -> None:
+        """Close every socket with 1001 (going away) and ``reason``, so clients see why (service stopping)."""
+        peers = [p for room in self.rooms.values() for p in room.values()]
+        closes = [asyncio.wait_for(p.ws.close(code=1001, message=reason.encode()[:120]), 1.0) for p in peers]
+        for result in await asyncio.gather(*closes, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.debug("local_room.close_failed", error=repr(result))
 
     async def _broadcast(self, room_id: str, message: dict[str, Any], *, skip: str | None = None) -> None:
         data = json.dumps(message)
