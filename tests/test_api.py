@@ -144,6 +144,8 @@ async def test_openapi_document_describes_the_api(api):
     summon = doc["components"]["schemas"]["SummonRequest"]
     assert {"backend", "auth_token", "policy", "name"} == set(summon["properties"])
     assert summon["additionalProperties"] is False
+    assert "415" in doc["paths"]["/rooms/{room_id}/luna"]["post"]["responses"]
+    assert "201" in doc["paths"]["/local/rooms/{room_id}/tickets"]["post"]["responses"]
 
 
 async def test_metrics_are_prometheus_text(api):
