@@ -81,6 +81,15 @@ def test_control_messages_parse():
     assert json.loads(bp.control("clear")) == {"type": "clear"}
 
 
+def test_relayed_free_text_is_cut_to_size_not_refused():
+    long = "x" * 50_000
+    failed = bp.decode_text(json.dumps({"type": "room_state", "state": "failed", "reason": long}))
+    assert isinstance(failed, bp.RoomState) and failed.state == "failed" and len(failed.reason or "") == 1000
+    person = bp.decode_text(json.dumps({"type": "participant_joined", "index": 1, "id": "p", "name": long}))
+    assert isinstance(person, bp.ParticipantJoined) and len(person.name) == 256
+    assert len(bp.decode_text(json.dumps({"type": "log", "level": "warn", "message": long})).message) == 2000  # type: ignore[union-attr]
+
+
 async def summon_pageless(start_service, **kw):  # type: ignore[no-untyped-def]
     host = PagelessHost()
     svc = await start_service(host=host, **kw)
