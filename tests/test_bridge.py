@@ -139,6 +139,7 @@ async def _status(svc):  # type: ignore[no-untyped-def]
     return (await svc.call("GET", "/rooms/bridge-test/luna"))[1]
 
 
+@pytest.mark.faults
 async def test_junk_from_the_page_is_logged_once_and_dropped(start_service):
     svc, bot, cfg = await summon_pageless(start_service)
     ws_url = f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}"

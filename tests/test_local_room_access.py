@@ -45,6 +45,7 @@ async def ticket(svc, room: str, headers=AUTH) -> str:  # type: ignore[no-untype
     return body["ticket"]
 
 
+@pytest.mark.faults
 async def test_with_the_token_set_a_join_without_a_ticket_is_refused(guarded):
     outcome, reason = await join(guarded, "r", name="Mallory")
     assert outcome == "closed 4401" and "ticket" in reason
