@@ -48,7 +48,9 @@ async def start_service() -> AsyncIterator[StartService]:
     runners: list[tuple[web.AppRunner, Service]] = []
     sessions: list[aiohttp.ClientSession] = []
 
-    async def start(providers: ProviderSet | None = None, host: Any = None, **overrides: Any) -> Running:
+    async def start(
+        providers: ProviderSet | None = None, host: Any = None, audio_tap: Any = None, **overrides: Any
+    ) -> Running:
         port = free_port()
         base = {
             "host": "127.0.0.1",
@@ -59,7 +61,7 @@ async def start_service() -> AsyncIterator[StartService]:
             "tts_provider": "offline",
         }
         settings = Settings(_env_file=None, **{**base, **overrides})
-        service = Service(settings, providers=providers, host=host)
+        service = Service(settings, providers=providers, host=host, audio_tap=audio_tap)
         runner = AppRunner(service.app())
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()

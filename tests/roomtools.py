@@ -59,3 +59,19 @@ async def join_room(page: Page, name: str) -> None:
         return "Luna" in names
 
     await until(luna_visible, 15, f"Luna in {name}'s participant grid")
+
+
+async def luna_quiet_at(page: Page, quiet_s: float = 0.5, limit: float = 10) -> None:
+    """Wait until Luna's tile on a person's page has shown no voice for ``quiet_s``: the demo's level meter reads
+    the audio that actually arrived, so this is the end of her voice at that person's ear, not in Python."""
+    script = "!(document.querySelector('.tile.bot')?.classList.contains('speaking'))"
+    quiet_since: list[float] = []
+
+    async def quiet_long_enough() -> bool:
+        if not await page.evaluate(script):
+            quiet_since.clear()
+            return False
+        quiet_since[:] = quiet_since or [time.monotonic()]
+        return time.monotonic() - quiet_since[0] >= quiet_s
+
+    await until(quiet_long_enough, limit, "Luna to fall silent at the listener's page", step=0.05)

@@ -42,7 +42,7 @@ class Room:
     def join(self, *people: tuple[str, str]) -> None:
         for pid, name in people:
             self.core.participant_joined(pid, name, self.now)
-        self._run()
+        self.run()
 
     def talk(self, seconds: float, **speaking: bool) -> None:
         """Advance time frame by frame; each named speaker sends voiced (True) or silent (False) frames."""
@@ -52,7 +52,7 @@ class Room:
                 self.core.audio(pid, self.now, bytes(640), voiced, self.now)
             self._page_render(FRAME)
             self.core.tick(self.now)
-            self._run()
+            self.run()
 
     def say(self, pid: str, text: str, seconds: float = 1.0, then_silence: float = 0.6) -> None:
         self.transcripts[pid] = text
@@ -79,7 +79,7 @@ class Room:
             self.page_played = last
             self.core.played(last, not self.page, self.now)
 
-    def _run(self) -> None:
+    def run(self) -> None:
         pending = deque(self.core.drain())
         while pending:
             a = pending.popleft()

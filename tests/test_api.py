@@ -46,7 +46,9 @@ async def test_capacity_is_enforced_with_retry_after(api):
         ("GET", "/rooms/-leading-dash/luna", {}, 400, "invalid_room_id"),
         ("GET", "/rooms/nobody-here/luna", {}, 404, "not_found"),
         ("DELETE", "/rooms/nobody-here/luna", {}, 404, "not_found"),
-        ("POST", "/rooms/x%0A/luna", {}, 400, "invalid_room_id"),  # `$` let this through as a second room x
+        pytest.param(  # `$` let this through: a second Luna in room x
+            "POST", "/rooms/x%0A/luna", {}, 400, "invalid_room_id", marks=pytest.mark.faults, id="newline-room-id"
+        ),
         ("GET", "/rooms/x%0A/luna", {}, 400, "invalid_room_id"),
         ("GET", "/local/rooms/x%0A/participants", {}, 400, "invalid_room_id"),
         ("POST", "/rooms/r/luna", {"data": "{not json", "headers": JSON}, 400, "invalid_json"),
@@ -144,6 +146,8 @@ async def test_openapi_document_describes_the_api(api):
     summon = doc["components"]["schemas"]["SummonRequest"]
     assert {"backend", "auth_token", "policy", "name"} == set(summon["properties"])
     assert summon["additionalProperties"] is False
+    assert "415" in doc["paths"]["/rooms/{room_id}/luna"]["post"]["responses"]
+    assert "201" in doc["paths"]["/local/rooms/{room_id}/tickets"]["post"]["responses"]
 
 
 async def test_metrics_are_prometheus_text(api):

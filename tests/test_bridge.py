@@ -81,9 +81,18 @@ def test_control_messages_parse():
     assert json.loads(bp.control("clear")) == {"type": "clear"}
 
 
-async def summon_pageless(start_service):  # type: ignore[no-untyped-def]
+def test_relayed_free_text_is_cut_to_size_not_refused():
+    long = "x" * 50_000
+    failed = bp.decode_text(json.dumps({"type": "room_state", "state": "failed", "reason": long}))
+    assert isinstance(failed, bp.RoomState) and failed.state == "failed" and len(failed.reason or "") == 1000
+    person = bp.decode_text(json.dumps({"type": "participant_joined", "index": 1, "id": "p", "name": long}))
+    assert isinstance(person, bp.ParticipantJoined) and len(person.name) == 256
+    assert len(bp.decode_text(json.dumps({"type": "log", "level": "warn", "message": long})).message) == 2000  # type: ignore[union-attr]
+
+
+async def summon_pageless(start_service, **kw):  # type: ignore[no-untyped-def]
     host = PagelessHost()
-    svc = await start_service(host=host)
+    svc = await start_service(host=host, **kw)
     status, bot = await svc.call("POST", "/rooms/bridge-test/luna", json={"backend": "local"})
     assert status == 201
     await until(lambda: asyncio.sleep(0, bool(host.urls)), 5, "Luna's page to open")
@@ -130,6 +139,7 @@ async def _status(svc):  # type: ignore[no-untyped-def]
     return (await svc.call("GET", "/rooms/bridge-test/luna"))[1]
 
 
+@pytest.mark.faults
 async def test_junk_from_the_page_is_logged_once_and_dropped(start_service):
     svc, bot, cfg = await summon_pageless(start_service)
     ws_url = f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}"
@@ -184,3 +194,18 @@ async def test_a_frame_over_the_limit_closes_the_bridge_and_the_log_says_why(sta
     assert "bridge" in body["reason"]
     closed = [e for e in logs if e["event"] == "bridge.closed"]
     assert len(closed) == 1 and f"exceeds limit {bp.MAX_FRAME_BYTES}" in (closed[0]["error"] or ""), closed
+
+
+async def test_the_audio_tap_sees_every_capture_frame_python_receives(start_service):
+    tapped: list[tuple[str, str, float, bytes]] = []
+    svc, bot, cfg = await summon_pageless(start_service, audio_tap=lambda *frame: tapped.append(frame))
+    async with svc.http.ws_connect(f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}") as ws:
+        await ws.send_str(page_hello(cfg))
+        await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Bob"}))
+        for seq in range(3):
+            await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, seq, 1000.0 + seq, bytes([seq]) * 640))
+        await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 9, 0, 0.0, bytes(640)))  # nobody announced index 9
+        await until(lambda: asyncio.sleep(0, len(tapped) >= 3), 5, "three tapped frames")
+    assert [(room, pid, ts, pcm[:1]) for room, pid, ts, pcm in tapped] == [
+        ("bridge-test", "p1", 1000.0 + seq, bytes([seq])) for seq in range(3)
+    ]

@@ -164,7 +164,7 @@ def test_failing_provider_fails_the_turn_and_the_next_turn_works():
     room.say("a", "Luna, first try.")
     turn_id = room.of(act.RequestReply)[0].turn_id
     room.core.reply_failed(turn_id, "timeout", room.now)
-    room._run()
+    room.run()
     assert room.turn_by("a")["state"] == "failed" and room.turn_by("a")["error"] == "llm: timeout"
     room.auto_reply = True
     room.say("a", "Luna, second try.")
@@ -197,7 +197,7 @@ def test_queued_turn_goes_stale():
     first = room.of(act.RequestReply)[0].turn_id
     room.core.reply_delta(first, "Short.", room.now)
     room.core.reply_done(first, Usage(), room.now)
-    room._run()
+    room.run()
     room.wait(2)
     assert room.turn_by("b")["state"] == "stale"
 
@@ -243,7 +243,7 @@ def test_rate_limited_reply_is_silence_or_one_configured_line(line):
     room.say("a", "Luna, are you there?")
     turn_id = room.of(act.RequestReply)[0].turn_id
     room.core.reply_failed(turn_id, "rate limited", room.now, rate_limited=True)
-    room._run()
+    room.run()
     room.wait(4)
     turn = room.turn_by("a")
     assert turn["error"] == "llm: rate limited" and turn["state"] == "failed"
@@ -258,7 +258,7 @@ def test_rate_limit_retry_after_is_honoured():
     room.say("a", "Luna, first question.")
     first = room.of(act.RequestReply)[0].turn_id
     room.core.reply_failed(first, "rate limited", room.now, rate_limited=True, retry_after=5.0)
-    room._run()
+    room.run()
     room.say("a", "Luna, second question.")  # within the 5 s: no request is sent
     assert len(room.of(act.RequestReply)) == 1
     assert room.turn_by("a", 1)["state"] == "failed" and "retry in" in room.turn_by("a", 1)["error"]

@@ -3,14 +3,13 @@ Alice addresses her by name and gets one, and Carol talks over her — and Luna'
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import numpy as np
 import pytest
 
 from luna_voice.providers.base import PIPELINE_RATE
-from roomtools import active_seconds, human_page, join_room, speech_file, until
+from roomtools import active_seconds, human_page, join_room, luna_quiet_at, speech_file, until
 from speech import words_match
 
 pytestmark = pytest.mark.browser
@@ -50,7 +49,13 @@ async def test_group_addressing_and_barge_in(start_service, launch_human, tmp_pa
         return t if t and t["state"] == "speaking" and "first_audio_played" in t["timings"] else None
 
     await until(luna_speaking_to_alice, 40, "Luna to start answering Alice", step=0.1)
-    await asyncio.sleep(0.8)  # she is mid-reply when Carol, who just arrived, talks over her
+
+    async def well_into_the_reply():
+        t = turn_of(await status(), "Alice")
+        return t["state"] == "speaking" and t["played_audio_s"] >= 0.8
+
+    # she is mid-reply when Carol, who just arrived, talks over her
+    await until(well_into_the_reply, 20, "0.8 s of Luna's answer played into the room", step=0.05)
     await join_room(carol, "Carol")
 
     async def alice_turn_over():
@@ -58,7 +63,7 @@ async def test_group_addressing_and_barge_in(start_service, launch_human, tmp_pa
         return t if t["state"] in ("interrupted", "done") else None
 
     alice_turn = await until(alice_turn_over, 30, "Alice's turn to end")
-    await asyncio.sleep(1.5)
+    await luna_quiet_at(bob)  # what was already on its way has reached Bob
     rec = await bob.evaluate("lunaDemo.stopRecording()")
 
     assert (alice_turn["decision"], alice_turn["reason"]) == ("answer", "addressed_by_name")

@@ -3,7 +3,6 @@ through the HTTP API, hears the words, answers out loud, and the human's page re
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 
 from luna_voice.providers.base import PIPELINE_RATE
 from luna_voice.providers.offline import WhisperSTT
-from roomtools import active_seconds, human_page, speech_file, until
+from roomtools import active_seconds, human_page, luna_quiet_at, speech_file, until
 from speech import words_match
 
 pytestmark = pytest.mark.browser
@@ -46,7 +45,7 @@ async def test_luna_hears_a_person_and_answers_out_loud(start_service, launch_hu
         return done[0] if done else None
 
     turn = await until(answered, 90, "Luna to hear Alice and finish her answer", step=0.5)
-    await asyncio.sleep(1.0)  # the last audio crosses WebRTC into Alice's page
+    await luna_quiet_at(page)  # the end of her voice has crossed WebRTC into Alice's page
     rec = await page.evaluate("lunaDemo.stopRecording()")
 
     # Luna heard the words Alice said, and knows who said them.
@@ -85,5 +84,4 @@ async def test_luna_hears_a_person_and_answers_out_loud(start_service, launch_hu
         return "Luna" not in names
 
     await until(luna_gone, 10, "Luna to leave Alice's grid")
-    browser = svc.service.host._browser
-    assert browser is not None and browser.contexts == []
+    assert svc.service.host.ready and svc.service.host.open_pages == 0

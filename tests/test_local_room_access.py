@@ -45,6 +45,7 @@ async def ticket(svc, room: str, headers=AUTH) -> str:  # type: ignore[no-untype
     return body["ticket"]
 
 
+@pytest.mark.faults
 async def test_with_the_token_set_a_join_without_a_ticket_is_refused(guarded):
     outcome, reason = await join(guarded, "r", name="Mallory")
     assert outcome == "closed 4401" and "ticket" in reason
@@ -92,13 +93,22 @@ async def test_the_participant_list_and_metrics_need_the_token_and_probes_stay_o
             assert resp.status == 200, path
 
 
-async def test_without_a_token_the_demo_stays_open_and_the_log_says_so(open_demo):
+@pytest.mark.parametrize("token", [None, TOKEN])
+async def test_the_startup_log_says_who_may_join(start_service, token):
+    with structlog.testing.capture_logs() as logs:
+        await start_service(host=PagelessHost(), api_token=token)
+    access = [e for e in logs if e["event"].startswith("access")]
+    if token is None:
+        assert access[0]["log_level"] == "warning" and "without a ticket" in access[0]["note"]
+    else:
+        assert access[0]["log_level"] == "info" and "ticket" in access[0]["local_rooms"]
+    assert TOKEN not in repr(logs)
+
+
+async def test_without_a_token_the_demo_stays_open(open_demo):
     outcome, _ = await join(open_demo, "r", name="Alice")
     assert outcome == "welcome"
     assert (await open_demo.call("GET", "/local/rooms/r/participants"))[0] == 200
-    with structlog.testing.capture_logs() as logs:
-        open_demo.service._log_access()
-    assert logs[0]["log_level"] == "warning" and "without a ticket" in logs[0]["note"]
 
 
 @pytest.mark.parametrize(

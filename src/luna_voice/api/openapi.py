@@ -94,7 +94,35 @@ def document() -> dict[str, Any]:
                     "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
                 }
             },
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (needs the API token when one is set)",
+                    "responses": {"200": {"description": "text"}, **_errors(401)},
+                }
+            },
+            "/local/rooms/{room_id}/tickets": {
+                "parameters": [_ROOM_ID],
+                "post": {
+                    "summary": "A single-use 60 s ticket for one page to join the local room (in its join message)",
+                    "responses": {
+                        "201": _json(
+                            {
+                                "type": "object",
+                                "properties": {"ticket": {"type": "string"}, "expires_in_s": {"type": "number"}},
+                            },
+                            "the ticket",
+                        ),
+                        **_errors(400, 401, 404),
+                    },
+                },
+            },
+            "/local/rooms/{room_id}/participants": {
+                "parameters": [_ROOM_ID],
+                "get": {
+                    "summary": "Who is in the local room",
+                    "responses": {"200": {"description": "participants"}, **_errors(400, 401, 404)},
+                },
+            },
         },
         "components": {
             "schemas": {

@@ -115,6 +115,11 @@ class ChromiumHost:
     def ready(self) -> bool:
         return self._browser is not None and self._browser.is_connected()
 
+    @property
+    def open_pages(self) -> int:
+        """Bot pages (browser contexts) open now: every ended bot must have closed its own."""
+        return len(self._browser.contexts) if self._browser is not None else 0
+
     async def start(self) -> None:
         async with self._lock:
             if self.ready:

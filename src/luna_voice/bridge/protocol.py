@@ -66,7 +66,9 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_UNKNOWN_BOT = 4404
 CLOSE_CONFLICT = 4409
 
-_MAX_LOG_CHARS = 2000
+# Free text the page relays from elsewhere (SDK errors, display names) is cut to size, not refused: a long SDK
+# error must not turn a "failed" room state into junk, nor a long name make a person unheard.
+_CUT_TO = {"message": 2000, "reason": 1000, "name": 256}
 
 
 class ProtocolError(Exception):
@@ -81,7 +83,7 @@ class ProtocolError(Exception):
 _STRICT = ConfigDict(extra="ignore", allow_inf_nan=False)
 _Index = Annotated[StrictInt, Field(ge=1, le=0xFFFF)]
 _Id = Annotated[StrictStr, Field(min_length=1, max_length=256)]
-_Text = Annotated[StrictStr, Field(max_length=1000)]
+_Text = Annotated[StrictStr, Field(max_length=_CUT_TO["reason"])]
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class RoomState:
 class ParticipantJoined:
     index: _Index
     id: _Id
-    name: Annotated[StrictStr, Field(max_length=256)] = ""
+    name: Annotated[StrictStr, Field(max_length=_CUT_TO["name"])] = ""
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -136,7 +138,7 @@ class Cleared:
 @dataclass(frozen=True, config=_STRICT)
 class PageLog:
     level: Literal["debug", "info", "warn", "error"] = "info"
-    message: StrictStr = ""
+    message: Annotated[StrictStr, Field(max_length=_CUT_TO["message"])] = ""
 
 
 Message = AudioFrame | Hello | RoomState | ParticipantJoined | ParticipantLeft | Played | Cleared | PageLog
@@ -188,8 +190,9 @@ def decode_text(text: str) -> _PageMessage:
     adapter = _ADAPTERS.get(kind)
     if adapter is None:
         raise ProtocolError(CLOSE_MALFORMED, f"unknown message type '{kind[:40]}'")
-    if kind == "log" and isinstance(obj.get("message"), str):
-        obj["message"] = obj["message"][:_MAX_LOG_CHARS]
+    for key, most in _CUT_TO.items():
+        if isinstance(obj.get(key), str):
+            obj[key] = obj[key][:most]
     try:
         message: _PageMessage = adapter.validate_python(obj)
     except ValidationError as exc:

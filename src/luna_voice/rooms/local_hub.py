@@ -35,7 +35,7 @@ class Join(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     type: Literal["join"]
-    name: str = Field(default="guest", max_length=200)
+    name: str = "guest"  # cut to 64 characters on join
     kind: PeerKind = "human"
     ticket: str | None = Field(default=None, max_length=200)
 
