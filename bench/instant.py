@@ -3,7 +3,7 @@ utterance ends, the reply engine answers at once, and TTS returns whatever audio
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from luna_voice.conversation.domain import ReplyRequest, Usage
@@ -35,7 +35,7 @@ class _Stream:
 class InstantSTT:
     name = "instant"
 
-    def open_stream(self, *, prompt: str | None = None) -> _Stream:
+    def open_stream(self, *, prompt: str | None = None, keywords: Sequence[str] = ()) -> _Stream:
         return _Stream()
 
     async def warm(self) -> None:

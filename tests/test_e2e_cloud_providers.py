@@ -59,10 +59,13 @@ async def test_a_turn_through_openai_botsession_and_azure(start_service, launch_
         await page.wait_for_timeout(800)
         rec = await page.evaluate("lunaDemo.stopRecording()")
 
-    # OpenAI heard the person's audio at its rate, with participant names in the prompt and no language forced.
+    # OpenAI heard the person's audio at its rate with the current model, participant names in the prompt and
+    # the keywords, and the audience's languages as hints, none forced.
     transcription = stt.requests[0]
     assert transcription.transport == "realtime" and transcription.duration_s > 1.0
-    assert "Mei" in (transcription.prompt or "") and transcription.language is None
+    assert transcription.model == "gpt-live-transcribe"
+    assert "Mei" in (transcription.prompt or "") and "Mei" in (transcription.keywords or [])
+    assert transcription.languages == ["zh", "en"] and transcription.language is None
     # BotSession got the transcript with who said it, and Luna spoke its reply through Azure.
     request = app.requests[0].json
     assert request["text"] == HEARD and request["speaker_name"] == "Mei"

@@ -141,7 +141,7 @@ class Pipeline:
             q: asyncio.Queue[Any] = asyncio.Queue()
             q.put_nowait(a.pcm)
             self._utterances[a.utterance_id] = q
-            self._spawn(self._transcribe(a.utterance_id, self.stt.open_stream(prompt=a.prompt), q))
+            self._spawn(self._transcribe(a.utterance_id, self.stt.open_stream(prompt=a.prompt, keywords=a.keywords), q))
         elif isinstance(a, act.TranscriptionAudio):
             if (q := self._utterances.get(a.utterance_id)) is not None:
                 q.put_nowait(a.pcm)

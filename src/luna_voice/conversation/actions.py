@@ -14,6 +14,7 @@ class StartTranscription:
     speaker_id: str
     prompt: str
     pcm: bytes  # pre-roll and first voiced frames
+    keywords: tuple[str, ...] = ()  # her names and the participants' names, for models that take keywords
 
 
 @dataclass(frozen=True)

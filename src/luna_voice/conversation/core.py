@@ -308,7 +308,8 @@ class Conversation:
             if isinstance(ev, UtteranceStarted):
                 uid = f"u{next(self._ids)}"
                 self._open[pid] = (uid, ev.at)
-                self._out.append(act.StartTranscription(uid, pid, self._stt_prompt(), ev.pcm))
+                names = self._names()
+                self._out.append(act.StartTranscription(uid, pid, ", ".join(names), ev.pcm, names))
             elif isinstance(ev, UtteranceAudio):
                 self._out.append(act.TranscriptionAudio(self._open[pid][0], ev.pcm))
             elif isinstance(ev, UtteranceEnded):
@@ -322,9 +323,10 @@ class Conversation:
                 while len(self.turns) > self.cfg.max_turns_kept:
                     self.turns.pop(next(iter(self.turns)))
 
-    def _stt_prompt(self) -> str:
+    def _names(self) -> tuple[str, ...]:
+        """Her names and everyone's display names: the STT prompt and keywords, so names are spelled right."""
         names = [self.cfg.bot_name, "Luna", "露娜", *self.participants.values()]
-        return ", ".join(dict.fromkeys(n for n in names if n))
+        return tuple(dict.fromkeys(n for n in names if n))
 
     def _start(self, turn: Turn, may_stay_silent: bool, now: float) -> bool:
         """Ask for a reply to ``turn``; False if the reply engine asked us to wait (the turn fails at once)."""

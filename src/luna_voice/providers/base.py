@@ -15,7 +15,7 @@ carries on (a provider error never kills a bot).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +44,8 @@ class Transcript:
     text: str
     language: str | None = None
     usage: Usage = field(default_factory=Usage)
+    # Seconds from the end of the audio (commit or upload) to the final text; None when nothing was sent.
+    final_after_s: float | None = None
 
 
 class TranscriptionStream(Protocol):
@@ -60,7 +62,8 @@ class TranscriptionStream(Protocol):
 class SpeechToText(Protocol):
     name: str
 
-    def open_stream(self, *, prompt: str | None = None) -> TranscriptionStream: ...
+    def open_stream(self, *, prompt: str | None = None, keywords: Sequence[str] = ()) -> TranscriptionStream:
+        """``keywords``: words to listen for (her names, participant names), for models that take them."""
 
     async def warm(self) -> None:
         """Load models or open connections before the first utterance."""
