@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.providers.base import Transcript
 from luna_voice.providers.select import ProviderSet
 
@@ -52,7 +52,7 @@ class InstantReply:
         yield REPLY
         yield Usage()
 
-    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, reason: SpokenReason) -> None:
         pass
 
     async def aclose(self) -> None:

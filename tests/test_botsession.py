@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import socket
 import time
 from collections.abc import AsyncIterator
 from email.utils import formatdate
+from pathlib import Path
 
+import aiohttp
 import pytest
 import structlog
 from aiohttp import web
@@ -16,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fakes.botsession import FakeBotSession, Reply, fake_botsession, serve
-from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
+from luna_voice.conversation.domain import ReplyRequest, RoomLine, SpokenReason, Usage
 from luna_voice.providers.base import ProviderError, RateLimited
-from luna_voice.providers.botsession import BotSessionEngine
+from luna_voice.providers.botsession import BotSessionEngine, signature
 from luna_voice.providers.replies import SILENCE_TOKEN, SilenceGate
 from luna_voice.retry_after import parse_retry_after
 
@@ -96,8 +100,50 @@ async def test_bearer_and_signature_are_accepted_by_the_app(fake: FakeBotSession
     (rec,) = fake.requests
     assert fake.auth_failures == []
     assert rec.headers["Authorization"] == f"Bearer {TOKEN}"
-    t, v1 = rec.headers["X-Luna-Signature"].split(",")
-    assert t.startswith("t=") and v1.startswith("v1=") and len(v1) == 3 + 64
+    assert rec.headers["X-Luna-BotSession-Version"] == "2"
+    t, v1, v2 = rec.headers["X-Luna-Signature"].split(",")
+    assert t.startswith("t=") and v1.startswith("v1=") and v2.startswith("v2=") and len(v2) == 3 + 64
+
+
+async def test_a_version_1_app_still_accepts_the_signature() -> None:
+    """v1 stays in the header beside v2 (one more HMAC), so an app not yet on version 2 keeps working."""
+    async with fake_botsession(token=TOKEN, hmac_secret=SECRET, accept_v1=True) as fake:
+        engine = BotSessionEngine(url=fake.url, token=TOKEN, hmac_secret=SECRET, timeout_s=0.5)
+        try:
+            await collect(engine, request())
+            await engine.record_spoken("room-1", "turn-1", "Hello there.", SpokenReason.DONE)
+        finally:
+            await engine.aclose()
+    assert fake.auth_failures == []
+    assert fake.spoken[0].json["interrupted"] is False
+
+
+async def test_signature_covers_method_and_path() -> None:
+    """A signed reply body replayed to the spoken route (or the reverse) is refused."""
+    async with fake_botsession(hmac_secret=SECRET) as fake:
+        engine = BotSessionEngine(url=fake.url, token=None, hmac_secret=SECRET, timeout_s=0.5)
+        try:
+            await collect(engine, request())
+        finally:
+            await engine.aclose()
+        sent = fake.requests[0]
+        async with aiohttp.ClientSession() as http:
+            headers = {k: v for k, v in sent.headers.items() if k.lower().startswith("x-luna")}
+            async with http.post(f"{fake.url}/spoken", data=sent.body, headers=headers) as resp:
+                assert resp.status == 401
+    assert fake.auth_failures == ["bad_signature"]
+
+
+def test_signature_test_vector_in_the_contract():
+    """The vector in docs/botsession.md, computed independently of the engine."""
+    body = (
+        b'{"room_id":"room-1","turn_id":"turn-1","spoken_text":"Bob said it will","reason":"interrupted",'
+        b'"interrupted":true}'
+    )
+    msg = b"1764000000.POST./api/luna/reply/spoken." + body
+    want = hmac.new(b"example-secret", msg, hashlib.sha256).hexdigest()
+    assert signature(b"example-secret", "1764000000", "POST", "/api/luna/reply/spoken", body).endswith(f"v2={want}")
+    assert f"`v2={want}`" in (Path(__file__).parent.parent / "docs" / "botsession.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -217,23 +263,28 @@ async def test_cancelling_a_reply_hangs_up_on_the_app(fake: FakeBotSession, engi
         await fake.hung_up.wait()  # the app sees the disconnect and can stop generating
 
 
-async def test_record_spoken_reports_what_was_heard(fake: FakeBotSession, engine: BotSessionEngine) -> None:
-    await engine.record_spoken("room-1", "turn-1", "Bob said it will", interrupted=True)
+@pytest.mark.parametrize("reason", list(SpokenReason))
+async def test_record_spoken_reports_what_was_heard_and_why(
+    fake: FakeBotSession, engine: BotSessionEngine, reason: SpokenReason
+) -> None:
+    await engine.record_spoken("room-1", "turn-1", "Bob said it will", reason)
     (rec,) = fake.spoken
     assert rec.path == "/luna/reply/spoken"
     assert rec.json == {
         "room_id": "room-1",
         "turn_id": "turn-1",
         "spoken_text": "Bob said it will",
-        "interrupted": True,
+        "reason": reason.value,
+        "interrupted": reason is SpokenReason.INTERRUPTED,
     }
+    assert rec.headers["X-Luna-BotSession-Version"] == "2"
     assert fake.auth_failures == []
 
 
 async def test_record_spoken_failures_are_logged_not_raised(fake: FakeBotSession, engine: BotSessionEngine) -> None:
     fake.spoken_status = 500
     with structlog.testing.capture_logs() as logs:
-        await engine.record_spoken("room-1", "turn-1", "text", interrupted=False)
+        await engine.record_spoken("room-1", "turn-1", "text", SpokenReason.DONE)
     assert [e["event"] for e in logs] == ["botsession.spoken_refused"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -241,7 +292,7 @@ async def test_record_spoken_failures_are_logged_not_raised(fake: FakeBotSession
     dead = BotSessionEngine(url=f"http://127.0.0.1:{port}/r", token=TOKEN, hmac_secret=None, timeout_s=0.5)
     try:
         with structlog.testing.capture_logs() as logs:
-            await dead.record_spoken("room-1", "turn-1", "text", interrupted=False)
+            await dead.record_spoken("room-1", "turn-1", "text", SpokenReason.DONE)
     finally:
         await dead.aclose()
     assert [e["event"] for e in logs] == ["botsession.spoken_failed"]

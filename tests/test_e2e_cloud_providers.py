@@ -66,6 +66,7 @@ async def test_a_turn_through_openai_botsession_and_azure(start_service, launch_
     assert transcription.model == "gpt-live-transcribe"
     assert "Mei" in (transcription.prompt or "") and "Mei" in (transcription.keywords or [])
     assert transcription.languages == ["zh", "en"] and transcription.language is None
+    assert turn["stt_final_after_ms"] is not None and turn["stt_final_after_ms"] >= 0
     # BotSession got the transcript with who said it, and Luna spoke its reply through Azure.
     request = app.requests[0].json
     assert request["text"] == HEARD and request["speaker_name"] == "Mei"

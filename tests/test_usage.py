@@ -88,3 +88,21 @@ def test_languages_default_and_comma_separated_env(monkeypatch):
     assert settings().stt_languages == ["zh", "en"]
     monkeypatch.setenv("LUNA_STT_LANGUAGES", "zh, en,ja")
     assert settings().stt_languages == ["zh", "en", "ja"]
+
+
+@pytest.mark.parametrize(
+    ("url", "token", "warned"),
+    [
+        ("https://chat.example.com/luna", True, []),
+        ("http://127.0.0.1:9000/luna", True, []),
+        ("http://[::1]:9000/luna", True, []),
+        ("http://localhost/luna", True, []),
+        ("http://chat.example.com/luna", True, ["use https outside loopback"]),
+        ("https://chat.example.com/luna", False, ["no LUNA_BOTSESSION_TOKEN"]),
+    ],
+)
+def test_botsession_startup_warnings(url, token, warned):
+    notes = select_providers(settings(botsession_url=url, botsession_token="t" if token else None)).notes
+    found = [w for w in warned if any(w in n for n in notes)]
+    assert found == warned
+    assert not any("LUNA_BOTSESSION" in n for n in notes) if not warned else True

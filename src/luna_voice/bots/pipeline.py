@@ -164,7 +164,7 @@ class Pipeline:
         elif isinstance(a, act.ClearPlayback):
             self._clear_playback()
         elif isinstance(a, act.RecordSpoken):
-            self._spawn(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.interrupted))
+            self._spawn(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.reason))
         elif isinstance(a, act.Publish):
             self._publish(a.event)
 
@@ -190,7 +190,9 @@ class Pipeline:
             log.exception("stt.crashed", utterance=uid)
             self.core.transcript_failed(uid, f"unexpected error: {type(exc).__name__}", self._clock())
         else:
-            self.core.transcript(uid, result.text, result.language, result.usage, self._clock())
+            self.core.transcript(
+                uid, result.text, result.language, result.usage, self._clock(), final_after_s=result.final_after_s
+            )
         self._run()
 
     async def _reply(self, a: act.RequestReply) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from luna_voice.conversation.domain import ReplyRequest
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason
 from luna_voice.conversation.events import CoreEvent
 
 
@@ -64,9 +64,11 @@ class ClearPlayback:
 
 @dataclass(frozen=True)
 class RecordSpoken:
+    """The one closing call of a turn that reached the reply engine."""
+
     turn_id: str
     text: str
-    interrupted: bool
+    reason: SpokenReason
 
 
 @dataclass(frozen=True)

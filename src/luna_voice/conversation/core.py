@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from luna_voice.conversation import actions as act
-from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
+from luna_voice.conversation.domain import ReplyRequest, RoomLine, SpokenReason, Usage
 from luna_voice.conversation.endpointing import (
     EndpointConfig,
     Endpointer,
@@ -148,11 +148,21 @@ class Conversation:
                 self._interrupt(self._active, now)
 
     # ------------------------------------------------------------------ inputs: providers
-    def transcript(self, utterance_id: str, text: str, language: str | None, usage: Usage, now: float) -> None:
+    def transcript(
+        self,
+        utterance_id: str,
+        text: str,
+        language: str | None,
+        usage: Usage,
+        now: float,
+        *,
+        final_after_s: float | None = None,
+    ) -> None:
         turn = self._by_utterance.pop(utterance_id, None)
         if turn is None:
             return
         turn.mark("transcript_ready", now)
+        turn.stt_final_after_s = final_after_s
         self._add_usage(turn, usage)
         text = text.strip()
         if not text:
@@ -177,6 +187,7 @@ class Conversation:
         elif active.state is TurnState.THINKING and active.speaker_id == turn.speaker_id and not active.sentences:
             turn.heard_text = f"{active.heard_text} {text}"
             self._cancel_generation(active)
+            self._close(active, SpokenReason.MERGED)
             active.move(TurnState.MERGED)
             self._publish_turn(active)
             self._active = None
@@ -350,6 +361,7 @@ class Conversation:
             may_stay_silent=may_stay_silent,
         )
         self._out.append(act.RequestReply(turn.id, request))
+        turn.requested = True
         self._publish_turn(turn)
         return True
 
@@ -408,8 +420,10 @@ class Conversation:
     def _finish(self, turn: Turn, state: TurnState, now: float) -> None:
         """End the active turn: record what was really said, then take the next queued turn."""
         spoken = turn.spoken_text
-        if spoken or turn.interrupted:  # cut off before a word was heard: history must say so too
-            self._out.append(act.RecordSpoken(turn.id, spoken, turn.interrupted))
+        if turn.interrupted:
+            self._close(turn, SpokenReason.INTERRUPTED)
+        else:
+            self._close(turn, SpokenReason.FAILED if state is TurnState.FAILED else SpokenReason.DONE)
         if spoken:
             self._remember(self.cfg.bot_name, spoken + ("…" if turn.interrupted else ""), now)
             if not turn.interrupted:
@@ -425,6 +439,12 @@ class Conversation:
                 continue
             if self._start(nxt, nxt.reason == "llm_decides", now):
                 break
+
+    def _close(self, turn: Turn, reason: SpokenReason) -> None:
+        """The turn's one closing call, if its reply was requested: what the room heard of it, and why it ended."""
+        if turn.requested:
+            turn.requested = False
+            self._out.append(act.RecordSpoken(turn.id, turn.spoken_text, reason))
 
     def _settle(
         self, turn: Turn, state: TurnState, now: float, *, decision: str | None = None, reason: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from enum import StrEnum
 
 
 @dataclass
@@ -58,3 +59,13 @@ class ReplyRequest:
     context: Sequence[RoomLine] = ()
     # ``llm`` turn policy: the model may stay silent by answering with an empty reply.
     may_stay_silent: bool = False
+
+
+class SpokenReason(StrEnum):
+    """Why a turn that reached the reply engine ended: the ``reason`` of its one closing ``record_spoken``."""
+
+    DONE = "done"  # the answer was played to the end (or was silence)
+    INTERRUPTED = "interrupted"  # someone talked over her; only the played part was heard
+    MERGED = "merged"  # the speaker went on talking; the turn was replaced by one with both parts
+    FAILED = "failed"  # a provider failed; whatever was played before is the heard text
+    STALE = "stale"  # the answer came too late to be spoken

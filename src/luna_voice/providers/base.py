@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from luna_voice.bridge.protocol import CAPTURE_RATE
-from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 
 PIPELINE_RATE = CAPTURE_RATE  # Hz, what the page sends and STT consumes (the bridge's wire contract)
 
@@ -76,8 +76,9 @@ class ReplyEngine(Protocol):
 
     def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]: ...
 
-    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
-        """Tell the engine what Luna actually said (after barge-in, only the played part)."""
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, reason: SpokenReason) -> None:
+        """Close a turn: what the room heard of the answer (possibly empty) and why it ended. Called exactly once
+        for every turn ``reply`` was called for, so the engine's history holds only what people heard."""
 
     async def aclose(self) -> None: ...
 

@@ -7,8 +7,11 @@ Azure synthesizer is kept warm per bot); heavy offline models are loaded once pe
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from yarl import URL
 
 from luna_voice.bridge.protocol import PLAYBACK_RATE
 from luna_voice.config import Prices, Settings, secret
@@ -50,6 +53,26 @@ class ProviderSet:
     @property
     def offline(self) -> bool:
         return self.names["stt"] == "whisper" and self.names["llm"] == "demo" and self.names["tts"] == "offline"
+
+
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address((host or "").strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def botsession_warnings(url: str, token: bool, secret: bool) -> list[str]:
+    """What makes a BotSession setup unsafe: no credentials at all, or plain HTTP beyond this machine."""
+    out = []
+    if not (token or secret):
+        out.append("replies: no LUNA_BOTSESSION_TOKEN or LUNA_BOTSESSION_HMAC_SECRET; the app cannot tell Luna's calls")
+    parsed = URL(url)
+    if parsed.scheme != "https" and not _loopback(parsed.host):
+        out.append(f"replies: LUNA_BOTSESSION_URL is {parsed.scheme}:// to {parsed.host}; use https outside loopback")
+    return out
 
 
 def _stt(s: Settings, notes: list[str]) -> tuple[str, Callable[[], SpeechToText], str | None]:
@@ -103,6 +126,7 @@ def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]
         if not s.botsession_url:
             raise ValueError("LUNA_LLM_PROVIDER=botsession needs LUNA_BOTSESSION_URL")
         url = s.botsession_url
+        notes.extend(botsession_warnings(url, bool(s.botsession_token), bool(s.botsession_hmac_secret)))
         return "botsession", lambda: BotSessionEngine(
             url=url,
             token=secret(s.botsession_token),
