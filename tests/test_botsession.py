@@ -45,8 +45,22 @@ def request(**kw: object) -> ReplyRequest:
 
 
 async def collect(engine: BotSessionEngine, req: ReplyRequest) -> list[str | Usage]:
+    """The reply's text deltas, then its total usage (reported in parts while it streams)."""
     async with asyncio.timeout(GUARD_S):
-        return [item async for item in engine.reply(req)]
+        items = [item async for item in engine.reply(req)]
+    return [*texts(items), total(items)]
+
+
+def texts(items: list[str | Usage]) -> list[str]:
+    return [i for i in items if isinstance(i, str)]
+
+
+def total(items: list[str | Usage]) -> Usage:
+    usage = Usage()
+    for item in items:
+        if isinstance(item, Usage):
+            usage += item
+    return usage
 
 
 @pytest.fixture
@@ -74,7 +88,8 @@ async def test_deltas_stream_in_order_before_the_reply_ends(fake: FakeBotSession
             if len(got) == 2:
                 assert not release.is_set(), "the last delta cannot have been sent yet"
                 release.set()
-    assert got == ["Bob said ", "it will rain ", "at noon.", Usage(llm_input_tokens=120, llm_output_tokens=9)]
+    assert texts(got) == ["Bob said ", "it will rain ", "at noon."]
+    assert total(got) == Usage(llm_input_tokens=120, llm_output_tokens=9)  # the app's count replaces estimates
 
 
 async def test_request_carries_the_documented_fields(fake: FakeBotSession, engine: BotSessionEngine) -> None:
@@ -201,7 +216,8 @@ async def test_faults_raise_the_right_error_without_hanging(
             async for item in engine.reply(request()):
                 got.append(item)
     assert info.value.reason == reason
-    assert got == deltas_first
+    assert texts(got) == deltas_first
+    assert (total(got).llm_output_tokens > 0) == bool(deltas_first)  # what streamed before the fault is counted
     assert isinstance(info.value, RateLimited) == (reply.fault == "rate_limit")
     if reply.fault == "rate_limit":
         assert info.value.retry_after == 7.0
@@ -324,9 +340,13 @@ async def test_silence_detection_does_not_delay_a_real_answer(fake: FakeBotSessi
     fake.script(Reply(deltas=("Sure", ", it rains."), hold_last=release))
     async with asyncio.timeout(GUARD_S):
         replies = engine.reply(request(may_stay_silent=True))
-        assert await anext(replies) == "Sure"  # arrives while the app still holds the rest back
+        first: list[str | Usage] = []
+        while not texts(first):  # arrives while the app still holds the rest back
+            first.append(await anext(replies))
+        assert texts(first) == ["Sure"]
         release.set()
-        assert [item async for item in replies] == [", it rains.", Usage(llm_input_tokens=42, llm_output_tokens=7)]
+        rest = [item async for item in replies]
+    assert texts(rest) == [", it rains."] and total(first + rest) == Usage(llm_input_tokens=42, llm_output_tokens=7)
 
 
 def test_silence_token_is_only_honoured_when_allowed() -> None:
@@ -363,3 +383,23 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     in_a_minute = parse_retry_after(formatdate(time.time() + 60, usegmt=True))
     assert in_a_minute is not None and 55 < in_a_minute <= 60
+
+
+async def test_think_blocks_from_the_app_are_never_spoken(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    """An app that forwards raw model output with <think> still never makes Luna speak the reasoning."""
+    fake.script(Reply(deltas=("<think>The user", " wants rain</think>\n", "It will rain.")))
+    got = await collect(engine, request(may_stay_silent=True))
+    assert texts(got) == ["It will rain."]
+
+
+async def test_a_cancelled_reply_has_already_reported_its_usage(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    fake.script(Reply(deltas=("It rains at noon. ", "More."), hold_last=asyncio.Event()))
+    got: list[str | Usage] = []
+    async with asyncio.timeout(GUARD_S):
+        replies = engine.reply(request())
+        async for item in replies:
+            got.append(item)
+            if isinstance(item, str):
+                break
+        await replies.aclose()  # barge-in: the stream is cancelled before ``done``
+    assert total(got).llm_input_tokens > 20 and total(got).llm_output_tokens >= 4  # estimates, not zero

@@ -11,6 +11,7 @@ import pytest
 from fakes.azure_usp import FakeAzureTts
 from fakes.botsession import FakeBotSession, Reply, serve
 from fakes.openai_audio import FakeOpenAIAudio
+from luna_voice.providers.azure_tts import billable_characters
 from luna_voice.providers.base import PIPELINE_RATE
 from roomtools import active_seconds, human_page, speech_file, until
 
@@ -81,5 +82,5 @@ async def test_a_turn_through_openai_botsession_and_azure(start_service, launch_
     assert active_seconds(heard, PIPELINE_RATE) >= 0.6 * turn["reply_audio_s"] > 0
     usage = turn["usage"]
     assert usage["stt_seconds"] > 1.0 and usage["llm_input_tokens"] == 120 and usage["llm_output_tokens"] == 30
-    assert usage["tts_characters"] == sum(len(t) for t in spoken)
+    assert usage["tts_characters"] == sum(billable_characters(t) for t in spoken)  # hanzi billed twice
     assert turn["cost_usd"] > 0

@@ -7,7 +7,7 @@ never print in logs or ``repr``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
     llm_model: str = "glm-4.7-flash"
+    llm_extra_body: dict[str, Any] = Field(
+        default={"thinking": {"type": "disabled"}},
+        description="JSON merged into every chat request; the default turns GLM thinking off. '{}' for strict servers.",
+    )
     llm_system_prompt: str = (
         "You are Luna, a friendly assistant taking part in a voice call with several people. "
         "Answer briefly, in the language you were spoken to, in plain spoken sentences without markdown."

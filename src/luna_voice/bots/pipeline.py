@@ -205,14 +205,18 @@ class Pipeline:
                     self.core.reply_delta(a.turn_id, item, self._clock())
                     self._run()
         except RateLimited as exc:
+            self.core.add_usage(a.turn_id, usage)
             self.core.reply_failed(a.turn_id, exc.reason, self._clock(), rate_limited=True, retry_after=exc.retry_after)
         except ProviderError as exc:
             log.warning("llm.failed", turn=a.turn_id, reason=exc.reason)
+            self.core.add_usage(a.turn_id, usage)
             self.core.reply_failed(a.turn_id, exc.reason, self._clock())
         except asyncio.CancelledError:
+            self.core.add_usage(a.turn_id, usage)  # barge-in or merge: what was consumed so far is billed anyway
             raise
         except Exception as exc:
             log.exception("llm.crashed", turn=a.turn_id)
+            self.core.add_usage(a.turn_id, usage)
             self.core.reply_failed(a.turn_id, f"unexpected error: {type(exc).__name__}", self._clock())
         else:
             self.core.reply_done(a.turn_id, usage, self._clock())
@@ -239,7 +243,7 @@ class Pipeline:
         if self.tts.sample_rate != self._playback_rate:
             resampler = soxr.ResampleStream(self.tts.sample_rate, self._playback_rate, 1, dtype="int16")
         try:
-            async for item in self.tts.synthesize(text):
+            async for item in self.tts.synthesize(text):  # usage comes first: a stopped sentence is billed too
                 if isinstance(item, Usage):
                     usage += item
                     continue
@@ -253,13 +257,16 @@ class Pipeline:
                 self.core.speech_audio(turn_id, index, tail, self._clock())
         except ProviderError as exc:
             log.warning("tts.failed", turn=turn_id, reason=exc.reason)
+            self.core.add_usage(turn_id, usage)
             self.core.speech_failed(turn_id, index, exc.reason, self._clock())
             self._run()
             return False
         except asyncio.CancelledError:
+            self.core.add_usage(turn_id, usage)
             raise
         except Exception as exc:
             log.exception("tts.crashed", turn=turn_id)
+            self.core.add_usage(turn_id, usage)
             self.core.speech_failed(turn_id, index, f"unexpected error: {type(exc).__name__}", self._clock())
             self._run()
             return False

@@ -36,7 +36,13 @@ from luna_voice.conversation.endpointing import (
     UtteranceEnded,
     UtteranceStarted,
 )
-from luna_voice.conversation.events import Participant, ParticipantsChanged, SpeakingChanged, TurnChanged
+from luna_voice.conversation.events import (
+    LateUsage,
+    Participant,
+    ParticipantsChanged,
+    SpeakingChanged,
+    TurnChanged,
+)
 from luna_voice.conversation.pacing import Pacer
 from luna_voice.conversation.policy import PolicyName, TurnPolicy
 from luna_voice.conversation.turns import Sentence, Turn, TurnState
@@ -244,6 +250,22 @@ class Conversation:
         self._cancel_generation(turn)
         self._drop_unsynthesized(turn)
         self._maybe_finish(turn, now)
+
+    def add_usage(self, turn_id: str, usage: Usage) -> None:
+        """Usage of a call that ended without a result (cancelled or failed): billed all the same, so counted.
+
+        A turn that has already ended (the usual case after a barge-in) publishes it as ``late_usage``, so totals
+        built from finished turns (metrics) see it too.
+        """
+        if usage == Usage():
+            return
+        turn = self.turns.get(turn_id)
+        if turn is None:
+            self.usage += usage
+            return
+        self._add_usage(turn, usage)
+        if turn.state.terminal:
+            self._out.append(act.Publish(LateUsage(turn_id, vars(usage).copy(), round(self._price(usage), 6))))
 
     def speech_audio(self, turn_id: str, index: int, pcm: bytes, now: float) -> None:
         turn = self._current(turn_id)

@@ -29,7 +29,7 @@ from yarl import URL
 
 from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.providers.base import ProviderError, RateLimited
-from luna_voice.providers.replies import SAFE_CODE, SilenceGate, status_error
+from luna_voice.providers.replies import SAFE_CODE, SilenceGate, ThinkFilter, UsageMeter, status_error
 from luna_voice.retry_after import parse_retry_after
 
 log = structlog.get_logger(__name__)
@@ -187,9 +187,10 @@ class BotSessionEngine:
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]:
         bound = log.bind(room_id=request.room_id, turn_id=request.turn_id)
-        gate = SilenceGate(request.may_stay_silent)
+        think, gate, meter = ThinkFilter(), SilenceGate(request.may_stay_silent), UsageMeter()
+        body = _request_body(request)
         try:
-            resp = await self._post(self._url, _request_body(request), "text/event-stream")
+            resp = await self._post(self._url, body, "text/event-stream")
         except TimeoutError:
             raise ProviderError(NAME, "timeout") from None
         except aiohttp.ClientError as exc:
@@ -202,6 +203,7 @@ class BotSessionEngine:
                 raise status_error(NAME, resp.status, retry_after=resp.headers.get("Retry-After"), code=code)
             if resp.content_type != "text/event-stream":
                 raise _malformed(f"content type {resp.content_type}")
+            meter.add(input_text=body.decode())  # an estimate until ``done``: a cancelled reply is still counted
             while True:
                 try:
                     item = await anext(events, None)
@@ -217,13 +219,18 @@ class BotSessionEngine:
                     text = _json_object(data).get("text")
                     if not isinstance(text, str):
                         raise _malformed("delta without text")
-                    if spoken := gate.feed(text):
+                    meter.add(output_text=text)
+                    if spoken := gate.feed(think.feed(text)):
+                        if usage := meter.take():
+                            yield usage
                         yield spoken
                 elif event == "done":
                     usage = _usage(_json_object(data))
+                    if spoken := gate.feed(think.flush()):
+                        yield spoken
                     if gate.silent:
                         bound.info("botsession.silent")
-                    yield usage
+                    yield meter.exact(usage)
                     return
                 elif event == "error":
                     raise _error_event(_json_object(data))

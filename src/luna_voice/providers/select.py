@@ -141,6 +141,7 @@ def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]
             api_key=secret(s.llm_api_key) or "",
             model=s.llm_model,
             system_prompt=s.llm_system_prompt,
+            extra_body=s.llm_extra_body,
         )
     from luna_voice.providers.offline import DemoReply
 
