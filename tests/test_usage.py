@@ -6,6 +6,8 @@ import pytest
 
 from luna_voice.config import Prices, Settings
 from luna_voice.conversation.domain import Usage
+from luna_voice.conversation.events import LateUsage
+from luna_voice.events import to_wire
 from luna_voice.metrics import Metrics
 from luna_voice.providers.select import select_providers
 from luna_voice.usage import price
@@ -111,7 +113,19 @@ def test_botsession_startup_warnings(url, token, warned):
 def test_late_usage_of_an_ended_turn_reaches_the_metrics():
     """A barge-in ends the turn first; the cancelled calls' usage arrives after it and is still exported."""
     metrics = Metrics(lambda: [])
-    metrics.observe({"type": "late_usage", "turn_id": "t1", "usage": {"tts_characters": 8.0}, "cost_usd": 0.00012})
+    metrics.observe(LateUsage("t1", {"tts_characters": 8.0}, 0.00012))
     text = metrics.render().decode()
     assert 'luna_usage_total{unit="tts_characters"} 8.0' in text
     assert "luna_cost_usd_total 0.00012" in text
+
+
+def test_late_usage_has_a_wire_form():
+    wire = to_wire(LateUsage("t1", {"llm_output_tokens": 4.0}, 0.0), room_id="r", bot_id="b")
+    assert wire == {
+        "type": "late_usage",
+        "turn_id": "t1",
+        "usage": {"llm_output_tokens": 4.0},
+        "cost_usd": 0.0,
+        "room_id": "r",
+        "bot_id": "b",
+    }
