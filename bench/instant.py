@@ -3,10 +3,10 @@ utterance ends, the reply engine answers at once, and TTS returns whatever audio
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.providers.base import Transcript
 from luna_voice.providers.select import ProviderSet
 
@@ -35,7 +35,7 @@ class _Stream:
 class InstantSTT:
     name = "instant"
 
-    def open_stream(self, *, prompt: str | None = None) -> _Stream:
+    def open_stream(self, *, prompt: str | None = None, keywords: Sequence[str] = ()) -> _Stream:
         return _Stream()
 
     async def warm(self) -> None:
@@ -52,7 +52,7 @@ class InstantReply:
         yield REPLY
         yield Usage()
 
-    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, reason: SpokenReason) -> None:
         pass
 
     async def aclose(self) -> None:

@@ -34,6 +34,7 @@ class Room:
         self.transcripts: dict[str, str | list[str]] = {}  # speaker -> text for their next utterance(s)
         self.replies: dict[str, str] = {}  # speaker -> Luna's reply to their next answered turn
         self.auto_reply = True
+        self.stt_final_after_s = 0.25  # what the STT provider reports as its own share of the wait
         self.stt_audio: dict[str, int] = {}  # utterance -> bytes received
         self.page: deque[tuple[int, int]] = deque()  # (seq, samples not yet played)
         self.page_played = -1
@@ -96,7 +97,9 @@ class Room:
                     text, rest = (text[0], text[1:]) if text else ("", [])
                     if rest:
                         self.transcripts[pid] = rest
-                self.core.transcript(a.utterance_id, text, None, Usage(stt_seconds=1.0), self.now)
+                self.core.transcript(
+                    a.utterance_id, text, None, Usage(stt_seconds=1.0), self.now, final_after_s=self.stt_final_after_s
+                )
             elif isinstance(a, act.RequestReply) and self.auto_reply:
                 reply = self.replies.pop(a.request.speaker_id, f"Hello {a.request.speaker_name}. Nice day.")
                 self.core.reply_delta(a.turn_id, reply, self.now)

@@ -13,7 +13,7 @@ import structlog
 
 from fakes.azure_usp import PATHS, FakeAzureTts, Fault
 from luna_voice.conversation.domain import Usage
-from luna_voice.providers.azure_tts import AzureTextToSpeech
+from luna_voice.providers.azure_tts import AzureTextToSpeech, billable_characters
 from luna_voice.providers.base import ProviderError, RateLimited
 
 ZH = "你好，我是 Luna。"
@@ -44,14 +44,14 @@ async def make(fake: FakeAzureTts):
 
 
 async def speak(tts: AzureTextToSpeech, text: str) -> tuple[list[bytes], Usage]:
-    """All chunks and the closing Usage of one sentence; a hang fails the test instead of blocking it."""
+    """All chunks and the Usage of one sentence; a hang fails the test instead of blocking it."""
     chunks: list[bytes] = []
+    usages: list[Usage] = []
     async with asyncio.timeout(15):
         async for item in tts.synthesize(text):
-            if isinstance(item, Usage):
-                return chunks, item
-            chunks.append(item)
-    raise AssertionError("no Usage at the end of the stream")
+            (usages if isinstance(item, Usage) else chunks).append(item)  # type: ignore[arg-type]
+    assert len(usages) == 1, "one Usage per sentence"
+    return chunks, usages[0]
 
 
 async def failure(tts: AzureTextToSpeech, text: str = ZH) -> ProviderError:
@@ -68,15 +68,16 @@ async def test_audio_streams_in_chunks_before_the_sentence_ends(fake: FakeAzureT
     fake.gate = asyncio.Event()  # the fake holds the rest of the sentence after the first chunk
     stream = tts.synthesize(ZH)
     async with asyncio.timeout(10):
+        usage = await anext(stream)  # billed as soon as it is sent, so reported first
         first = await anext(stream)
         assert isinstance(first, bytes) and first
         assert fake.synthesises[0].turn_ended is False  # we got audio while the service was still synthesizing
         fake.gate.set()
         rest = [item async for item in stream]
-    chunks, usage = [first, *rest[:-1]], rest[-1]
+    chunks = [first, *rest]
     assert len(chunks) > 3
     assert b"".join(chunks) == fake.expected_pcm(ZH, 48_000)
-    assert usage == Usage(tts_characters=len(ZH))
+    assert usage == Usage(tts_characters=billable_characters(ZH))
     assert tts.last_ttfb_s is not None and tts.last_ttfb_s > 0
 
 
@@ -102,7 +103,7 @@ async def test_ssml_special_characters_reach_the_service_intact(fake: FakeAzureT
     chunks, usage = await speak(make(), text)
     assert fake.synthesises[0].text == text
     assert b"".join(chunks) == fake.expected_pcm(text, 48_000)
-    assert usage.tts_characters == len(text)
+    assert usage.tts_characters == len(text) + 1  # "完" is billed twice
 
 
 async def test_blank_text_costs_nothing_and_sends_nothing(fake: FakeAzureTts, make) -> None:
@@ -161,6 +162,7 @@ async def test_concurrent_sentences_on_one_instance_each_get_their_own_audio(fak
 
 async def _cut_by_aclose(tts: AzureTextToSpeech, text: str) -> None:
     stream = tts.synthesize(text)
+    assert isinstance(await anext(stream), Usage)  # billed when sent
     assert isinstance(await anext(stream), bytes)
     await stream.aclose()
 
@@ -169,8 +171,9 @@ async def _cut_by_task_cancel(tts: AzureTextToSpeech, text: str) -> None:
     got_audio = asyncio.Event()
 
     async def consume() -> None:
-        async for _ in tts.synthesize(text):
-            got_audio.set()
+        async for item in tts.synthesize(text):
+            if isinstance(item, bytes):
+                got_audio.set()
 
     task = asyncio.create_task(consume())
     await got_audio.wait()
@@ -189,12 +192,51 @@ async def test_interrupted_sentence_never_leaks_into_the_next(fake: FakeAzureTts
     fake.gate.set()  # the rest of the first sentence may now flow, racing the SDK's stop
     chunks, usage = await speak(tts, EN)  # straight away, as after a barge-in
     assert b"".join(chunks) == fake.expected_pcm(EN, 48_000)
-    assert usage.tts_characters == len(EN)
+    assert usage.tts_characters == len(EN)  # no Chinese characters: one each
     # stopping drops the socket; the provider dialled again at once and the next sentence used that socket
     assert [c.frames.count("ssml") for c in fake.connections] == [1, 1]
 
 
+@pytest.mark.parametrize(
+    ("text", "billed"),
+    [
+        ("Hello, Luna.", 12),
+        ("明天是晴天。", 6 * 2 - 1),  # five hanzi twice, the full-width stop once
+        ("Luna 说 OK", 9 + 1),
+        ("ひらがなとカタカナ", 9),  # kana are not Chinese characters
+        ("日本語", 6),  # kanji are
+        ("한국어 漢字", 6 + 2),  # hangul once, hanja twice
+        ("𠀀", 2),  # an ideograph beyond the BMP is one code point, billed twice
+    ],
+)
+def test_billable_characters_follow_azures_rule(text: str, billed: int) -> None:
+    assert billable_characters(text) == billed
+
+
+async def test_a_stopped_sentence_is_still_billed(fake: FakeAzureTts, make) -> None:
+    """Barge-in after the first chunk: the sentence was billed when sent, and its usage was already reported."""
+    tts = make()
+    fake.gate = asyncio.Event()
+    got: list[bytes | Usage] = []
+    async with asyncio.timeout(10):
+        stream = tts.synthesize(ZH)
+        async for item in stream:
+            got.append(item)
+            if isinstance(item, bytes):
+                break
+        await stream.aclose()
+    fake.gate.set()
+    assert [i for i in got if isinstance(i, Usage)] == [Usage(tts_characters=billable_characters(ZH))]
+
+
 # --- failures -------------------------------------------------------------------------------------------------
+
+
+async def test_an_unknown_voice_fails_with_a_clear_reason(fake: FakeAzureTts, make) -> None:
+    """The service refuses a voice it does not have (1007 after turn.start); the turn says so, not 'unreachable'."""
+    error = await failure(make(voice="zh-CN-NoSuchNeural"))
+    assert error.reason == "unsupported voice"
+    assert fake.synthesises[0].voice == "zh-CN-NoSuchNeural" and fake.synthesises[0].audio_bytes == 0
 
 
 async def test_wrong_key_is_auth_refused_and_no_secret_leaks(fake: FakeAzureTts, make, caplog) -> None:
@@ -283,4 +325,4 @@ async def test_live_azure_speaks_chinese() -> None:
     pcm = np.frombuffer(b"".join(chunks), dtype="<i2")
     assert len(pcm) / tts.sample_rate > 0.5
     assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 100  # not silence
-    assert usage.tts_characters == len(ZH)
+    assert usage.tts_characters == billable_characters(ZH)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import socket
 import time
 from collections.abc import AsyncIterator
 from email.utils import formatdate
+from pathlib import Path
 
+import aiohttp
 import pytest
 import structlog
 from aiohttp import web
@@ -16,9 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fakes.botsession import FakeBotSession, Reply, fake_botsession, serve
-from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
+from luna_voice.conversation.domain import ReplyRequest, RoomLine, SpokenReason, Usage
 from luna_voice.providers.base import ProviderError, RateLimited
-from luna_voice.providers.botsession import BotSessionEngine
+from luna_voice.providers.botsession import BotSessionEngine, signature
 from luna_voice.providers.replies import SILENCE_TOKEN, SilenceGate
 from luna_voice.retry_after import parse_retry_after
 
@@ -41,8 +45,22 @@ def request(**kw: object) -> ReplyRequest:
 
 
 async def collect(engine: BotSessionEngine, req: ReplyRequest) -> list[str | Usage]:
+    """The reply's text deltas, then its total usage (reported in parts while it streams)."""
     async with asyncio.timeout(GUARD_S):
-        return [item async for item in engine.reply(req)]
+        items = [item async for item in engine.reply(req)]
+    return [*texts(items), total(items)]
+
+
+def texts(items: list[str | Usage]) -> list[str]:
+    return [i for i in items if isinstance(i, str)]
+
+
+def total(items: list[str | Usage]) -> Usage:
+    usage = Usage()
+    for item in items:
+        if isinstance(item, Usage):
+            usage += item
+    return usage
 
 
 @pytest.fixture
@@ -70,7 +88,8 @@ async def test_deltas_stream_in_order_before_the_reply_ends(fake: FakeBotSession
             if len(got) == 2:
                 assert not release.is_set(), "the last delta cannot have been sent yet"
                 release.set()
-    assert got == ["Bob said ", "it will rain ", "at noon.", Usage(llm_input_tokens=120, llm_output_tokens=9)]
+    assert texts(got) == ["Bob said ", "it will rain ", "at noon."]
+    assert total(got) == Usage(llm_input_tokens=120, llm_output_tokens=9)  # the app's count replaces estimates
 
 
 async def test_request_carries_the_documented_fields(fake: FakeBotSession, engine: BotSessionEngine) -> None:
@@ -96,8 +115,50 @@ async def test_bearer_and_signature_are_accepted_by_the_app(fake: FakeBotSession
     (rec,) = fake.requests
     assert fake.auth_failures == []
     assert rec.headers["Authorization"] == f"Bearer {TOKEN}"
-    t, v1 = rec.headers["X-Luna-Signature"].split(",")
-    assert t.startswith("t=") and v1.startswith("v1=") and len(v1) == 3 + 64
+    assert rec.headers["X-Luna-BotSession-Version"] == "2"
+    t, v1, v2 = rec.headers["X-Luna-Signature"].split(",")
+    assert t.startswith("t=") and v1.startswith("v1=") and v2.startswith("v2=") and len(v2) == 3 + 64
+
+
+async def test_a_version_1_app_still_accepts_the_signature() -> None:
+    """v1 stays in the header beside v2 (one more HMAC), so an app not yet on version 2 keeps working."""
+    async with fake_botsession(token=TOKEN, hmac_secret=SECRET, accept_v1=True) as fake:
+        engine = BotSessionEngine(url=fake.url, token=TOKEN, hmac_secret=SECRET, timeout_s=0.5)
+        try:
+            await collect(engine, request())
+            await engine.record_spoken("room-1", "turn-1", "Hello there.", SpokenReason.DONE)
+        finally:
+            await engine.aclose()
+    assert fake.auth_failures == []
+    assert fake.spoken[0].json["interrupted"] is False
+
+
+async def test_signature_covers_method_and_path() -> None:
+    """A signed reply body replayed to the spoken route (or the reverse) is refused."""
+    async with fake_botsession(hmac_secret=SECRET) as fake:
+        engine = BotSessionEngine(url=fake.url, token=None, hmac_secret=SECRET, timeout_s=0.5)
+        try:
+            await collect(engine, request())
+        finally:
+            await engine.aclose()
+        sent = fake.requests[0]
+        async with aiohttp.ClientSession() as http:
+            headers = {k: v for k, v in sent.headers.items() if k.lower().startswith("x-luna")}
+            async with http.post(f"{fake.url}/spoken", data=sent.body, headers=headers) as resp:
+                assert resp.status == 401
+    assert fake.auth_failures == ["bad_signature"]
+
+
+def test_signature_test_vector_in_the_contract():
+    """The vector in docs/botsession.md, computed independently of the engine."""
+    body = (
+        b'{"room_id":"room-1","turn_id":"turn-1","spoken_text":"Bob said it will","reason":"interrupted",'
+        b'"interrupted":true}'
+    )
+    msg = b"1764000000.POST./api/luna/reply/spoken." + body
+    want = hmac.new(b"example-secret", msg, hashlib.sha256).hexdigest()
+    assert signature(b"example-secret", "1764000000", "POST", "/api/luna/reply/spoken", body).endswith(f"v2={want}")
+    assert f"`v2={want}`" in (Path(__file__).parent.parent / "docs" / "botsession.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -155,7 +216,8 @@ async def test_faults_raise_the_right_error_without_hanging(
             async for item in engine.reply(request()):
                 got.append(item)
     assert info.value.reason == reason
-    assert got == deltas_first
+    assert texts(got) == deltas_first
+    assert (total(got).llm_output_tokens > 0) == bool(deltas_first)  # what streamed before the fault is counted
     assert isinstance(info.value, RateLimited) == (reply.fault == "rate_limit")
     if reply.fault == "rate_limit":
         assert info.value.retry_after == 7.0
@@ -217,23 +279,28 @@ async def test_cancelling_a_reply_hangs_up_on_the_app(fake: FakeBotSession, engi
         await fake.hung_up.wait()  # the app sees the disconnect and can stop generating
 
 
-async def test_record_spoken_reports_what_was_heard(fake: FakeBotSession, engine: BotSessionEngine) -> None:
-    await engine.record_spoken("room-1", "turn-1", "Bob said it will", interrupted=True)
+@pytest.mark.parametrize("reason", list(SpokenReason))
+async def test_record_spoken_reports_what_was_heard_and_why(
+    fake: FakeBotSession, engine: BotSessionEngine, reason: SpokenReason
+) -> None:
+    await engine.record_spoken("room-1", "turn-1", "Bob said it will", reason)
     (rec,) = fake.spoken
     assert rec.path == "/luna/reply/spoken"
     assert rec.json == {
         "room_id": "room-1",
         "turn_id": "turn-1",
         "spoken_text": "Bob said it will",
-        "interrupted": True,
+        "reason": reason.value,
+        "interrupted": reason is SpokenReason.INTERRUPTED,
     }
+    assert rec.headers["X-Luna-BotSession-Version"] == "2"
     assert fake.auth_failures == []
 
 
 async def test_record_spoken_failures_are_logged_not_raised(fake: FakeBotSession, engine: BotSessionEngine) -> None:
     fake.spoken_status = 500
     with structlog.testing.capture_logs() as logs:
-        await engine.record_spoken("room-1", "turn-1", "text", interrupted=False)
+        await engine.record_spoken("room-1", "turn-1", "text", SpokenReason.DONE)
     assert [e["event"] for e in logs] == ["botsession.spoken_refused"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -241,7 +308,7 @@ async def test_record_spoken_failures_are_logged_not_raised(fake: FakeBotSession
     dead = BotSessionEngine(url=f"http://127.0.0.1:{port}/r", token=TOKEN, hmac_secret=None, timeout_s=0.5)
     try:
         with structlog.testing.capture_logs() as logs:
-            await dead.record_spoken("room-1", "turn-1", "text", interrupted=False)
+            await dead.record_spoken("room-1", "turn-1", "text", SpokenReason.DONE)
     finally:
         await dead.aclose()
     assert [e["event"] for e in logs] == ["botsession.spoken_failed"]
@@ -273,9 +340,13 @@ async def test_silence_detection_does_not_delay_a_real_answer(fake: FakeBotSessi
     fake.script(Reply(deltas=("Sure", ", it rains."), hold_last=release))
     async with asyncio.timeout(GUARD_S):
         replies = engine.reply(request(may_stay_silent=True))
-        assert await anext(replies) == "Sure"  # arrives while the app still holds the rest back
+        first: list[str | Usage] = []
+        while not texts(first):  # arrives while the app still holds the rest back
+            first.append(await anext(replies))
+        assert texts(first) == ["Sure"]
         release.set()
-        assert [item async for item in replies] == [", it rains.", Usage(llm_input_tokens=42, llm_output_tokens=7)]
+        rest = [item async for item in replies]
+    assert texts(rest) == [", it rains."] and total(first + rest) == Usage(llm_input_tokens=42, llm_output_tokens=7)
 
 
 def test_silence_token_is_only_honoured_when_allowed() -> None:
@@ -312,3 +383,23 @@ def test_retry_after_accepts_seconds_and_http_dates() -> None:
     assert parse_retry_after(None) is None and parse_retry_after("soon") is None
     in_a_minute = parse_retry_after(formatdate(time.time() + 60, usegmt=True))
     assert in_a_minute is not None and 55 < in_a_minute <= 60
+
+
+async def test_think_blocks_from_the_app_are_never_spoken(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    """An app that forwards raw model output with <think> still never makes Luna speak the reasoning."""
+    fake.script(Reply(deltas=("<think>The user", " wants rain</think>\n", "It will rain.")))
+    got = await collect(engine, request(may_stay_silent=True))
+    assert texts(got) == ["It will rain."]
+
+
+async def test_a_cancelled_reply_has_already_reported_its_usage(fake: FakeBotSession, engine: BotSessionEngine) -> None:
+    fake.script(Reply(deltas=("It rains at noon. ", "More."), hold_last=asyncio.Event()))
+    got: list[str | Usage] = []
+    async with asyncio.timeout(GUARD_S):
+        replies = engine.reply(request())
+        async for item in replies:
+            got.append(item)
+            if isinstance(item, str):
+                break
+        await replies.aclose()  # barge-in: the stream is cancelled before ``done``
+    assert total(got).llm_input_tokens > 20 and total(got).llm_output_tokens >= 4  # estimates, not zero

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from luna_voice.conversation import actions as act
-from luna_voice.conversation.domain import Usage
+from luna_voice.conversation.domain import SpokenReason, Usage
 from luna_voice.conversation.endpointing import EndpointConfig
 from scripted_room import FRAME, GROUP, Room
 
@@ -95,7 +95,7 @@ def test_barge_in_stops_luna_and_keeps_only_what_was_played():
     assert a["reply_text"].startswith(a["spoken_text"])
     assert room.of(act.ClearPlayback) and room.of(act.CancelSynthesis)
     recorded = [r for r in room.of(act.RecordSpoken) if r.turn_id == a["id"]]
-    assert recorded == [act.RecordSpoken(a["id"], a["spoken_text"], True)]
+    assert recorded == [act.RecordSpoken(a["id"], a["spoken_text"], SpokenReason.INTERRUPTED)]
     assert room.core.stats["barge_ins"] == 1
     # the interruption is then a turn like any other (addressed or not, Bob gets no answer here: 2 humans)
     assert room.turn_by("b")["heard_text"] == "Wait, stop, I have an urgent question"
@@ -184,6 +184,69 @@ def test_same_speaker_while_luna_thinks_is_merged():
     assert requests[-1].request.text == "Luna, what about the weather tomorrow?"
     assert act.CancelReply(merged["id"]) in room.log
     assert second["state"] == "thinking"
+
+
+def closing_calls(room: Room) -> dict[str, list[tuple[str, SpokenReason]]]:
+    """Every RecordSpoken per turn id, so a test can check there is exactly one per requested turn."""
+    out: dict[str, list[tuple[str, SpokenReason]]] = {}
+    for r in room.of(act.RecordSpoken):
+        out.setdefault(r.turn_id, []).append((r.text, r.reason))
+    return out
+
+
+def test_every_requested_turn_gets_exactly_one_closing_call():
+    """Contract v2: merged, failed, silent and done turns that reached the reply engine are all closed once."""
+    room = Room(policy="llm")
+    room.join(*GROUP)
+    room.auto_reply = False
+    room.say("a", "Luna, what about")
+    room.say("a", "the weather tomorrow?")  # merged into a new turn
+    merged, second = room.turn_by("a"), room.turn_by("a", 1)
+    room.core.reply_failed(second["id"], "timeout", room.now)  # failed before a word was played
+    room._run()
+    room.auto_reply = True
+    room.replies["b"] = ""
+    room.say("b", "Nice weather today.")  # the model stays silent
+    room.say("a", "Luna, hello?")  # answered and played to the end
+    room.wait(4)
+    silent, done = room.turn_by("b"), room.turn_by("a", 2)
+
+    assert (silent["state"], done["state"]) == ("silent", "done")
+    assert closing_calls(room) == {
+        merged["id"]: [("", SpokenReason.MERGED)],
+        second["id"]: [("", SpokenReason.FAILED)],
+        silent["id"]: [("", SpokenReason.DONE)],
+        done["id"]: [(done["spoken_text"], SpokenReason.DONE)],
+    }
+    assert len(room.of(act.RequestReply)) == 4
+
+
+def test_a_turn_that_never_reached_the_engine_gets_no_closing_call():
+    room = Room(policy="always", stale_after_s=2.0)
+    room.join(*GROUP)
+    room.auto_reply = False
+    room.say("a", "Luna, a question.")
+    room.say("b", "Luna, another question.")  # queued, then stale: never requested
+    room.wait(3)
+    first = room.of(act.RequestReply)[0].turn_id
+    room.core.reply_delta(first, "Short.", room.now)
+    room.core.reply_done(first, Usage(), room.now)
+    room._run()
+    room.wait(2)
+
+    assert room.turn_by("b")["state"] == "stale"
+    assert list(closing_calls(room)) == [first]
+
+
+def test_turn_records_how_long_the_final_transcript_took():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.say("a", "Luna, hi.")
+    room.wait(2)
+    turn = room.turn_by("a")
+    assert turn["stt_final_after_ms"] == 250.0
+    start = room.of(act.StartTranscription)[0]
+    assert start.keywords == ("Luna", "露娜", "Alice")
 
 
 def test_queued_turn_goes_stale():

@@ -11,6 +11,7 @@ import pytest
 from fakes.azure_usp import FakeAzureTts
 from fakes.botsession import FakeBotSession, Reply, serve
 from fakes.openai_audio import FakeOpenAIAudio
+from luna_voice.providers.azure_tts import billable_characters
 from luna_voice.providers.base import PIPELINE_RATE
 from roomtools import active_seconds, human_page, speech_file, until
 
@@ -59,10 +60,14 @@ async def test_a_turn_through_openai_botsession_and_azure(start_service, launch_
         await page.wait_for_timeout(800)
         rec = await page.evaluate("lunaDemo.stopRecording()")
 
-    # OpenAI heard the person's audio at its rate, with participant names in the prompt and no language forced.
+    # OpenAI heard the person's audio at its rate with the current model, participant names in the prompt and
+    # the keywords, and the audience's languages as hints, none forced.
     transcription = stt.requests[0]
     assert transcription.transport == "realtime" and transcription.duration_s > 1.0
-    assert "Mei" in (transcription.prompt or "") and transcription.language is None
+    assert transcription.model == "gpt-live-transcribe"
+    assert "Mei" in (transcription.prompt or "") and "Mei" in (transcription.keywords or [])
+    assert transcription.languages == ["zh", "en"] and transcription.language is None
+    assert turn["stt_final_after_ms"] is not None and turn["stt_final_after_ms"] >= 0
     # BotSession got the transcript with who said it, and Luna spoke its reply through Azure.
     request = app.requests[0].json
     assert request["text"] == HEARD and request["speaker_name"] == "Mei"
@@ -77,5 +82,5 @@ async def test_a_turn_through_openai_botsession_and_azure(start_service, launch_
     assert active_seconds(heard, PIPELINE_RATE) >= 0.6 * turn["reply_audio_s"] > 0
     usage = turn["usage"]
     assert usage["stt_seconds"] > 1.0 and usage["llm_input_tokens"] == 120 and usage["llm_output_tokens"] == 30
-    assert usage["tts_characters"] == sum(len(t) for t in spoken)
+    assert usage["tts_characters"] == sum(billable_characters(t) for t in spoken)  # hanzi billed twice
     assert turn["cost_usd"] > 0

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 
 import openai
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fakes.chat_completions import Completion, FakeChatCompletions, fake_chat_completions
-from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
+from luna_voice.conversation.domain import ReplyRequest, RoomLine, SpokenReason, Usage
 from luna_voice.providers.base import ProviderError, RateLimited
 from luna_voice.providers.openai_chat import OpenAIChatEngine
+from luna_voice.providers.replies import ThinkFilter
 
 KEY = "sk-test-0123456789abcdef"
 PROMPT = "You are Luna, brief and friendly."
@@ -37,8 +41,36 @@ def request(text: str = "Luna, what did Bob just say?", turn_id: str = "t1", **k
 
 
 async def collect(engine: OpenAIChatEngine, req: ReplyRequest) -> list[str | Usage]:
+    """The reply's text deltas, then its total usage (reported in several parts while it streams)."""
     async with asyncio.timeout(GUARD_S):
-        return [item async for item in engine.reply(req)]
+        items = [item async for item in engine.reply(req)]
+    return [*texts(items), total(items)]
+
+
+def texts(items: list[str | Usage]) -> list[str]:
+    return [i for i in items if isinstance(i, str)]
+
+
+def total(items: list[str | Usage]) -> Usage:
+    usage = Usage()
+    for item in items:
+        if isinstance(item, Usage):
+            usage += item
+    return usage
+
+
+async def answer(engine: OpenAIChatEngine, req: ReplyRequest) -> list[str | Usage]:
+    """A turn played to the end: the reply, then its closing call with all of it heard."""
+    got = await collect(engine, req)
+    await engine.record_spoken(req.room_id, req.turn_id, "".join(texts(got)), SpokenReason.DONE)
+    return got
+
+
+async def aiter_until_text(replies: AsyncIterator[str | Usage]) -> AsyncIterator[str | Usage]:
+    async for item in replies:
+        yield item
+        if isinstance(item, str):
+            return
 
 
 def sent_messages(fake: FakeChatCompletions, index: int = -1) -> list[dict[str, str]]:
@@ -75,7 +107,8 @@ async def test_deltas_stream_in_order_with_usage(fake: FakeChatCompletions, engi
             if len(got) == 2:
                 assert not release.is_set(), "the last delta cannot have been sent yet"
                 release.set()
-    assert got == ["Bob said ", "rain ", "at noon.", Usage(llm_input_tokens=321, llm_output_tokens=5)]
+    assert texts(got) == ["Bob said ", "rain ", "at noon."]
+    assert total(got) == Usage(llm_input_tokens=321, llm_output_tokens=5)  # the service's count, not estimates
 
 
 async def test_request_shape_and_context_with_names(fake: FakeChatCompletions, engine: OpenAIChatEngine) -> None:
@@ -100,7 +133,7 @@ async def test_request_shape_and_context_with_names(fake: FakeChatCompletions, e
 
 async def test_history_is_kept_per_room(fake: FakeChatCompletions, engine: OpenAIChatEngine) -> None:
     fake.script(Completion(deltas=("Rain ", "at noon.")))
-    await collect(engine, request("Luna, weather?", context=()))
+    await answer(engine, request("Luna, weather?", context=()))
     await collect(engine, request("And tomorrow?", turn_id="t2", context=()))
     assert sent_messages(fake)[1:] == [
         {"role": "user", "content": "Alice: Luna, weather?"},
@@ -117,7 +150,7 @@ async def test_history_is_bounded(fake: FakeChatCompletions, limits: dict[str, i
     try:
         for i in range(4):
             fake.script(Completion(deltas=(f"Answer {i}.",)))
-            await collect(engine, request(f"Question {i}", turn_id=f"t{i}", context=()))
+            await answer(engine, request(f"Question {i}", turn_id=f"t{i}", context=()))
         await collect(engine, request("Last", turn_id="t9", context=()))
     finally:
         await engine.aclose()
@@ -143,7 +176,7 @@ async def test_history_keeps_only_the_spoken_part_after_barge_in(
         task.cancel()  # what the pipeline does on barge-in
         with pytest.raises(asyncio.CancelledError):
             await task
-    await engine.record_spoken("room-1", "t1", "It rains", interrupted=True)
+    await engine.record_spoken("room-1", "t1", "It rains", SpokenReason.INTERRUPTED)
     await collect(engine, request("Sorry, go on", turn_id="t2", context=()))
     assert sent_messages(fake)[1:3] == [
         {"role": "user", "content": "Alice: Luna, weather?"},
@@ -155,8 +188,8 @@ async def test_history_keeps_only_the_spoken_part_after_barge_in(
 async def test_record_spoken_replaces_a_finished_answer(fake: FakeChatCompletions, engine: OpenAIChatEngine) -> None:
     fake.script(Completion(deltas=("Twelve degrees.",)))
     await collect(engine, request("Luna, temperature?", context=()))
-    await engine.record_spoken("room-1", "t1", "12 degrees.", interrupted=False)
-    await engine.record_spoken("room-1", "unknown-turn", "ignored", interrupted=True)
+    await engine.record_spoken("room-1", "t1", "12 degrees.", SpokenReason.DONE)
+    await engine.record_spoken("room-1", "unknown-turn", "ignored", SpokenReason.INTERRUPTED)
     await collect(engine, request("Thanks", turn_id="t2", context=()))
     assert sent_messages(fake)[2] == {"role": "assistant", "content": "12 degrees."}
 
@@ -176,7 +209,7 @@ async def test_may_stay_silent(
     fake: FakeChatCompletions, engine: OpenAIChatEngine, deltas: tuple[str, ...], expected: list[str]
 ) -> None:
     fake.script(Completion(deltas=deltas, prompt_tokens=50, completion_tokens=3))
-    got = await collect(engine, request("Bob, pass the salt", addressed=False, may_stay_silent=True))
+    got = await answer(engine, request("Bob, pass the salt", addressed=False, may_stay_silent=True))
     assert got == [*expected, Usage(llm_input_tokens=50, llm_output_tokens=3)]
     assert "<silent>" in sent_messages(fake)[0]["content"]
     assert sent_messages(fake)[-1]["content"].endswith("\nNow Alice: Bob, pass the salt")
@@ -192,10 +225,11 @@ async def test_silence_detection_does_not_delay_a_real_answer(
     fake.script(Completion(deltas=("Yes", ", Bob said rain."), hold_last=release))
     async with asyncio.timeout(GUARD_S):
         replies = engine.reply(request(may_stay_silent=True))
-        assert await anext(replies) == "Yes"
+        first = [item async for item in aiter_until_text(replies)]
+        assert texts(first) == ["Yes"]
         release.set()
         rest = [item async for item in replies]
-    assert rest[0] == ", Bob said rain." and isinstance(rest[1], Usage)
+    assert texts(rest) == [", Bob said rain."] and isinstance(rest[-1], Usage)
 
 
 @pytest.mark.parametrize(
@@ -220,13 +254,16 @@ async def test_faults_raise_the_right_error_without_hanging(
             async for item in engine.reply(request("Luna?", context=())):
                 got.append(item)
     assert info.value.reason == reason
-    assert got == deltas_first
+    assert texts(got) == deltas_first
     assert isinstance(info.value, RateLimited) == (completion.fault == "rate_limit")
     if completion.fault == "rate_limit":
         assert info.value.retry_after == 3.0
     assert len(fake.requests) == 1  # no hidden retries that would stall a voice turn
+    await engine.record_spoken("room-1", "t1", "".join(texts(got)), SpokenReason.FAILED)
     await collect(engine, request("Again?", turn_id="t2", context=()))
-    assert [m["content"] for m in sent_messages(fake)[1:-1]] == []  # the failed turn left no history
+    # A failed turn leaves only what was heard of it (nothing, or the part played before the stream broke).
+    history = [m["content"] for m in sent_messages(fake)[1:-1]]
+    assert history == ([] if not deltas_first else ["Alice: Luna?", "".join(deltas_first)])
 
 
 async def test_refused_key_is_reported_without_the_key(fake: FakeChatCompletions) -> None:
@@ -278,3 +315,113 @@ async def test_live_endpoint_streams_an_answer() -> None:
     usage = got[-1]
     assert isinstance(usage, Usage) and usage.llm_input_tokens > 0 and usage.llm_output_tokens > 0
     assert "rain" in text.lower() or "雨" in text
+
+
+# ------------------------------------------------------------------ thinking, reasoning and <think>
+
+
+async def test_thinking_is_disabled_by_default(fake: FakeChatCompletions, engine: OpenAIChatEngine) -> None:
+    """GLM-4.7 thinks unless told not to; the default request turns it off, so no reasoning precedes the answer."""
+    fake.script(Completion(deltas=("Sunny.",), reasoning=("The user asks about weather. ",) * 5))
+    got = await collect(engine, request())
+
+    assert fake.requests[0].json["thinking"] == {"type": "disabled"}
+    assert texts(got) == ["Sunny."]
+    assert total(got).llm_output_tokens == 1  # no reasoning tokens billed
+
+
+async def test_a_strict_server_refuses_the_thinking_field_so_it_is_configurable() -> None:
+    async with fake_chat_completions(api_key=KEY, strict=True) as strict:
+        default = make_engine(strict)
+        plain = make_engine(strict, extra_body={})
+        try:
+            with pytest.raises(ProviderError, match="HTTP 400"):
+                await collect(default, request())
+            assert texts(await collect(plain, request())) == ["Hi", "!"]
+        finally:
+            await default.aclose()
+            await plain.aclose()
+    assert "thinking" not in strict.requests[-1].json
+
+
+async def test_reasoning_content_is_never_spoken_but_its_tokens_are_counted(fake: FakeChatCompletions) -> None:
+    engine = make_engine(fake, extra_body={})  # an endpoint where thinking stays on
+    fake.script(Completion(deltas=("It will ", "rain."), reasoning=("Bob said rain. ", "So: rain.")))
+    try:
+        got = await answer(engine, request())
+        await collect(engine, request("And?", turn_id="t2", context=()))
+    finally:
+        await engine.aclose()
+
+    assert texts(got) == ["It will ", "rain."]
+    assert total(got).llm_output_tokens == 4  # two answer deltas and two reasoning deltas, as the service counts
+    assert "Bob said rain. " not in json.dumps(fake.requests[-1].json)  # never stored in history either
+
+
+@pytest.mark.parametrize(
+    "deltas",
+    [
+        ("<think>Bob said rain, so</think>\n\nIt will rain.",),
+        ("<thi", "nk>Bob said ", "rain</th", "ink>", "\n\nIt will", " rain."),
+        ("<think>", "<silent> maybe?", "</think>It will rain."),
+    ],
+    ids=["whole", "split-tags", "silent-inside"],
+)
+async def test_think_blocks_in_content_are_never_spoken(
+    fake: FakeChatCompletions, engine: OpenAIChatEngine, deltas: tuple[str, ...]
+) -> None:
+    """A server without a reasoning parser puts <think> into content: it must not be spoken or defeat <silent>."""
+    fake.script(Completion(deltas=deltas, completion_tokens=20))
+    got = await collect(engine, request(may_stay_silent=True))
+
+    assert "".join(texts(got)) == "It will rain."
+    assert total(got).llm_output_tokens == 20
+
+
+async def test_think_block_then_silence_is_silence(fake: FakeChatCompletions, engine: OpenAIChatEngine) -> None:
+    fake.script(Completion(deltas=("<think>Not for me.</think>", "\n<silent>")))
+    got = await collect(engine, request(may_stay_silent=True))
+    assert texts(got) == []
+
+
+async def test_a_cancelled_reply_has_already_reported_its_usage(fake: FakeChatCompletions) -> None:
+    """Barge-in cancels the stream before the service's usage arrives; what it consumed so far is still counted."""
+    engine = make_engine(fake, extra_body={})
+    fake.script(Completion(deltas=("It rains at noon. ", "More."), reasoning=("x" * 200,), hold_last=asyncio.Event()))
+    got: list[str | Usage] = []
+    try:
+        async with asyncio.timeout(GUARD_S):
+            replies = engine.reply(request())
+            async for item in replies:
+                got.append(item)
+                if isinstance(item, str):
+                    break
+            await replies.aclose()  # what cancelling the pipeline's task does to the generator
+    finally:
+        await engine.aclose()
+
+    usage = total(got)
+    assert usage.llm_input_tokens > 50  # the prompt, estimated
+    assert usage.llm_output_tokens >= 50 + 4  # the reasoning and the first sentence, estimated
+
+
+async def test_history_holds_only_what_was_heard(fake: FakeChatCompletions, engine: OpenAIChatEngine) -> None:
+    """A merged turn and a turn nobody heard anything of leave no answer behind; only a closed turn is stored."""
+    fake.script(Completion(deltas=("Answer one.",)), Completion(deltas=("Answer two.",)))
+    await collect(engine, request("Luna, what about", turn_id="t1", context=()))
+    await engine.record_spoken("room-1", "t1", "", SpokenReason.MERGED)
+    await collect(engine, request("Luna, what about the weather?", turn_id="t2", context=()))
+    await collect(engine, request("Anything else?", turn_id="t3", context=()))  # t2 not closed yet: not stored
+    assert sent_messages(fake)[1:-1] == []
+    await engine.record_spoken("room-1", "t2", "Answer two.", SpokenReason.DONE)
+    await collect(engine, request("Thanks", turn_id="t4", context=()))
+    assert [m["content"] for m in sent_messages(fake)[1:-1]] == ["Alice: Luna, what about the weather?", "Answer two."]
+
+
+@given(st.lists(st.text(alphabet="ab<>/thinkTHINK 雨", max_size=6), max_size=8))
+def test_think_filter_matches_a_whole_text_removal_however_the_text_is_split(pieces: list[str]) -> None:
+    whole = "".join(pieces)
+    f = ThinkFilter()
+    streamed = "".join(f.feed(p) for p in pieces) + f.flush()
+    expected = re.sub(r"<think>.*?(</think>\s*|$)", "", whole, flags=re.S)
+    assert streamed == expected

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import logging
 import os
 import shutil
@@ -13,14 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from openai import AsyncOpenAI
 
 from fakes.openai_audio import FakeOpenAIAudio, Fault
 from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited
 from luna_voice.providers.openai_stt import OpenAISTT
+from luna_voice.providers.stt_models import MODELS, default_model, startup_warnings
 
 KEY = "sk-test-0123456789abcdef"
 MIXED = "Luna，明天的 weather 怎么样？"
 PROMPT = "Participants: 王伟, Alice. The assistant is called Luna (露娜)."
+KEYWORDS = ("Luna", "露娜", "王伟", "Luna")  # her names and participant names; duplicates are sent once
 FRAME = 320 * 2  # 20 ms at 16 kHz, as the pipeline pushes
 MODES = ["realtime", "http"]
 
@@ -36,8 +41,8 @@ def dominant_hz(pcm: bytes, rate: int) -> float:
     return float(np.fft.rfftfreq(len(x), 1 / rate)[np.argmax(spectrum)])
 
 
-async def say(stt: OpenAISTT, pcm: bytes, prompt: str | None = None):
-    stream = stt.open_stream(prompt=prompt)
+async def say(stt: OpenAISTT, pcm: bytes, prompt: str | None = None, keywords: tuple[str, ...] = ()):
+    stream = stt.open_stream(prompt=prompt, keywords=keywords)
     for i in range(0, len(pcm), FRAME):
         await stream.push(pcm[i : i + FRAME])
     return await stream.finish()
@@ -74,14 +79,16 @@ def assert_safe(exc: ProviderError) -> None:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_mixed_chinese_english_round_trip(fake, make_stt, mode):
-    transcript = await say(make_stt(mode), tone(1.2), prompt=PROMPT)
+    transcript = await say(make_stt(mode), tone(1.2), prompt=PROMPT, keywords=KEYWORDS)
 
     assert transcript.text == MIXED
     assert transcript.language is None  # nothing configured, nothing detected: no language invented
     assert transcript.usage.stt_seconds == pytest.approx(1.2)
+    assert transcript.final_after_s is not None and transcript.final_after_s >= 0
     [req] = fake.requests
     assert req.transport == mode
-    assert req.model == "gpt-4o-transcribe"
+    assert req.model == {"realtime": "gpt-live-transcribe", "http": "gpt-transcribe"}[mode]  # the current models
+    assert (req.languages, req.keywords, req.prompt) == (["zh", "en"], ["Luna", "露娜", "王伟"], PROMPT)
     assert fake.connections[0].authorization == f"Bearer {KEY}"
 
 
@@ -94,13 +101,36 @@ async def test_prompt_and_language_passed_through(fake, make_stt, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_language_and_prompt_omitted_when_unset(fake, make_stt, mode):
-    await say(make_stt(mode), tone(0.5))
+async def test_deprecated_model_gets_no_fields_it_would_refuse(fake, make_stt, mode):
+    """gpt-4o-transcribe stays selectable: keywords and the language list are left out, one language is kept."""
+    await say(make_stt(mode, model="gpt-4o-transcribe"), tone(0.5), prompt=PROMPT, keywords=KEYWORDS)
+
+    [req] = fake.requests
+    assert (req.model, req.prompt, req.keywords, req.languages, req.language) == (
+        "gpt-4o-transcribe",
+        PROMPT,
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_optional_fields_omitted_when_unset(fake, make_stt, mode):
+    await say(make_stt(mode, model="gpt-4o-transcribe"), tone(0.5))
 
     [req] = fake.requests
     assert req.language is None and req.prompt is None
     if mode == "realtime":
         assert fake.sessions[0]["audio"]["input"]["transcription"] == {"model": "gpt-4o-transcribe"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_one_configured_language_wins_over_the_list(fake, make_stt, mode):
+    await say(make_stt(mode, language="en"), tone(0.5))
+
+    [req] = fake.requests
+    assert (req.language, req.languages) == ("en", None)
 
 
 async def test_http_uploads_the_pushed_audio_unchanged(fake, make_stt):
@@ -167,6 +197,157 @@ async def test_cancel_drops_the_utterance(fake, make_stt):
     await stream.cancel()
     await asyncio.sleep(0.05)
 
+    assert fake.requests == []
+
+
+# ------------------------------------------------------------------ the model table
+
+
+def _transports(name: str) -> list[str]:
+    return sorted(MODELS[name].transports)
+
+
+@pytest.mark.parametrize(("model", "mode"), [(m, t) for m in MODELS for t in _transports(m)], ids=lambda v: str(v))
+async def test_every_model_in_the_table_is_accepted_by_the_strict_fake(fake, make_stt, model, mode):
+    """The table and the service agree: each model gets exactly the fields it takes, on each transport it serves."""
+    await say(make_stt(mode, model=model, delay="low"), tone(0.5), prompt=PROMPT, keywords=KEYWORDS)
+
+    [req] = fake.requests
+    info = MODELS[model]
+    assert req.model == model
+    assert (req.prompt == PROMPT) is info.prompt
+    assert (req.keywords is not None) is info.keywords
+    assert (req.languages == ["zh", "en"]) is info.languages
+    assert (req.delay == "low") is (info.delay and mode == "realtime")
+
+
+@pytest.mark.parametrize(("model", "mode"), [("gpt-live-transcribe", "http"), ("gpt-realtime-whisper", "http")])
+def test_a_model_on_a_transport_it_does_not_serve_is_refused_at_construction(model, mode):
+    with pytest.raises(ValueError, match="does not work over http"):
+        OpenAISTT(api_key=KEY, model=model, mode=mode)
+
+
+def test_table_rules():
+    assert (default_model("realtime"), default_model("http")) == ("gpt-live-transcribe", "gpt-transcribe")
+    assert {m for m, i in MODELS.items() if i.keywords} == {"gpt-live-transcribe", "gpt-transcribe"}
+    assert {m for m, i in MODELS.items() if i.delay} == {"gpt-realtime-whisper"}
+    assert not MODELS["gpt-realtime-whisper"].prompt
+    assert MODELS["gpt-4o-transcribe"].shutdown == dt.date(2027, 2, 26)
+    assert all(MODELS[m].shutdown is None for m in ("gpt-live-transcribe", "gpt-transcribe"))
+
+
+def test_startup_warnings_name_the_shutdown_date_and_the_replacement():
+    [line] = startup_warnings("gpt-4o-transcribe", "realtime", today=dt.date(2026, 12, 3))
+    assert "2027-02-26" in line and "gpt-live-transcribe" in line
+    [after] = startup_warnings("gpt-4o-transcribe", "http", today=dt.date(2027, 3, 1))
+    assert "was shut down" in after and "gpt-transcribe" in after
+    assert startup_warnings("gpt-live-transcribe", "realtime") == []
+    assert "not in Luna's table" in startup_warnings("gpt-9-transcribe", "realtime")[0]
+
+
+async def test_unknown_model_gets_only_model_and_language(fake, make_stt):
+    """A model Luna does not know is sent nothing it might refuse (the fake refuses the model itself)."""
+    with pytest.raises(ProviderError):
+        await say(make_stt("realtime", model="gpt-9-transcribe"), tone(0.5), prompt=PROMPT, keywords=KEYWORDS)
+    assert fake.sessions == []  # refused at session.update, as the real service would
+    assert fake.refused_updates[0]["audio"]["input"]["transcription"] == {"model": "gpt-9-transcribe"}
+
+
+async def test_streaming_model_sends_text_while_the_person_speaks(fake, make_stt):
+    """gpt-live-transcribe transcribes as audio arrives: text exists before the end of speech, not only after."""
+    stream = make_stt("realtime").open_stream()
+    pcm = tone(1.5)
+    for i in range(0, len(pcm), FRAME):
+        await stream.push(pcm[i : i + FRAME])
+    for _ in range(300):  # wait on the event itself: the fake saw enough audio to stream a delta
+        if fake.early_deltas:
+            break
+        await asyncio.sleep(0.01)
+    assert fake.early_deltas, "no text was streamed before the commit"
+    transcript = await stream.finish()
+    assert transcript.text == MIXED
+    assert transcript.final_after_s is not None
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_usage_is_what_the_service_reported(fake, make_stt, mode):
+    """Token-billed models are priced from the returned tokens; duration-billed ones from the returned seconds."""
+    tokens = (await say(make_stt(mode, model="gpt-4o-transcribe"), tone(1.0))).usage
+    assert tokens.stt_audio_tokens == 10 and tokens.stt_output_tokens == len(MIXED)  # the fake's count
+    assert tokens.stt_token_seconds == pytest.approx(1.0) == tokens.stt_seconds
+
+    duration = (await say(make_stt(mode), tone(1.0))).usage
+    assert duration.stt_audio_tokens == 0 and duration.stt_token_seconds == 0
+    assert duration.stt_seconds == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_optional_response_fields_missing_are_read_defensively(fake, make_stt, mode):
+    """An older model or server sends no ``languages`` and no ``usage``: the transcript still arrives."""
+    fake.bare_events = True
+    transcript = await say(make_stt(mode, language="zh"), tone(0.8))
+
+    assert transcript.text == MIXED
+    assert transcript.language == "zh"
+    assert transcript.usage.stt_seconds == pytest.approx(0.8)  # our own measure as the fallback
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_detected_language_is_used(fake, make_stt, mode):
+    fake.detected = ["zh", "en"]
+    transcript = await say(make_stt(mode), tone(0.8))
+
+    assert transcript.language == "zh"
+
+
+# ------------------------------------------------------------------ the fake is as strict as the service
+
+
+async def _raw_events(fake: FakeOpenAIAudio, *, intent: bool, session: dict | None, audio_s: float = 0.5):
+    """Drive the fake with the raw SDK connection: optional session.update, audio, commit, then a clear as a fence."""
+    client = AsyncOpenAI(api_key=KEY, base_url=fake.base_url, max_retries=0)
+    query = {"extra_query": {"intent": "transcription"}} if intent else {"model": "gpt-realtime"}
+    events = []
+    try:
+        async with client.realtime.connect(**query) as conn:
+            if session is not None:
+                await conn.session.update(session=session)
+            await conn.input_audio_buffer.append(audio=base64.b64encode(tone(audio_s, rate=24_000)).decode())
+            await conn.input_audio_buffer.commit()
+            await conn.input_audio_buffer.clear()
+            async for event in conn:
+                events.append(event)
+                if event.type == "input_audio_buffer.cleared":
+                    break
+    finally:
+        await client.close()
+    return events
+
+
+def _session(**transcription) -> dict:
+    return {"type": "transcription", "audio": {"input": {"transcription": transcription, "turn_detection": None}}}
+
+
+async def test_fake_refuses_a_transcription_session_without_the_intent(fake):
+    events = await _raw_events(fake, intent=False, session=_session(model="gpt-live-transcribe"))
+
+    assert next(e.error.code for e in events if e.type == "error") == "invalid_value"
+    assert fake.requests == []
+
+
+async def test_fake_refuses_fields_the_model_does_not_take(fake):
+    events = await _raw_events(fake, intent=True, session=_session(model="gpt-4o-transcribe", keywords=["Luna"]))
+
+    assert next(e.error.code for e in events if e.type == "error") == "unsupported_parameter"
+    assert fake.requests == []
+
+
+async def test_fake_does_not_transcribe_without_a_transcription_config(fake):
+    events = await _raw_events(fake, intent=True, session=None)
+
+    kinds = [e.type for e in events]
+    assert "input_audio_buffer.committed" in kinds
+    assert not any(k.startswith("conversation.item.input_audio_transcription") for k in kinds)
     assert fake.requests == []
 
 
@@ -270,7 +451,8 @@ async def test_realtime_drop_while_speaking_reconnects_and_loses_no_audio(fake, 
     [req] = fake.requests
     assert len(req.audio) == 2 * round(2.5 * 24_000)  # the whole utterance, resent from its start
     assert dominant_hz(req.audio, 24_000) == pytest.approx(300.0, abs=2.0)
-    assert transcript.usage.stt_seconds == pytest.approx(2.5)
+    # The dropped session's audio was billed too: usage counts it on top of the resent utterance.
+    assert 2.5 < transcript.usage.stt_seconds <= 2.5 + half / 2 / PIPELINE_RATE + 0.01
 
 
 async def test_realtime_second_drop_fails_the_utterance(fake, make_stt):

@@ -8,7 +8,7 @@ and it "renders" what Python sends by reporting playback marks. Every wait is on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +19,8 @@ from luna_voice.bots.pipeline import Pipeline
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
-from luna_voice.conversation.domain import ReplyRequest, Usage
-from luna_voice.conversation.events import CoreEvent, TurnChanged
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
+from luna_voice.conversation.events import CoreEvent, LateUsage, TurnChanged
 from luna_voice.conversation.turns import TurnState
 from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
 
@@ -50,7 +50,8 @@ class Calls:
     hanging: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
-    spoken: list[tuple[str, bool]] = field(default_factory=list)
+    spoken: list[tuple[str, SpokenReason]] = field(default_factory=list)
+    late: list[LateUsage] = field(default_factory=list)  # usage of cancelled calls, after their turn ended
     requests: list[ReplyRequest] = field(default_factory=list)
     sent: list[int] = field(default_factory=list)  # playback seqs the driver sent to the page
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -83,7 +84,7 @@ class ScriptedSTT:
     def __init__(self, calls: Calls, outcomes: list[str | Exception]) -> None:
         self.calls, self.outcomes = calls, outcomes
 
-    def open_stream(self, *, prompt: str | None = None) -> Any:
+    def open_stream(self, *, prompt: str | None = None, keywords: Sequence[str] = ()) -> Any:
         outcome = self.outcomes.pop(0) if self.outcomes else ""
         calls = self.calls
 
@@ -111,16 +112,17 @@ class ScriptedSTT:
 
 
 class ScriptedLLM:
-    """Each reply plays the next script: text deltas, then Usage; an exception item is raised there."""
+    """Each reply plays the next script: text deltas (and Usage items), then Usage; an exception item is raised."""
 
     name = "scripted-llm"
 
-    def __init__(self, calls: Calls, scripts: list[list[str | Exception]]) -> None:
+    def __init__(self, calls: Calls, scripts: list[list[str | Usage | Exception]]) -> None:
         self.calls, self.scripts = calls, scripts
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]:
         self.calls.requests.append(request)
-        for item in self.scripts.pop(0) if self.scripts else ["Hello there."]:
+        script: list[str | Usage | Exception] = list(self.scripts.pop(0) if self.scripts else ["Hello there."])
+        for item in script:
             if isinstance(item, Hang):
                 await _hang(self.calls, "llm")
             if isinstance(item, Gate):
@@ -131,8 +133,8 @@ class ScriptedLLM:
             yield item
         yield Usage(llm_output_tokens=3)
 
-    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
-        self.calls.note(self.calls.spoken, (spoken_text, interrupted))
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, reason: SpokenReason) -> None:
+        self.calls.note(self.calls.spoken, (spoken_text, reason))
 
     async def aclose(self) -> None:
         self.calls.note(self.calls.closed, self.name)
@@ -153,10 +155,10 @@ class ScriptedTTS:
     async def synthesize(self, text: str) -> AsyncIterator[bytes | Usage]:
         if self.fail is not None:
             raise self.fail
+        yield Usage(tts_characters=len(text))  # billed when sent, as Azure reports it
         yield bytes(2 * round(self.seconds * RATE))
         if self.hang:
             await _hang(self.calls, "tts")
-        yield Usage(tts_characters=len(text))
 
     async def aclose(self) -> None:
         self.calls.note(self.calls.closed, self.name)
@@ -207,6 +209,8 @@ class Page:
         if isinstance(event, TurnChanged):
             self.turns[event.turn["id"]] = dict(event.turn)
             self.calls.changed.set()
+        elif isinstance(event, LateUsage):
+            self.calls.note(self.calls.late, event)
 
     def talk(self, seconds: float, frame: bytes) -> None:
         for _ in range(round(seconds / 0.02)):
@@ -245,7 +249,7 @@ class Page:
         await self.calls.until(lambda: bool(self.sent), "audio sent to the page")  # on the ticker's next beat
 
 
-def page(stt: list[str | Exception], llm: list[list[str | Exception]] | None = None, **tts: Any) -> Page:
+def page(stt: list[str | Exception], llm: list[list[str | Usage | Exception]] | None = None, **tts: Any) -> Page:
     calls = Calls()
     p = Page(ScriptedSTT(calls, stt), ScriptedLLM(calls, llm or []), ScriptedTTS(calls, **tts))
     p.pipe.start()
@@ -263,10 +267,10 @@ async def test_a_turn_runs_through_every_provider_task():
         "It is noon. Enjoy lunch.",
         turn["reply_text"],
     )
-    assert turn["usage"] == {"stt_seconds": 1.0, "llm_input_tokens": 0, "llm_output_tokens": 3, "tts_characters": 23}
+    assert turn["usage"] == vars(Usage(stt_seconds=1.0, llm_output_tokens=3, tts_characters=23))
     assert p.calls.requests[0].text == "What time is it?"
     await p.calls.until(lambda: bool(p.calls.spoken), "what was said to reach the reply engine")
-    assert p.calls.spoken == [("It is noon. Enjoy lunch.", False)]
+    assert p.calls.spoken == [("It is noon. Enjoy lunch.", SpokenReason.DONE)]
     await p.pipe.aclose()
 
 
@@ -321,7 +325,8 @@ async def test_a_synthesis_error_fails_the_turn_without_audio():
 
 
 async def test_barge_in_cancels_the_reply_and_the_synthesis_tasks():
-    p = page(["Talk for a while."], [["First part. ", Hang()]], seconds=3.0, hang=True)
+    reported = Usage(llm_input_tokens=100, llm_output_tokens=4)  # what the engine had reported when cut off
+    p = page(["Talk for a while."], [["First part. ", reported, Hang()]], seconds=3.0, hang=True)
     p.say()
     await p.speaking()
     await p.until_sent()
@@ -331,7 +336,14 @@ async def test_barge_in_cancels_the_reply_and_the_synthesis_tasks():
     assert turn["state"] == "interrupted" and p.clears == 1
     await p.calls.until(lambda: sorted(p.calls.cancelled) == ["llm", "tts"], "both tasks cancelled")
     await p.calls.until(lambda: bool(p.calls.spoken), "the cut-off reply to reach the reply engine")
-    assert p.calls.spoken[0][1] is True  # history knows she was cut off
+    assert p.calls.spoken[0][1] is SpokenReason.INTERRUPTED  # history knows she was cut off
+    # The cancelled reply and sentence were billed up to the cut: counted, and published after the turn ended.
+    await p.calls.until(lambda: len(p.calls.late) == 2, "the cancelled calls' usage")
+    late = Usage()
+    for event in p.calls.late:
+        late += Usage(**event.usage)
+    assert late == Usage(llm_input_tokens=100, llm_output_tokens=4, tts_characters=len("First part."))
+    assert p.pipe.core.usage.llm_input_tokens == 100
     await p.pipe.aclose()
 
 

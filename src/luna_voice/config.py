@@ -7,10 +7,10 @@ never print in logs or ``repr``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from luna_voice.conversation.policy import PolicyName
 
@@ -25,14 +25,24 @@ def _env(*names: str) -> AliasChoices:
 
 
 class Prices(BaseSettings):
-    """Unit prices in USD used to compute per-turn cost (public list prices, 2026-11)."""
+    """Unit prices in USD for per-turn cost: every default is a public list price, read on 2026-12-03.
+
+    Sources: transcription — the model's row in ``providers/stt_models.py`` (OpenAI's model pages), used for every
+    ``stt_*`` left unset; glm-4.7-flash — Z.ai's own price list (docs.z.ai/guides/overview/pricing), where it is
+    free (resellers such as OpenRouter, Vercel and Bedrock charge $0.06-0.07 in / $0.40 out, which is also Z.ai's
+    price for GLM-4.7-FlashX: set ``LUNA_PRICE_LLM_*`` if that is what you use); Azure neural TTS — the Speech
+    pricing page, $15 per million billable characters; RealtimeKit — Cloudflare's audio-only participant minute.
+    """
 
     model_config = SettingsConfigDict(env_prefix="LUNA_PRICE_", extra="ignore")
 
-    stt_per_minute: float = 0.006  # OpenAI gpt-4o-transcribe
-    llm_input_per_mtok: float = 0.07  # glm-4.7-flash
-    llm_output_per_mtok: float = 0.40
-    tts_per_mchar: float = 15.0  # Azure neural TTS
+    stt_per_minute: float | None = None  # per-minute models, and the fallback when no token usage came back
+    stt_audio_input_per_mtok: float | None = None  # token-billed models (gpt-4o-*transcribe)
+    stt_text_input_per_mtok: float | None = None
+    stt_output_per_mtok: float | None = None
+    llm_input_per_mtok: float = 0.0  # glm-4.7-flash on Z.ai
+    llm_output_per_mtok: float = 0.0
+    tts_per_mchar: float = 15.0  # Azure neural TTS, per million billable characters
     rtk_per_minute: float = 0.0005  # RealtimeKit audio-only participant minute
 
 
@@ -96,9 +106,24 @@ class Settings(BaseSettings):
         default=None, validation_alias=_env("OPENAI_API_KEY", "LUNA_OPENAI_API_KEY")
     )
     openai_base_url: str | None = Field(default=None, validation_alias=_env("OPENAI_BASE_URL", "LUNA_OPENAI_BASE_URL"))
-    stt_model: str = "gpt-4o-transcribe"
+    stt_model: str | None = Field(
+        default=None, description="Unset = gpt-live-transcribe (realtime) or gpt-transcribe (http)."
+    )
     stt_mode: Literal["realtime", "http"] = "realtime"
-    stt_language: str | None = Field(default=None, description="ISO-639-1 hint; unset = auto-detect (zh+en mixed).")
+    stt_language: str | None = Field(
+        default=None, description="One ISO-639-1 code to force; wins over stt_languages. Unset = detect."
+    )
+    stt_languages: Annotated[list[str], NoDecode] = Field(
+        default=["zh", "en"], description="Possible languages (comma-separated), for models that take a list."
+    )
+    stt_delay: Literal["minimal", "low", "medium", "high", "xhigh"] | None = Field(
+        default=None, description="Realtime latency/accuracy trade-off, for models that take it (gpt-realtime-whisper)."
+    )
+
+    @field_validator("stt_languages", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return [code.strip() for code in value.split(",") if code.strip()] if isinstance(value, str) else value
 
     botsession_url: str | None = None
     botsession_token: SecretStr | None = None
@@ -109,6 +134,10 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
     llm_model: str = "glm-4.7-flash"
+    llm_extra_body: dict[str, Any] = Field(
+        default={"thinking": {"type": "disabled"}},
+        description="JSON merged into every chat request; the default turns GLM thinking off. '{}' for strict servers.",
+    )
     llm_system_prompt: str = (
         "You are Luna, a friendly assistant taking part in a voice call with several people. "
         "Answer briefly, in the language you were spoken to, in plain spoken sentences without markdown."

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from luna_voice.conversation.events import CoreEvent, ParticipantsChanged, SpeakingChanged, TurnChanged
+from luna_voice.conversation.events import CoreEvent, LateUsage, ParticipantsChanged, SpeakingChanged, TurnChanged
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,8 @@ def to_wire(event: Event, *, room_id: str, bot_id: str) -> dict[str, Any]:
             body = {"type": "participants", "participants": [{"id": p.id, "name": p.name} for p in people]}
         case SpeakingChanged(speaking=speaking, at=at):
             body = {"type": "speaking", "speaking": speaking, "at": at}
+        case LateUsage(turn_id=turn_id, usage=usage, cost_usd=cost_usd):
+            body = {"type": "late_usage", "turn_id": turn_id, "usage": dict(usage), "cost_usd": cost_usd}
         case StateChanged(state=state, sub_code=sub_code, reason=reason):
             body = {"type": "state", "state": str(state), "sub_code": sub_code, "reason": reason}
         case StatusSnapshot(status=status, final=final):

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from luna_voice.conversation.events import TurnChanged
+from luna_voice.conversation.events import LateUsage, TurnChanged
 from luna_voice.events import Event, StateChanged
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -62,6 +62,8 @@ class Metrics:
         """Called with every event a bot publishes."""
         if isinstance(event, TurnChanged) and event.state.terminal:
             self._turn(event.turn)
+        elif isinstance(event, LateUsage):  # a cancelled call's usage, after its turn ended
+            self._usage(event.usage, event.cost_usd)
         elif isinstance(event, StateChanged) and event.state in ("ended", "failed"):
             self.ended.labels(event.sub_code or "unknown").inc()
 
@@ -72,11 +74,14 @@ class Metrics:
             self.latency.observe(latency["first_audio_played_ms"] / 1000)
         for key, ms in latency.items():
             self.stages.labels(key.removesuffix("_ms")).observe(max(0.0, ms / 1000))
-        for unit, amount in turn["usage"].items():
-            if amount:
+        self._usage(turn["usage"], turn["cost_usd"])
+
+    def _usage(self, usage: dict[str, float], cost_usd: float) -> None:
+        for unit, amount in usage.items():
+            if amount > 0:
                 self.usage.labels(unit).inc(amount)
-        if turn["cost_usd"]:
-            self.cost.inc(turn["cost_usd"])
+        if cost_usd > 0:
+            self.cost.inc(cost_usd)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

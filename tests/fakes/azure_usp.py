@@ -10,8 +10,9 @@ what the service answers:
 * service binary frames: 2-byte big-endian header length, CRLF headers ending in ``Path:audio``, then audio.
 
 Audio is a deterministic tone, ``ms_per_char`` milliseconds per character of the spoken text, at the rate the
-client asked for, so a test can compare exactly what arrived with ``expected_pcm``. Faults are attributes set
-before (or during) a call; they apply to the next sentence the fake serves.
+client asked for, so a test can compare exactly what arrived with ``expected_pcm``. Like the service, a voice
+that is not in ``voices`` is refused after ``turn.start`` by closing the socket with 1007 ``Unsupported voice``.
+Faults are attributes set before (or during) a call; they apply to the next sentence the fake serves.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ FORMAT_RATES = {
     "raw-48khz-16bit-mono-pcm": 48_000,
 }
 SSML_NS = "{http://www.w3.org/2001/10/synthesis}"
+# A few of the service's prebuilt neural voices (the real list has hundreds; tests add what they need).
+KNOWN_VOICES = frozenset(
+    {"zh-CN-XiaoxiaoNeural", "zh-CN-YunxiNeural", "en-US-AvaMultilingualNeural", "en-US-JennyNeural"}
+)
 
 
 class Fault(StrEnum):
@@ -92,6 +97,7 @@ def spoken_text(ssml: str) -> tuple[str | None, str]:
 class FakeAzureTts:
     def __init__(self, *, key: str = "test-key", ms_per_char: int = 40, chunk_ms: int = 50) -> None:
         self.key = key
+        self.voices = set(KNOWN_VOICES)
         self.ms_per_char = ms_per_char
         self.chunk_ms = chunk_ms
         # Knobs a test flips: the next sentence served obeys them.
@@ -187,6 +193,9 @@ class FakeAzureTts:
         tag = uuid.uuid4().hex
         stream_id = uuid.uuid4().hex.upper()
         await ws.send(_text_frame(rid, "turn.start", {"context": {"serviceTag": tag}}))
+        if synthesis.voice not in self.voices:
+            await ws.close(1007, f"Unsupported voice {synthesis.voice}.")
+            return
         audio_info = {"type": "inline", "streamId": stream_id}
         await ws.send(_text_frame(rid, "response", {"context": {"serviceTag": tag}, "audio": audio_info}))
         pcm = self.expected_pcm(synthesis.text, rate)

@@ -1,8 +1,10 @@
 """A local BotSession app implementing ``docs/botsession.md`` on 127.0.0.1, with scripted replies and faults.
 
-It checks auth the way the app must (bearer token, and the ``X-Luna-Signature`` HMAC over ``"<t>." + raw body``
-within a 300 s window) with its own code, not Luna's, so a signing bug cannot cancel itself out. Every request is
-recorded. Replies are queued with ``fake.script(Reply(...))``; an unscripted request gets ``DEFAULT_REPLY``.
+It checks auth the way a contract-version-2 app must (bearer token, and the ``v2`` of ``X-Luna-Signature``: an
+HMAC over ``"<t>.<METHOD>.<path>." + raw body`` within a 300 s window) with its own code, not Luna's, so a signing
+bug cannot cancel itself out; ``accept_v1=True`` makes it a version-1 app that checks ``v1`` (``"<t>." + body``)
+only. A ``spoken`` call must carry a known ``reason``. Every request is recorded. Replies are queued with
+``fake.script(Reply(...))``; an unscripted request gets ``DEFAULT_REPLY``.
 
 ``serve`` (start an aiohttp app on a free loopback port) is shared with the other HTTP fakes.
 """
@@ -27,6 +29,7 @@ from aiohttp import web
 # the first delta then an ``error`` event.
 Fault = Literal["rate_limit", "http_500", "slow_first_byte", "stall", "malformed", "error_event"]
 REPLAY_WINDOW_S = 300
+SPOKEN_REASONS = {"done", "interrupted", "merged", "failed", "stale"}
 
 
 @dataclass
@@ -83,6 +86,7 @@ def sse(event: str, data: Any) -> bytes:
 class FakeBotSession:
     token: str | None = None
     hmac_secret: str | None = None
+    accept_v1: bool = False  # behave as an app on contract version 1 (body-only signature)
     spoken_status: int = 204
     url: str = ""
     requests: list[Recorded] = field(default_factory=list)
@@ -105,12 +109,14 @@ class FakeBotSession:
             return "bad_token"
         if self.hmac_secret is not None:
             parts = dict(p.split("=", 1) for p in request.headers.get("X-Luna-Signature", "").split(",") if "=" in p)
-            ts, mac = parts.get("t", ""), parts.get("v1", "")
-            if not ts:
+            scheme = "v1" if self.accept_v1 else "v2"
+            ts, mac = parts.get("t", ""), parts.get(scheme, "")
+            if not ts or not mac:
                 return "missing_signature"
             if not ts.isdigit() or abs(time.time() - int(ts)) > REPLAY_WINDOW_S:
                 return "stale_signature"
-            want = hmac.new(self.hmac_secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+            signed = f"{ts}." if self.accept_v1 else f"{ts}.{request.method}.{request.path_qs}."
+            want = hmac.new(self.hmac_secret.encode(), signed.encode() + body, hashlib.sha256).hexdigest()
             if not hmac.compare_digest(want, mac):
                 return "bad_signature"
         return None
@@ -126,7 +132,17 @@ class FakeBotSession:
     async def _spoken(self, request: web.Request) -> web.StreamResponse:
         if refused := await self._accept(request, self.spoken):
             return refused
+        body = self.spoken[-1].json
+        if not self.accept_v1 and body.get("reason") not in SPOKEN_REASONS:
+            return web.json_response({"error": {"code": "bad_reason", "message": "unknown reason"}}, status=400)
         return web.Response(status=self.spoken_status)
+
+    def closing_calls(self) -> dict[str, list[tuple[str, str]]]:
+        """(spoken_text, reason) of every spoken call, by turn: the contract wants exactly one per turn."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        for r in self.spoken:
+            out.setdefault(r.json["turn_id"], []).append((r.json["spoken_text"], r.json.get("reason")))
+        return out
 
     async def _reply(self, request: web.Request) -> web.StreamResponse:
         if refused := await self._accept(request, self.requests):
@@ -168,9 +184,11 @@ class FakeBotSession:
 
 
 @asynccontextmanager
-async def fake_botsession(token: str | None = None, hmac_secret: str | None = None) -> AsyncIterator[FakeBotSession]:
+async def fake_botsession(
+    token: str | None = None, hmac_secret: str | None = None, *, accept_v1: bool = False
+) -> AsyncIterator[FakeBotSession]:
     """A running fake; ``fake.url`` is the reply endpoint (``/spoken`` is under it)."""
-    fake = FakeBotSession(token=token, hmac_secret=hmac_secret)
+    fake = FakeBotSession(token=token, hmac_secret=hmac_secret, accept_v1=accept_v1)
     async with serve(fake.app()) as base:
         fake.url = f"{base}/luna/reply"
         yield fake

@@ -7,6 +7,12 @@ scripted delta, a chunk with ``finish_reason: "stop"``, then, when the request s
 Errors use OpenAI's ``{"error": {"message", "type", "param", "code"}}`` body; a failure inside a stream is a
 ``data: {"error": ...}`` event, which is how OpenAI reports it.
 
+Like GLM-4.7 on Z.ai, the fake *thinks by default*: a completion's ``reasoning`` streams first, as
+``delta.reasoning_content``, unless the request has ``"thinking": {"type": "disabled"}``, and its tokens count in
+``completion_tokens`` (``reasoning_tokens`` in the details). A model without a reasoning parser is a completion whose
+``deltas`` carry ``<think>…</think>``. With ``strict=True`` the fake is a server that, like OpenAI's, refuses request
+fields it does not know (``thinking`` among them) with a 400.
+
 Faults are the ones of ``fakes.botsession`` (``Fault``). Requests are recorded with their headers and JSON.
 """
 
@@ -18,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +37,7 @@ class Completion:
     """One scripted answer; usage defaults to a rough count of the request and the deltas."""
 
     deltas: Sequence[str] = ()
+    reasoning: Sequence[str] = ()  # streamed as reasoning_content first, unless thinking is disabled
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     fault: Fault | None = None
@@ -40,6 +47,14 @@ class Completion:
 
 
 DEFAULT_COMPLETION = Completion(deltas=("Hi", "!"))
+# Chat-completions request fields OpenAI knows (a strict server refuses anything else).
+OPENAI_FIELDS = {
+    "model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens", "max_completion_tokens",
+    "stop", "n", "presence_penalty", "frequency_penalty", "logit_bias", "user", "seed", "tools", "tool_choice",
+    "response_format", "logprobs", "top_logprobs", "parallel_tool_calls", "metadata", "store", "reasoning_effort",
+    "service_tier", "modalities", "audio", "prediction", "web_search_options", "verbosity", "prompt_cache_key",
+    "safety_identifier",
+}  # fmt: skip
 
 
 @dataclass
@@ -60,6 +75,7 @@ class FakeChatCompletions:
     api_key: str = "test-key"
     model: str = "glm-4.7-flash"
     base_url: str = ""
+    strict: bool = False
     requests: list[RecordedCall] = field(default_factory=list)
     _script: deque[Completion] = field(default_factory=deque)
     _created: int = field(default_factory=lambda: int(time.time()))
@@ -77,7 +93,11 @@ class FakeChatCompletions:
         self.requests.append(RecordedCall(dict(request.headers), body))
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return _error(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
+        if self.strict and (unknown := sorted(set(body) - OPENAI_FIELDS)):
+            return _error(400, f"Unrecognized request argument supplied: {unknown[0]}", "invalid_request_error", None)
         completion = self._script.popleft() if self._script else DEFAULT_COMPLETION
+        if (body.get("thinking") or {}).get("type") == "disabled":
+            completion = replace(completion, reasoning=())
         if completion.fault == "rate_limit":
             headers = {"retry-after": completion.retry_after}
             return _error(429, "Rate limit reached for requests.", "requests", "rate_limit_exceeded", headers)
@@ -99,14 +119,17 @@ class FakeChatCompletions:
         prompt = completion.prompt_tokens
         if prompt is None:
             prompt = sum(len(str(m.get("content", ""))) for m in body.get("messages", [])) // 4 + 1
-        output = completion.completion_tokens if completion.completion_tokens is not None else len(completion.deltas)
+        reasoning = len(completion.reasoning)
+        output = completion.completion_tokens
+        if output is None:
+            output = len(completion.deltas) + reasoning
         return {
             "prompt_tokens": prompt,
             "completion_tokens": output,
             "total_tokens": prompt + output,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": reasoning,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
@@ -148,6 +171,9 @@ class FakeChatCompletions:
         if completion.fault == "malformed":
             await resp.write(b'data: {"id": "chatcmpl-fake", "choices": [\n\n')
             return
+        for thought in completion.reasoning:
+            await resp.write(chunk({"content": None, "reasoning_content": thought}))
+            await asyncio.sleep(completion.delay_s)
         deltas = list(completion.deltas)
         for i, text in enumerate(deltas):
             if i == len(deltas) - 1 and completion.hold_last is not None:
@@ -167,9 +193,11 @@ class FakeChatCompletions:
 
 
 @asynccontextmanager
-async def fake_chat_completions(api_key: str = "test-key") -> AsyncIterator[FakeChatCompletions]:
+async def fake_chat_completions(
+    api_key: str = "test-key", *, strict: bool = False
+) -> AsyncIterator[FakeChatCompletions]:
     """A running fake; pass ``fake.base_url`` (ends in ``/v1``) and ``fake.api_key`` to the client."""
-    fake = FakeChatCompletions(api_key=api_key)
+    fake = FakeChatCompletions(api_key=api_key, strict=strict)
     async with serve(fake.app()) as base:
         fake.base_url = f"{base}/v1"
         yield fake

@@ -12,7 +12,13 @@ Two endpoints, shaped as openai 3.x parses them (``openai/types/audio`` and ``op
   ``conversation.item.input_audio_transcription.delta`` and one ``...completed``; problems → ``error``.
 
 Like the real service, a commit or upload of under 100 ms of audio is rejected, a realtime session defaults to
-server VAD until the client turns it off, and a PCM rate other than 24 kHz is refused.
+server VAD until the client turns it off, and a PCM rate other than 24 kHz is refused. Models follow the fake's own
+table (``FAKE_MODELS``, written from the SDK docstrings and OpenAI's model pages, deliberately not Luna's table): an
+unknown model, a model on a transport it does not serve, or a field the model does not take is refused; a
+``transcription`` session.update is refused on a connection opened without ``intent=transcription``; a commit in a
+session with no transcription configured is committed but never transcribed. Streaming models
+(``gpt-live-transcribe``, ``gpt-realtime-whisper``) send deltas while audio is still being appended; the others only
+after the commit. Usage is in tokens for the ``gpt-4o-*`` models and in seconds for the others.
 
 What text comes back is decided by ``script`` (a callable from the recorded request to text). Every
 transcription the fake performed is in ``requests`` (model, language, prompt, rate, the PCM itself). Faults are
@@ -50,6 +56,9 @@ class TranscriptionRequest:
     sample_rate: int
     audio: bytes  # int16 LE mono
     stream: bool = False  # http: the client asked for SSE
+    languages: list[str] | None = None
+    keywords: list[str] | None = None
+    delay: str | None = None
     session: dict[str, Any] = field(default_factory=dict)  # realtime: the effective session config at commit
 
     @property
@@ -79,6 +88,43 @@ class Fault:
 
 Script = Callable[[TranscriptionRequest], str]
 
+
+@dataclass(frozen=True)
+class FakeModel:
+    transports: frozenset[str]
+    fields: frozenset[str]  # optional transcription fields the model takes
+    streams: bool = False  # deltas while audio arrives
+    tokens: bool = False  # usage reported in tokens (else in seconds)
+
+
+_BOTH = frozenset({"http", "realtime"})
+_RT = frozenset({"realtime"})
+_NEW = frozenset({"language", "languages", "keywords", "prompt"})
+_OLD = frozenset({"language", "prompt"})
+FAKE_MODELS = {
+    "gpt-live-transcribe": FakeModel(_RT, _NEW, streams=True),
+    "gpt-transcribe": FakeModel(_BOTH, _NEW),
+    "gpt-realtime-whisper": FakeModel(_RT, frozenset({"language", "delay"}), streams=True),
+    "gpt-4o-transcribe": FakeModel(_BOTH, _OLD, tokens=True),
+    "gpt-4o-mini-transcribe": FakeModel(_BOTH, _OLD, tokens=True),
+    "gpt-4o-mini-transcribe-2025-12-15": FakeModel(_BOTH, _OLD, tokens=True),
+    "whisper-1": FakeModel(_BOTH, _OLD),
+}
+STREAM_STEP_S = 0.3  # a streaming model sends a delta about every this much appended audio
+
+
+def model_problem(model: str | None, transport: str, fields: set[str]) -> tuple[str, str] | None:
+    """(code, message) the real API would refuse this model/transport/field combination with, or None."""
+    spec = FAKE_MODELS.get(model or "")
+    if spec is None:
+        return "model_not_found", f"The model '{model}' does not exist or you do not have access to it."
+    if transport not in spec.transports:
+        return "unsupported_model", f"The model '{model}' is not supported on this endpoint."
+    if extra := sorted(fields - spec.fields):
+        return "unsupported_parameter", f"Unsupported parameter(s) for '{model}': {', '.join(extra)}."
+    return None
+
+
 _ERROR_TYPES = {401: "invalid_request_error", 429: "requests", 500: "server_error"}
 
 
@@ -91,6 +137,9 @@ def _pieces(text: str) -> list[str]:
 
 
 def _token_usage(req: TranscriptionRequest, text: str) -> dict[str, Any]:
+    spec = FAKE_MODELS.get(req.model or "")
+    if spec is not None and not spec.tokens:
+        return {"type": "duration", "seconds": round(req.duration_s, 3)}
     audio_tokens = max(1, round(req.duration_s * 10))
     return {
         "type": "tokens",
@@ -114,6 +163,10 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 
 class FakeOpenAIAudio:
     def __init__(self, *, script: Script | None = None, api_key: str = "sk-test-key") -> None:
+        self.early_deltas: list[str] = []  # deltas a streaming model sent before the commit
+        self.refused_updates: list[dict[str, Any]] = []  # session.update payloads answered with an error
+        self.detected: list[str] | None = None  # languages to report as detected (newer models do)
+        self.bare_events = False  # final events without the optional ``usage`` and ``languages``
         self.script: Script = script or (lambda _req: "")
         self.api_key = api_key
         self.requests: list[TranscriptionRequest] = []
@@ -184,6 +237,15 @@ class FakeOpenAIAudio:
         body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
         return web.json_response(body, status=400)
 
+    def _final(self, event: dict[str, Any], req: TranscriptionRequest, text: str) -> dict[str, Any]:
+        """The final event with its optional fields, as the configured behaviour says."""
+        if self.bare_events:
+            return event
+        event["usage"] = _token_usage(req, text)
+        if self.detected is not None:
+            event["languages"] = [{"code": code} for code in self.detected]
+        return event
+
     # ------------------------------------------------------------------ HTTP
     async def _transcriptions(self, request: web.Request) -> web.StreamResponse:
         fault = self._begin(request)
@@ -195,10 +257,16 @@ class FakeOpenAIAudio:
             if part.name == "file":
                 wav_bytes = await part.read()  # type: ignore[union-attr]
             elif part.name:
-                fields[part.name] = await part.text()  # type: ignore[union-attr]
+                # The client sends a list field as repeated ``name[]`` parts.
+                value = await part.text()  # type: ignore[union-attr]
+                name = part.name.removesuffix("[]")
+                fields[name] = f"{fields[name]},{value}" if name in fields else value
         if fault is not None and fault.hang:
             await self._release.wait()
             raise web.HTTPServiceUnavailable()
+        optional = {k for k in fields if k in {"language", "languages", "keywords", "prompt", "delay"}}
+        if problem := model_problem(fields.get("model"), "http", optional):
+            return self._invalid(problem[1], problem[0])
         with wave.open(io.BytesIO(wav_bytes)) as w:
             if w.getnchannels() != 1 or w.getsampwidth() != 2:
                 return self._invalid("Expected 16-bit mono audio in this fake.", "invalid_value")
@@ -210,19 +278,21 @@ class FakeOpenAIAudio:
                 sample_rate=w.getframerate(),
                 audio=w.readframes(w.getnframes()),
                 stream=fields.get("stream") == "true",
+                languages=fields["languages"].split(",") if "languages" in fields else None,
+                keywords=fields["keywords"].split(",") if "keywords" in fields else None,
             )
         if req.duration_s < MIN_AUDIO_S:
             return self._invalid("Audio file is too short. Minimum audio length is 0.1 seconds.", "audio_too_short")
         self.requests.append(req)
         text = self.script(req)
         if not req.stream:
-            return web.json_response({"text": text, "usage": _token_usage(req, text)})
+            return web.json_response(self._final({"text": text}, req, text))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         events: list[dict[str, Any]] = [
             {"type": "transcript.text.delta", "delta": piece, "logprobs": None} for piece in _pieces(text)
         ]
-        events.append({"type": "transcript.text.done", "text": text, "usage": _token_usage(req, text)})
+        events.append(self._final({"type": "transcript.text.done", "text": text}, req, text))
         for event in events:
             await resp.write(f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode())
         await resp.write_eof()
@@ -239,7 +309,8 @@ class FakeOpenAIAudio:
         await ws.prepare(request)
         self._sockets.add(ws)
         try:
-            await _RealtimeSession(self, request, ws, fault).run()
+            intent = request.query.get("intent") == "transcription"
+            await _RealtimeSession(self, request, ws, fault, intent).run()
         finally:
             self._sockets.discard(ws)
         return ws
@@ -248,9 +319,19 @@ class FakeOpenAIAudio:
 class _RealtimeSession:
     """One realtime transcription connection: its effective config and input buffer."""
 
-    def __init__(self, fake: FakeOpenAIAudio, request: web.Request, ws: web.WebSocketResponse, fault: Fault | None):
+    def __init__(
+        self,
+        fake: FakeOpenAIAudio,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        fault: Fault | None,
+        transcription_intent: bool,
+    ):
         self.fake, self.request, self.ws, self.fault = fake, request, ws, fault
+        self.transcription_intent = transcription_intent
         self.buffer = bytearray()
+        self.streamed = ""  # text a streaming model already sent for the current buffer
+        self.streamed_bytes = 0
         self.appends = 0
         self.previous_item: str | None = None
         self.session: dict[str, Any] = {
@@ -307,6 +388,7 @@ class _RealtimeSession:
                     # A network drop: no close frame, the TCP connection just ends.
                     self.request.transport.close()  # type: ignore[union-attr]
                     return
+                await self.stream_partial()
             elif kind == "input_audio_buffer.clear":
                 self.buffer.clear()
                 await self.send({"type": "input_audio_buffer.cleared"})
@@ -315,11 +397,63 @@ class _RealtimeSession:
             else:
                 await self.error("unknown_event", f"Unknown event type '{kind}'.", event)
 
+    def transcription(self) -> dict[str, Any]:
+        return self.session["audio"]["input"].get("transcription") or {}
+
+    def request_for(self, audio: bytes) -> TranscriptionRequest:
+        transcription = self.transcription()
+        return TranscriptionRequest(
+            transport="realtime",
+            model=transcription.get("model"),
+            language=transcription.get("language"),
+            prompt=transcription.get("prompt"),
+            sample_rate=REALTIME_RATE,
+            audio=audio,
+            session=self.session,
+            languages=transcription.get("languages"),
+            keywords=transcription.get("keywords"),
+            delay=transcription.get("delay"),
+        )
+
+    async def stream_partial(self) -> None:
+        """A streaming model transcribes while audio arrives: a delta for each ``STREAM_STEP_S`` of new audio."""
+        spec = FAKE_MODELS.get(self.transcription().get("model") or "")
+        if spec is None or not spec.streams or (self.fault is not None and self.fault.hang):
+            return
+        if len(self.buffer) - self.streamed_bytes < STREAM_STEP_S * REALTIME_RATE * 2:
+            return
+        self.streamed_bytes = len(self.buffer)
+        text = self.fake.script(self.request_for(bytes(self.buffer)))
+        if text.startswith(self.streamed) and len(text) > len(self.streamed):
+            piece, self.streamed = text[len(self.streamed) :], text
+            self.fake.early_deltas.append(piece)
+            await self.send(
+                {
+                    "type": "conversation.item.input_audio_transcription.delta",
+                    "item_id": "item_streaming",
+                    "content_index": 0,
+                    "delta": piece,
+                }
+            )
+
     async def update(self, event: dict[str, Any]) -> None:
         new = event.get("session") or {}
-        if new.get("type") != "transcription":
-            await self.error("invalid_value", "This is a transcription session: session.type must be 'transcription'.")
+        if new.get("type") != "transcription" or not self.transcription_intent:
+            self.fake.refused_updates.append(new)
+            await self.error(
+                "invalid_value",
+                "A transcription session needs a connection opened with intent=transcription "
+                "and session.type 'transcription'.",
+                event,
+            )
             return
+        transcription = new.get("audio", {}).get("input", {}).get("transcription")
+        if transcription:
+            optional = set(transcription) - {"model"}
+            if problem := model_problem(transcription.get("model"), "realtime", optional):
+                self.fake.refused_updates.append(new)
+                await self.error(problem[0], problem[1], event)
+                return
         fmt = new.get("audio", {}).get("input", {}).get("format") or {}
         if fmt.get("type", "audio/pcm") == "audio/pcm" and fmt.get("rate", REALTIME_RATE) != REALTIME_RATE:
             await self.error("invalid_value", "Only a 24kHz sample rate is supported for audio/pcm.", event)
@@ -350,16 +484,11 @@ class _RealtimeSession:
         }
         await self.send({"type": "conversation.item.added", "item": item, "previous_item_id": self.previous_item})
         self.previous_item = item_id
-        transcription = self.session["audio"]["input"].get("transcription") or {}
-        req = TranscriptionRequest(
-            transport="realtime",
-            model=transcription.get("model"),
-            language=transcription.get("language"),
-            prompt=transcription.get("prompt"),
-            sample_rate=REALTIME_RATE,
-            audio=bytes(self.buffer),
-            session=self.session,
-        )
+        if not self.transcription():  # nothing configured: the audio is committed, never transcribed
+            self.buffer.clear()
+            return
+        req = self.request_for(bytes(self.buffer))
+        already, self.streamed, self.streamed_bytes = self.streamed, "", 0
         self.buffer.clear()
         self.fake.requests.append(req)
         if self.fault is not None and self.fault.hang:
@@ -369,13 +498,8 @@ class _RealtimeSession:
             return
         text = self.fake.script(req)
         base = {"item_id": item_id, "content_index": 0}
-        for piece in _pieces(text):
+        rest = text[len(already) :] if text.startswith(already) else text
+        for piece in _pieces(rest) if rest else ():
             await self.send({"type": "conversation.item.input_audio_transcription.delta", **base, "delta": piece})
-        await self.send(
-            {
-                "type": "conversation.item.input_audio_transcription.completed",
-                **base,
-                "transcript": text,
-                "usage": _token_usage(req, text),
-            }
-        )
+        completed = {"type": "conversation.item.input_audio_transcription.completed", **base, "transcript": text}
+        await self.send(self.fake._final(completed, req, text))

@@ -152,7 +152,7 @@ class Pipeline:
             q: asyncio.Queue[Any] = asyncio.Queue()
             q.put_nowait(a.pcm)
             self._utterances[a.utterance_id] = q
-            self._spawn(self._transcribe(a.utterance_id, self.stt.open_stream(prompt=a.prompt), q))
+            self._spawn(self._transcribe(a.utterance_id, self.stt.open_stream(prompt=a.prompt, keywords=a.keywords), q))
         elif isinstance(a, act.TranscriptionAudio):
             if (q := self._utterances.get(a.utterance_id)) is not None:
                 q.put_nowait(a.pcm)
@@ -175,7 +175,7 @@ class Pipeline:
         elif isinstance(a, act.ClearPlayback):
             self._clear_playback()
         elif isinstance(a, act.RecordSpoken):
-            self._spawn(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.interrupted))
+            self._spawn(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.reason))
         elif isinstance(a, act.Publish):
             self._publish(a.event)
 
@@ -201,7 +201,9 @@ class Pipeline:
             log.exception("stt.crashed", utterance=uid)
             self.core.transcript_failed(uid, f"unexpected error: {type(exc).__name__}", self._clock())
         else:
-            self.core.transcript(uid, result.text, result.language, result.usage, self._clock())
+            self.core.transcript(
+                uid, result.text, result.language, result.usage, self._clock(), final_after_s=result.final_after_s
+            )
         self._run()
 
     async def _reply(self, a: act.RequestReply) -> None:
@@ -214,14 +216,18 @@ class Pipeline:
                     self.core.reply_delta(a.turn_id, item, self._clock())
                     self._run()
         except RateLimited as exc:
+            self.core.add_usage(a.turn_id, usage)
             self.core.reply_failed(a.turn_id, exc.reason, self._clock(), rate_limited=True, retry_after=exc.retry_after)
         except ProviderError as exc:
             log.warning("llm.failed", turn=a.turn_id, reason=exc.reason)
+            self.core.add_usage(a.turn_id, usage)
             self.core.reply_failed(a.turn_id, exc.reason, self._clock())
         except asyncio.CancelledError:
+            self.core.add_usage(a.turn_id, usage)  # barge-in or merge: what was consumed so far is billed anyway
             raise
         except Exception as exc:
             log.exception("llm.crashed", turn=a.turn_id)
+            self.core.add_usage(a.turn_id, usage)
             self.core.reply_failed(a.turn_id, f"unexpected error: {type(exc).__name__}", self._clock())
         else:
             self.core.reply_done(a.turn_id, usage, self._clock())
@@ -248,7 +254,7 @@ class Pipeline:
         if self.tts.sample_rate != self._playback_rate:
             resampler = soxr.ResampleStream(self.tts.sample_rate, self._playback_rate, 1, dtype="int16")
         try:
-            async for item in self.tts.synthesize(text):
+            async for item in self.tts.synthesize(text):  # usage comes first: a stopped sentence is billed too
                 if isinstance(item, Usage):
                     usage += item
                     continue
@@ -262,13 +268,16 @@ class Pipeline:
                 self.core.speech_audio(turn_id, index, tail, self._clock())
         except ProviderError as exc:
             log.warning("tts.failed", turn=turn_id, reason=exc.reason)
+            self.core.add_usage(turn_id, usage)
             self.core.speech_failed(turn_id, index, exc.reason, self._clock())
             self._run()
             return False
         except asyncio.CancelledError:
+            self.core.add_usage(turn_id, usage)
             raise
         except Exception as exc:
             log.exception("tts.crashed", turn=turn_id)
+            self.core.add_usage(turn_id, usage)
             self.core.speech_failed(turn_id, index, f"unexpected error: {type(exc).__name__}", self._clock())
             self._run()
             return False

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from luna_voice.conversation.domain import ReplyRequest
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason
 from luna_voice.conversation.events import CoreEvent
 
 
@@ -14,6 +14,7 @@ class StartTranscription:
     speaker_id: str
     prompt: str
     pcm: bytes  # pre-roll and first voiced frames
+    keywords: tuple[str, ...] = ()  # her names and the participants' names, for models that take keywords
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,11 @@ class ClearPlayback:
 
 @dataclass(frozen=True)
 class RecordSpoken:
+    """The one closing call of a turn that reached the reply engine."""
+
     turn_id: str
     text: str
-    interrupted: bool
+    reason: SpokenReason
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from luna_voice.conversation import actions as act
-from luna_voice.conversation.domain import ReplyRequest, RoomLine, Usage
+from luna_voice.conversation.domain import ReplyRequest, RoomLine, SpokenReason, Usage
 from luna_voice.conversation.endpointing import (
     EndpointConfig,
     Endpointer,
@@ -36,7 +36,13 @@ from luna_voice.conversation.endpointing import (
     UtteranceEnded,
     UtteranceStarted,
 )
-from luna_voice.conversation.events import Participant, ParticipantsChanged, SpeakingChanged, TurnChanged
+from luna_voice.conversation.events import (
+    LateUsage,
+    Participant,
+    ParticipantsChanged,
+    SpeakingChanged,
+    TurnChanged,
+)
 from luna_voice.conversation.pacing import Pacer
 from luna_voice.conversation.policy import PolicyName, TurnPolicy
 from luna_voice.conversation.turns import Sentence, Turn, TurnState
@@ -148,11 +154,21 @@ class Conversation:
                 self._interrupt(self._active, now)
 
     # ------------------------------------------------------------------ inputs: providers
-    def transcript(self, utterance_id: str, text: str, language: str | None, usage: Usage, now: float) -> None:
+    def transcript(
+        self,
+        utterance_id: str,
+        text: str,
+        language: str | None,
+        usage: Usage,
+        now: float,
+        *,
+        final_after_s: float | None = None,
+    ) -> None:
         turn = self._by_utterance.pop(utterance_id, None)
         if turn is None:
             return
         turn.mark("transcript_ready", now)
+        turn.stt_final_after_s = final_after_s
         self._add_usage(turn, usage)
         text = text.strip()
         if not text:
@@ -177,6 +193,7 @@ class Conversation:
         elif active.state is TurnState.THINKING and active.speaker_id == turn.speaker_id and not active.sentences:
             turn.heard_text = f"{active.heard_text} {text}"
             self._cancel_generation(active)
+            self._close(active, SpokenReason.MERGED)
             active.move(TurnState.MERGED)
             self._publish_turn(active)
             self._active = None
@@ -233,6 +250,22 @@ class Conversation:
         self._cancel_generation(turn)
         self._drop_unsynthesized(turn)
         self._maybe_finish(turn, now)
+
+    def add_usage(self, turn_id: str, usage: Usage) -> None:
+        """Usage of a call that ended without a result (cancelled or failed): billed all the same, so counted.
+
+        A turn that has already ended (the usual case after a barge-in) publishes it as ``late_usage``, so totals
+        built from finished turns (metrics) see it too.
+        """
+        if usage == Usage():
+            return
+        turn = self.turns.get(turn_id)
+        if turn is None:
+            self.usage += usage
+            return
+        self._add_usage(turn, usage)
+        if turn.state.terminal:
+            self._out.append(act.Publish(LateUsage(turn_id, vars(usage).copy(), round(self._price(usage), 6))))
 
     def speech_audio(self, turn_id: str, index: int, pcm: bytes, now: float) -> None:
         turn = self._current(turn_id)
@@ -323,7 +356,8 @@ class Conversation:
             if isinstance(ev, UtteranceStarted):
                 uid = f"u{next(self._ids)}"
                 self._open[pid] = (uid, ev.at)
-                self._out.append(act.StartTranscription(uid, pid, self._stt_prompt(), ev.pcm))
+                names = self._names()
+                self._out.append(act.StartTranscription(uid, pid, ", ".join(names), ev.pcm, names))
             elif isinstance(ev, UtteranceAudio):
                 self._out.append(act.TranscriptionAudio(self._open[pid][0], ev.pcm))
             elif isinstance(ev, UtteranceEnded):
@@ -337,9 +371,10 @@ class Conversation:
                 while len(self.turns) > self.cfg.max_turns_kept:
                     self.turns.pop(next(iter(self.turns)))
 
-    def _stt_prompt(self) -> str:
+    def _names(self) -> tuple[str, ...]:
+        """Her names and everyone's display names: the STT prompt and keywords, so names are spelled right."""
         names = [self.cfg.bot_name, "Luna", "露娜", *self.participants.values()]
-        return ", ".join(dict.fromkeys(n for n in names if n))
+        return tuple(dict.fromkeys(n for n in names if n))
 
     def _start(self, turn: Turn, may_stay_silent: bool, now: float) -> bool:
         """Ask for a reply to ``turn``; False if the reply engine asked us to wait (the turn fails at once)."""
@@ -363,6 +398,7 @@ class Conversation:
             may_stay_silent=may_stay_silent,
         )
         self._out.append(act.RequestReply(turn.id, request))
+        turn.requested = True
         self._publish_turn(turn)
         return True
 
@@ -421,8 +457,10 @@ class Conversation:
     def _finish(self, turn: Turn, state: TurnState, now: float) -> None:
         """End the active turn: record what was really said, then take the next queued turn."""
         spoken = turn.spoken_text
-        if spoken or turn.interrupted:  # cut off before a word was heard: history must say so too
-            self._out.append(act.RecordSpoken(turn.id, spoken, turn.interrupted))
+        if turn.interrupted:
+            self._close(turn, SpokenReason.INTERRUPTED)
+        else:
+            self._close(turn, SpokenReason.FAILED if state is TurnState.FAILED else SpokenReason.DONE)
         if spoken:
             self._remember(self.cfg.bot_name, spoken + ("…" if turn.interrupted else ""), now)
             if not turn.interrupted:
@@ -438,6 +476,12 @@ class Conversation:
                 continue
             if self._start(nxt, nxt.reason == "llm_decides", now):
                 break
+
+    def _close(self, turn: Turn, reason: SpokenReason) -> None:
+        """The turn's one closing call, if its reply was requested: what the room heard of it, and why it ended."""
+        if turn.requested:
+            turn.requested = False
+            self._out.append(act.RecordSpoken(turn.id, turn.spoken_text, reason))
 
     def _settle(
         self, turn: Turn, state: TurnState, now: float, *, decision: str | None = None, reason: str | None = None

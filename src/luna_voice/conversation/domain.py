@@ -7,23 +7,31 @@ way round. This module imports nothing of ours, so every layer can depend on it 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from enum import StrEnum
 
 
 @dataclass
 class Usage:
-    """What one call consumed; summed per turn and per bot, priced by ``luna_voice.usage``."""
+    """What one call consumed; summed per turn and per bot, priced by ``luna_voice.usage``.
+
+    ``stt_seconds`` is all audio sent for transcription (a reconnect's resend included). Of it, the seconds whose
+    transcription the service reported in tokens are ``stt_token_seconds``: those are priced by the ``stt_*_tokens``
+    and the rest per minute. ``tts_characters`` are billable characters as the TTS service counts them.
+    """
 
     stt_seconds: float = 0.0
     llm_input_tokens: int = 0
     llm_output_tokens: int = 0
     tts_characters: int = 0
+    stt_token_seconds: float = 0.0
+    stt_audio_tokens: int = 0
+    stt_text_tokens: int = 0
+    stt_output_tokens: int = 0
 
     def __iadd__(self, other: Usage) -> Usage:
-        self.stt_seconds += other.stt_seconds
-        self.llm_input_tokens += other.llm_input_tokens
-        self.llm_output_tokens += other.llm_output_tokens
-        self.tts_characters += other.tts_characters
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
 
 
@@ -51,3 +59,13 @@ class ReplyRequest:
     context: Sequence[RoomLine] = ()
     # ``llm`` turn policy: the model may stay silent by answering with an empty reply.
     may_stay_silent: bool = False
+
+
+class SpokenReason(StrEnum):
+    """Why a turn that reached the reply engine ended: the ``reason`` of its one closing ``record_spoken``."""
+
+    DONE = "done"  # the answer was played to the end (or was silence)
+    INTERRUPTED = "interrupted"  # someone talked over her; only the played part was heard
+    MERGED = "merged"  # the speaker went on talking; the turn was replaced by one with both parts
+    FAILED = "failed"  # a provider failed; whatever was played before is the heard text
+    STALE = "stale"  # the answer came too late to be spoken

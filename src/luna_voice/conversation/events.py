@@ -45,4 +45,14 @@ class TurnChanged:
         return TurnState(self.turn["state"])
 
 
-CoreEvent = ParticipantsChanged | SpeakingChanged | TurnChanged
+@dataclass(frozen=True)
+class LateUsage:
+    """Usage of a call cut off after its turn had ended (a barge-in cancels the reply and the speech): billed all
+    the same, and reported apart because the turn's final ``TurnChanged`` went out without it."""
+
+    turn_id: str
+    usage: Mapping[str, float]
+    cost_usd: float
+
+
+CoreEvent = ParticipantsChanged | SpeakingChanged | TurnChanged | LateUsage

@@ -88,11 +88,15 @@ class Turn:
     reply_text: str = ""
     sentences: list[Sentence] = field(default_factory=list)
     reply_done: bool = False
+    requested: bool = False  # a reply was asked for: the turn owes the reply engine one closing call
     interrupted: bool = False
     error: str | None = None
     timings: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
+    # The STT service's own part of ``transcript_ready``: from the end of the audio sent to the final text. Near 0
+    # for a model that transcribes while people speak; the rest of ``transcript_ready`` is our endpointing.
+    stt_final_after_s: float | None = None
 
     def move(self, to: TurnState) -> None:
         """The only way a turn changes state; a forbidden move raises instead of corrupting the history."""
@@ -131,6 +135,7 @@ class Turn:
             "error": self.error,
             "timings": dict(self.timings),
             "latency": self.latency_ms(),
+            "stt_final_after_ms": None if self.stt_final_after_s is None else round(self.stt_final_after_s * 1000, 1),
             "usage": vars(self.usage).copy(),
             "cost_usd": round(self.cost_usd, 6),
         }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -53,6 +54,17 @@ def build_ssml(text: str, voice: str) -> str:
         f'<speak version="1.0" xmlns="http://www.w3.org/2001/10/synthesis" xml:lang={quoteattr(lang)}>'
         f"<voice name={quoteattr(voice)}>{body}</voice></speak>"
     )
+
+
+# Azure bills each Chinese character (hanzi, and kanji and hanja, the same ideographs in Japanese and Korean) as two
+# characters and every other code point as one (learn.microsoft.com, text-to-speech "billable characters"; kana and
+# hangul are not ideographs and count once). CJK Unified Ideographs, extensions A to I, compatibility ideographs.
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003ffff]")
+
+
+def billable_characters(text: str) -> int:
+    """Characters Azure bills for ``text`` spoken through plain SSML (``speak`` and ``voice`` are not billed)."""
+    return len(text) + len(_HAN.findall(text))
 
 
 def mostly_latin(text: str) -> bool:
@@ -169,6 +181,8 @@ class AzureTextToSpeech:
             self.last_ttfb_s = None
             _off_loop(lambda: synth.speak_ssml_async(ssml).get())  # get() frees the request's native handle
             try:
+                # Billed once sent, even if stopped after the first chunk: reported before any audio.
+                yield Usage(tts_characters=billable_characters(text))
                 async for chunk in self._chunks(call):
                     if self.last_ttfb_s is None:
                         self.last_ttfb_s = time.monotonic() - started
@@ -179,7 +193,6 @@ class AzureTextToSpeech:
             finally:
                 if not call.ended:  # interrupted, or timed out
                     self._stop(synth)
-            yield Usage(tts_characters=len(text))
 
     async def aclose(self) -> None:
         async with self._lock:
@@ -304,4 +317,6 @@ class AzureTextToSpeech:
             return RateLimited(self.name, "rate limited")
         if code == _Code.AuthenticationFailure or "(401)" in text or "(403)" in text:
             return ProviderError(self.name, "auth refused")
+        if "Unsupported voice" in text:  # the service closes with 1007, which the SDK reports as a connection failure
+            return ProviderError(self.name, "unsupported voice")
         return ProviderError(self.name, _REASONS.get(code, f"synthesis failed ({code.name})"))

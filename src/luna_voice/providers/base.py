@@ -15,12 +15,12 @@ carries on (a provider error never kills a bot).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from luna_voice.bridge.protocol import CAPTURE_RATE
-from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 
 PIPELINE_RATE = CAPTURE_RATE  # Hz, what the page sends and STT consumes (the bridge's wire contract)
 
@@ -44,6 +44,8 @@ class Transcript:
     text: str
     language: str | None = None
     usage: Usage = field(default_factory=Usage)
+    # Seconds from the end of the audio (commit or upload) to the final text; None when nothing was sent.
+    final_after_s: float | None = None
 
 
 class TranscriptionStream(Protocol):
@@ -60,7 +62,8 @@ class TranscriptionStream(Protocol):
 class SpeechToText(Protocol):
     name: str
 
-    def open_stream(self, *, prompt: str | None = None) -> TranscriptionStream: ...
+    def open_stream(self, *, prompt: str | None = None, keywords: Sequence[str] = ()) -> TranscriptionStream:
+        """``keywords``: words to listen for (her names, participant names), for models that take them."""
 
     async def warm(self) -> None:
         """Load models or open connections before the first utterance."""
@@ -73,8 +76,9 @@ class ReplyEngine(Protocol):
 
     def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]: ...
 
-    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
-        """Tell the engine what Luna actually said (after barge-in, only the played part)."""
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, reason: SpokenReason) -> None:
+        """Close a turn: what the room heard of the answer (possibly empty) and why it ended. Called exactly once
+        for every turn ``reply`` was called for, so the engine's history holds only what people heard."""
 
     async def aclose(self) -> None: ...
 

@@ -27,15 +27,25 @@ import structlog
 from aiohttp.http_exceptions import LineTooLong
 from yarl import URL
 
-from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.providers.base import ProviderError, RateLimited
-from luna_voice.providers.replies import SAFE_CODE, SilenceGate, status_error
+from luna_voice.providers.replies import SAFE_CODE, SilenceGate, ThinkFilter, UsageMeter, status_error
 from luna_voice.retry_after import parse_retry_after
 
 log = structlog.get_logger(__name__)
 
 NAME = "botsession"
 SIGNATURE_HEADER = "X-Luna-Signature"
+VERSION_HEADER = "X-Luna-BotSession-Version"
+CONTRACT_VERSION = "2"
+
+
+def signature(secret: bytes, ts: str, method: str, path: str, body: bytes) -> str:
+    """The header value: ``v2`` signs method, path (with query), timestamp and body, so a signed body cannot be
+    replayed to the other route; ``v1`` (timestamp and body only) is kept for apps still on contract version 1."""
+    v1 = hmac.new(secret, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+    v2 = hmac.new(secret, f"{ts}.{method.upper()}.{path}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={ts},v1={v1},v2={v2}"
 
 
 # ---------------------------------------------------------------------------------------------- the engine
@@ -150,20 +160,20 @@ class BotSessionEngine:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         return self._http
 
-    def _headers(self, body: bytes, accept: str) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": accept}
+    def _headers(self, url: str, body: bytes, accept: str) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": accept, VERSION_HEADER: CONTRACT_VERSION}
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
         if self._secret:
-            ts = str(int(time.time()))
-            mac = hmac.new(self._secret, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-            headers[SIGNATURE_HEADER] = f"t={ts},v1={mac}"
+            headers[SIGNATURE_HEADER] = signature(
+                self._secret, str(int(time.time())), "POST", URL(url).raw_path_qs, body
+            )
         return headers
 
     async def _post(self, url: str, body: bytes, accept: str) -> aiohttp.ClientResponse:
         """POST and wait for the response headers within ``timeout_s``."""
         async with asyncio.timeout(self._timeout_s):
-            return await self._session().post(url, data=body, headers=self._headers(body, accept))
+            return await self._session().post(url, data=body, headers=self._headers(url, body, accept))
 
     async def _error_code(self, resp: aiohttp.ClientResponse) -> Any:
         """The app's ``{"error": {"code": ...}}``, if it sent one promptly."""
@@ -177,9 +187,10 @@ class BotSessionEngine:
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]:
         bound = log.bind(room_id=request.room_id, turn_id=request.turn_id)
-        gate = SilenceGate(request.may_stay_silent)
+        think, gate, meter = ThinkFilter(), SilenceGate(request.may_stay_silent), UsageMeter()
+        body = _request_body(request)
         try:
-            resp = await self._post(self._url, _request_body(request), "text/event-stream")
+            resp = await self._post(self._url, body, "text/event-stream")
         except TimeoutError:
             raise ProviderError(NAME, "timeout") from None
         except aiohttp.ClientError as exc:
@@ -192,6 +203,7 @@ class BotSessionEngine:
                 raise status_error(NAME, resp.status, retry_after=resp.headers.get("Retry-After"), code=code)
             if resp.content_type != "text/event-stream":
                 raise _malformed(f"content type {resp.content_type}")
+            meter.add(input_text=body.decode())  # an estimate until ``done``: a cancelled reply is still counted
             while True:
                 try:
                     item = await anext(events, None)
@@ -207,21 +219,37 @@ class BotSessionEngine:
                     text = _json_object(data).get("text")
                     if not isinstance(text, str):
                         raise _malformed("delta without text")
-                    if spoken := gate.feed(text):
+                    meter.add(output_text=text)
+                    if spoken := gate.feed(think.feed(text)):
+                        if usage := meter.take():
+                            yield usage
                         yield spoken
                 elif event == "done":
                     usage = _usage(_json_object(data))
+                    if spoken := gate.feed(think.flush()):
+                        yield spoken
                     if gate.silent:
                         bound.info("botsession.silent")
-                    yield usage
+                    yield meter.exact(usage)
                     return
                 elif event == "error":
                     raise _error_event(_json_object(data))
                 # other event names are reserved for later versions of the contract and skipped
 
-    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
-        """Best effort: the turn is over, so a failure here is logged and forgotten."""
-        body = _encode({"room_id": room_id, "turn_id": turn_id, "spoken_text": spoken_text, "interrupted": interrupted})
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, reason: SpokenReason) -> None:
+        """Best effort: the turn is over, so a failure here is logged and forgotten.
+
+        ``interrupted`` is still sent beside ``reason`` so an app on contract version 1 keeps working.
+        """
+        body = _encode(
+            {
+                "room_id": room_id,
+                "turn_id": turn_id,
+                "spoken_text": spoken_text,
+                "reason": reason.value,
+                "interrupted": reason is SpokenReason.INTERRUPTED,
+            }
+        )
         bound = log.bind(room_id=room_id, turn_id=turn_id)
         try:
             async with await self._post(f"{self._url}/spoken", body, "application/json") as resp:

@@ -2,7 +2,11 @@
 
 Used when there is no BotSession, so it keeps what BotSession would keep: a bounded history per room, the room
 transcript rendered into the prompt (so "what did Bob just say?" works), and the ``<silent>`` convention of the
-``llm`` turn policy. After a barge-in ``record_spoken`` cuts Luna's stored answer to what was actually heard.
+``llm`` turn policy. Like the BotSession contract, a turn enters the history only when ``record_spoken`` closes it,
+with what the room actually heard (a merged turn, or one nobody heard anything of, is dropped).
+
+Thinking is turned off per request (``extra_body``, default ``DEFAULT_EXTRA_BODY``); if a model reasons anyway,
+``reasoning_content`` and ``<think>`` blocks are never spoken, but their tokens are counted.
 
 The SDK's own retries are off by default: a voice turn is better failed fast (the pipeline carries on) than answered
 after several seconds of back-off, and a 429 must reach the pipeline as ``RateLimited``.
@@ -10,23 +14,29 @@ after several seconds of back-off, and a 429 must reach the pipeline as ``RateLi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import openai
 import structlog
 
-from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.providers.base import ProviderError
-from luna_voice.providers.replies import SILENCE_TOKEN, SilenceGate, status_error
+from luna_voice.providers.replies import SILENCE_TOKEN, SilenceGate, ThinkFilter, UsageMeter, status_error
 
 log = structlog.get_logger(__name__)
 
 NAME = "openai_chat"
+# Sent with every request unless configured otherwise: GLM-4.7 thinks by default (docs.z.ai thinking mode), which
+# delays the first spoken word by the whole reasoning and bills it as output.
+DEFAULT_EXTRA_BODY: Mapping[str, Any] = {"thinking": {"type": "disabled"}}
+METER_STEP_TOKENS = 32  # during reasoning, estimated usage is reported every this many tokens
+MAX_PENDING = 64
 
 INTERRUPTED_MARK = "[interrupted]"
 HISTORY_NOTE = (
@@ -74,13 +84,6 @@ class _RoomHistory:
         self._exchanges.append(exchange)
         self.trim()
 
-    def discard(self, exchange: _Exchange) -> None:
-        if exchange in self._exchanges:
-            self._exchanges.remove(exchange)
-
-    def find(self, turn_id: str) -> _Exchange | None:
-        return next((ex for ex in reversed(self._exchanges) if ex.turn_id == turn_id), None)
-
     def trim(self) -> None:
         while self._exchanges and (
             2 * len(self._exchanges) > self._max_messages or sum(ex.chars() for ex in self._exchanges) > self._max_chars
@@ -102,6 +105,15 @@ def render_turn(request: ReplyRequest) -> str:
     to_you = " (to you)" if request.addressed else ""
     lines.append(f"Now {request.speaker_name}{to_you}: {request.text}")
     return "\n".join(lines)
+
+
+def _reported_usage(reported: Any) -> Usage:
+    """The service's token counts (reasoning included in completion tokens), read defensively."""
+    prompt, completion = getattr(reported, "prompt_tokens", None), getattr(reported, "completion_tokens", None)
+    return Usage(
+        llm_input_tokens=prompt if isinstance(prompt, int) else 0,
+        llm_output_tokens=completion if isinstance(completion, int) else 0,
+    )
 
 
 def _map_error(err: openai.OpenAIError) -> ProviderError:
@@ -134,8 +146,12 @@ class OpenAIChatEngine:
         max_history_messages: int = 20,
         max_history_chars: int = 6000,
         max_retries: int = 0,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> None:
         """``timeout_s`` bounds connecting and every read, so it is both the first-byte and the idle timeout.
+
+        ``extra_body`` is merged into every request body; the default turns GLM's thinking off
+        (``DEFAULT_EXTRA_BODY``). Pass ``{}`` for a server that rejects unknown fields.
 
         A keyless local server still needs a non-empty key for the SDK; ``None`` is never passed on, because the
         SDK would then fall back to ``OPENAI_API_KEY``, which belongs to a different service here.
@@ -148,9 +164,13 @@ class OpenAIChatEngine:
         )
         self._model = model
         self._system_prompt = system_prompt
+        self._timeout_s = timeout_s
+        self._extra_body = dict(DEFAULT_EXTRA_BODY if extra_body is None else extra_body)
         self._max_history_messages = max_history_messages
         self._max_history_chars = max_history_chars
         self._rooms: dict[str, _RoomHistory] = {}
+        # Turns asked but not yet closed by record_spoken, oldest first; bounded in case a close never comes.
+        self._pending: dict[tuple[str, str], _Exchange] = {}
 
     def __repr__(self) -> str:
         return f"OpenAIChatEngine(model={self._model!r})"
@@ -176,55 +196,87 @@ class OpenAIChatEngine:
             messages=messages,  # type: ignore[arg-type]
             stream=True,
             stream_options={"include_usage": True},
+            extra_body=self._extra_body or None,
         )
 
+    async def _chunks(self, stream: Any) -> AsyncIterator[Any]:
+        """The stream's chunks, each within ``timeout_s`` (an idle bound that does not depend on the HTTP library)."""
+        async with stream:
+            iterator = aiter(stream)
+            while True:
+                try:
+                    async with asyncio.timeout(self._timeout_s):
+                        chunk = await anext(iterator, None)
+                except TimeoutError:
+                    raise ProviderError(NAME, "timeout") from None
+                if chunk is None:
+                    return
+                yield chunk
+
     async def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]:
-        history = self._history(request.room_id)
-        messages = self._messages(history, request)
-        # Stored before the answer arrives: after a barge-in the stream is cancelled and record_spoken follows.
+        messages = self._messages(self._history(request.room_id), request)
+        # Kept pending until record_spoken closes the turn: history holds only what the room heard.
         exchange = _Exchange(request.turn_id, f"{request.speaker_name}: {request.text}")
-        history.add(exchange)
-        gate = SilenceGate(request.may_stay_silent)
-        usage: Usage | None = None
+        self._remember_pending(request.room_id, exchange)
+        think, gate, meter = ThinkFilter(), SilenceGate(request.may_stay_silent), UsageMeter()
+        exact: Usage | None = None
+        reasoned = False
         try:
             stream = await self._stream(messages)
-            async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        usage = Usage(
-                            llm_input_tokens=chunk.usage.prompt_tokens or 0,
-                            llm_output_tokens=chunk.usage.completion_tokens or 0,
-                        )
-                    for choice in chunk.choices or ():
-                        text = choice.delta.content if choice.delta is not None else None
-                        if not text:
-                            continue
-                        exchange.assistant += text
-                        if spoken := gate.feed(text):
-                            yield spoken
+            meter.add(input_text=json.dumps(messages, ensure_ascii=False))
+            async for chunk in self._chunks(stream):
+                if (reported := getattr(chunk, "usage", None)) is not None:
+                    exact = _reported_usage(reported)
+                for choice in getattr(chunk, "choices", None) or ():
+                    delta = getattr(choice, "delta", None)
+                    # Reasoning (Z.ai's reasoning_content): never spoken, but billed, so metered.
+                    if reasoning := getattr(delta, "reasoning_content", None):
+                        reasoned = True
+                        meter.add(output_text=reasoning)
+                    if not (text := getattr(delta, "content", None)):
+                        continue
+                    meter.add(output_text=text)
+                    if spoken := gate.feed(think.feed(text)):
+                        exchange.assistant += spoken
+                        if usage := meter.take():
+                            yield usage
+                        yield spoken
+                if usage := meter.take(METER_STEP_TOKENS):
+                    yield usage
+            if spoken := gate.feed(think.flush()):
+                exchange.assistant += spoken
+                yield spoken
         except openai.OpenAIError as err:
-            history.discard(exchange)
             log.warning("openai_chat.failed", room_id=request.room_id, error=type(err).__name__)
             raise _map_error(err) from None
         except json.JSONDecodeError:
-            history.discard(exchange)
             log.warning("openai_chat.malformed", room_id=request.room_id)
             raise ProviderError(NAME, "malformed response") from None
+        if reasoned:
+            log.warning("openai_chat.reasoning", model=self._model, hint="thinking is on: check LUNA_LLM_EXTRA_BODY")
         if gate.silent:
-            history.discard(exchange)
+            exchange.assistant = ""
             log.info("openai_chat.silent", room_id=request.room_id, turn_id=request.turn_id)
-        history.trim()
-        if usage is None:
+        if exact is None:
             log.warning("openai_chat.no_usage", model=self._model)
-        yield usage or Usage()
+            yield meter.take() or Usage()
+        else:
+            yield meter.exact(exact)
 
-    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
-        history = self._rooms.get(room_id)
-        exchange = history.find(turn_id) if history is not None else None
-        if exchange is None:  # silent, failed or already trimmed away
+    def _remember_pending(self, room_id: str, exchange: _Exchange) -> None:
+        self._pending[(room_id, exchange.turn_id)] = exchange
+        while len(self._pending) > MAX_PENDING:
+            self._pending.pop(next(iter(self._pending)))
+
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, reason: SpokenReason) -> None:
+        """Close the turn: store what the room heard of it, or nothing if it was merged or nothing was heard (the
+        line itself reaches the model through the room transcript either way)."""
+        exchange = self._pending.pop((room_id, turn_id), None)
+        interrupted = reason is SpokenReason.INTERRUPTED
+        if exchange is None or reason is SpokenReason.MERGED or not (spoken_text.strip() or interrupted):
             return
-        exchange.assistant = spoken_text
-        exchange.interrupted = interrupted
+        exchange.assistant, exchange.interrupted = spoken_text, interrupted
+        self._history(room_id).add(exchange)
 
     async def aclose(self) -> None:
         await self._client.close()

@@ -1,15 +1,17 @@
-"""OpenAI speech-to-text (``gpt-4o-transcribe``) for mixed Chinese/English speech, through the official client.
+"""OpenAI speech-to-text for mixed Chinese/English speech, through the official client.
 
 Two transports behind one ``SpeechToText``:
 
-* ``realtime`` (default): one realtime *transcription* session per utterance over WebSocket. Audio is streamed
-  while the person speaks, so when our endpointing says "done" only the commit and the model's last step remain.
-  Server VAD is switched off because our own endpointing decides when an utterance ends.
-* ``http``: the utterance is uploaded as one WAV to ``/audio/transcriptions`` with ``stream=true`` — slower, but
-  it needs nothing but HTTPS, which makes it the fallback when WebSockets are blocked.
+* ``realtime`` (default, ``gpt-live-transcribe``): one realtime *transcription* session per utterance over
+  WebSocket. Audio is streamed while the person speaks and a streaming model transcribes it as it arrives, so when
+  our endpointing says "done" only the commit and the model's last step remain. Server VAD is switched off because
+  our own endpointing decides when an utterance ends.
+* ``http`` (``gpt-transcribe``): the utterance is uploaded as one WAV to ``/audio/transcriptions`` with
+  ``stream=true`` — slower, but it needs nothing but HTTPS, which makes it the fallback when WebSockets are blocked.
 
-No language is assumed unless configured: the model detects it, which is what lets one sentence switch between
-Chinese and English. Every wait is bounded so a stalled service fails the turn instead of hanging the bot.
+Which optional fields a request carries (``languages``, ``keywords``, ``prompt``, ``delay``) follows the model's
+row in ``stt_models``; fields of the response beyond the text are read defensively, since older models and SDK
+releases lack them. Every wait is bounded so a stalled service fails the turn instead of hanging the bot.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ import io
 import logging
 import time
 import wave
-from collections.abc import Mapping
-from typing import Literal, cast
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 import openai
@@ -36,6 +38,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from luna_voice.conversation.domain import Usage
 from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
+from luna_voice.providers.stt_models import DEFAULT_LANGUAGES, Delay, SttModel, default_model, model_info
 
 log = structlog.get_logger(__name__)
 
@@ -91,6 +94,52 @@ def _seconds(pcm16_bytes: int, rate: int) -> float:
     return pcm16_bytes / 2 / rate
 
 
+def _request_fields(
+    info: SttModel | None, language: str | None, languages: Sequence[str], prompt: str | None, keywords: Sequence[str]
+) -> dict[str, Any]:
+    """The optional transcription fields this model takes (see ``stt_models``); the rest are left out."""
+    out: dict[str, Any] = {}
+    if info is not None and info.languages and languages and not language:
+        out["languages"] = list(languages)
+    elif language:
+        out["language"] = language
+    if info is not None and info.prompt and prompt:
+        out["prompt"] = prompt
+    if info is not None and info.keywords and keywords:
+        out["keywords"] = list(dict.fromkeys(k for k in keywords if k))
+    return out
+
+
+def _usage(reported: object, sent_s: float) -> Usage:
+    """Usage of one transcription from what the service reported, read defensively; ``sent_s`` if it sent none."""
+    kind = getattr(reported, "type", None)
+    if kind == "tokens":
+        details = getattr(reported, "input_token_details", None)
+        audio = getattr(details, "audio_tokens", None)
+        text = getattr(details, "text_tokens", None)
+        total_in = getattr(reported, "input_tokens", None)
+        if not isinstance(audio, int):  # no breakdown: all input was audio
+            audio, text = (total_in if isinstance(total_in, int) else 0), 0
+        output = getattr(reported, "output_tokens", None)
+        return Usage(
+            stt_seconds=sent_s,
+            stt_token_seconds=sent_s,
+            stt_audio_tokens=audio,
+            stt_text_tokens=text if isinstance(text, int) else 0,
+            stt_output_tokens=output if isinstance(output, int) else 0,
+        )
+    seconds = getattr(reported, "seconds", None)
+    if kind == "duration" and isinstance(seconds, int | float) and seconds >= 0:
+        return Usage(stt_seconds=float(seconds))
+    return Usage(stt_seconds=sent_s)
+
+
+def _detected(event: object, fallback: str | None) -> str | None:
+    """The first detected language, if the event has any (only newer models report ``languages``)."""
+    codes = [getattr(lang, "code", None) for lang in (getattr(event, "languages", None) or ())]
+    return next((c for c in codes if isinstance(c, str) and c), fallback)
+
+
 class OpenAISTT:
     """``SpeechToText`` named ``openai``; one stream per utterance, over ``mode`` (see the module docstring)."""
 
@@ -101,28 +150,39 @@ class OpenAISTT:
         *,
         api_key: str,
         base_url: str | None = None,
-        model: str = "gpt-4o-transcribe",
+        model: str | None = None,
         mode: Mode = "realtime",
         language: str | None = None,
+        languages: Sequence[str] = DEFAULT_LANGUAGES,
+        delay: Delay | None = None,
         finish_timeout_s: float = 10.0,
         connect_timeout_s: float = 5.0,
     ) -> None:
+        """``model`` defaults to the current model for ``mode``; ``language`` (one code) wins over ``languages``
+        (possible languages, for models that take a list). ``delay`` is sent only to models that take it."""
         # No SDK retries: its backoff would outlast a conversational turn; the pipeline fails the turn instead.
         self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, max_retries=0, timeout=finish_timeout_s)
-        self._model = model
+        self._model = model or default_model(mode)
+        self._info = model_info(self._model)
+        if self._info is not None and not self._info.takes(mode):
+            raise ValueError(f"{self._model} does not work over {mode}; it takes {sorted(self._info.transports)}")
         self._mode = mode
         self._language = language
+        self._languages = tuple(languages)
+        self._delay = delay if self._info is not None and self._info.delay else None
         self._finish_timeout_s = finish_timeout_s
         self._connect_timeout_s = connect_timeout_s
 
-    def open_stream(self, *, prompt: str | None = None) -> RealtimeStream | HttpStream:
+    def __repr__(self) -> str:
+        return f"OpenAISTT(model={self._model!r}, mode={self._mode!r})"
+
+    def open_stream(self, *, prompt: str | None = None, keywords: Sequence[str] = ()) -> RealtimeStream | HttpStream:
+        optional = _request_fields(self._info, self._language, self._languages, prompt, keywords)
         if self._mode == "http":
-            return HttpStream(self._client, self._model, self._language, prompt, self._finish_timeout_s)
-        transcription: dict[str, str] = {"model": self._model}
-        if self._language:
-            transcription["language"] = self._language
-        if prompt:
-            transcription["prompt"] = prompt
+            return HttpStream(self._client, self._model, optional, self._language, self._finish_timeout_s)
+        transcription: dict[str, Any] = {"model": self._model, **optional}
+        if self._delay:
+            transcription["delay"] = self._delay
         session = {
             "type": "transcription",
             "audio": {
@@ -162,17 +222,20 @@ class _Timing:
         if self.first_at is None:
             self.first_at = time.monotonic()
 
-    def log_final(self, mode: Mode, transcript: Transcript) -> None:
+    def final(self, mode: Mode, transcript: Transcript) -> Transcript:
+        """Stamp ``final_after_s`` (a first delta before the commit means the model streamed while listening)."""
         start = self.sent_at or time.monotonic()
+        transcript.final_after_s = round(time.monotonic() - start, 3)
         log.info(
             "stt.final",
             provider=PROVIDER,
             mode=mode,
             audio_s=round(transcript.usage.stt_seconds, 3),
             ttfb_s=None if self.first_at is None else round(self.first_at - start, 3),
-            final_latency_s=round(time.monotonic() - start, 3),
+            final_after_s=transcript.final_after_s,
             chars=len(transcript.text),
         )
+        return transcript
 
 
 class RealtimeStream:
@@ -203,16 +266,16 @@ class RealtimeStream:
         )
         self._resampler = soxr.ResampleStream(PIPELINE_RATE, REALTIME_RATE, 1, dtype="int16")
         self._audio = bytearray()  # the utterance at 24 kHz
-        self._pushed_bytes = 0  # at PIPELINE_RATE, for usage
+        self._resent_s = 0.0  # audio sent to sessions that dropped: billed too, so counted
         self._finishing = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[Transcript] | None = None
         self._timing = _Timing()
+        self._sent = 0  # bytes of ``_audio`` sent to the current session
 
     async def push(self, pcm: bytes) -> None:
         if self._finishing:
             raise RuntimeError("push() after finish()")
-        self._pushed_bytes += len(pcm)
         self._audio += self._resampler.resample_chunk(np.frombuffer(pcm, dtype="<i2")).tobytes()
         if self._task is None:
             self._task = asyncio.create_task(self._run())
@@ -230,8 +293,7 @@ class RealtimeStream:
                 transcript = await self._task  # a timeout cancels the task, which closes its socket
         except TimeoutError:
             raise ProviderError(PROVIDER, "timeout") from None
-        self._timing.log_final("realtime", transcript)
-        return transcript
+        return self._timing.final("realtime", transcript)
 
     async def cancel(self) -> None:
         self._finishing = True
@@ -247,6 +309,7 @@ class RealtimeStream:
                 return await self._session_once()
             except ConnectionClosed:
                 drops += 1
+                self._resent_s += _seconds(self._sent, REALTIME_RATE)
                 if drops > RECONNECTS:
                     raise ProviderError(PROVIDER, "connection lost") from None
                 log.warning(
@@ -284,12 +347,12 @@ class RealtimeStream:
 
     async def _send_audio(self, conn: AsyncRealtimeConnection, reader: asyncio.Task[Transcript]) -> None:
         """Append everything buffered (from the start: a new session has an empty buffer), then commit."""
-        sent = 0
+        self._sent = 0
         while not reader.done():
-            if sent < len(self._audio):
-                chunk = bytes(self._audio[sent : sent + APPEND_BYTES])
+            if self._sent < len(self._audio):
+                chunk = bytes(self._audio[self._sent : self._sent + APPEND_BYTES])
                 await conn.input_audio_buffer.append(audio=base64.b64encode(chunk).decode("ascii"))
-                sent += len(chunk)
+                self._sent += len(chunk)
             elif self._finishing:
                 await conn.input_audio_buffer.commit()
                 self._timing.sent()
@@ -304,16 +367,19 @@ class RealtimeStream:
             if event.type == "conversation.item.input_audio_transcription.delta":
                 self._timing.delta()
             elif event.type == "conversation.item.input_audio_transcription.completed":
-                detected = [lang.code for lang in event.languages or []]
+                usage = _usage(getattr(event, "usage", None), _seconds(len(self._audio), REALTIME_RATE))
+                usage.stt_seconds += self._resent_s
                 return Transcript(
-                    event.transcript,
-                    language=detected[0] if detected else self._language,
-                    usage=Usage(stt_seconds=_seconds(self._pushed_bytes, PIPELINE_RATE)),
+                    getattr(event, "transcript", None) or "", language=_detected(event, self._language), usage=usage
                 )
             elif event.type == "conversation.item.input_audio_transcription.failed":
-                raise ProviderError(PROVIDER, f"transcription failed: {event.error.code or event.error.type}")
+                error = getattr(event, "error", None)
+                raise ProviderError(
+                    PROVIDER, f"transcription failed: {getattr(error, 'code', None) or getattr(error, 'type', None)}"
+                )
             elif event.type == "error":
-                raise self._event_error(event.error.code, event.error.type)
+                error = getattr(event, "error", None)
+                raise self._event_error(getattr(error, "code", None), str(getattr(error, "type", "unknown")))
 
     @staticmethod
     def _event_error(code: str | None, kind: str) -> ProviderError:
@@ -330,12 +396,17 @@ class HttpStream:
     """One utterance buffered and uploaded as a WAV when it ends; the SSE reply is read as it streams."""
 
     def __init__(
-        self, client: AsyncOpenAI, model: str, language: str | None, prompt: str | None, finish_timeout_s: float
+        self,
+        client: AsyncOpenAI,
+        model: str,
+        optional: dict[str, Any],
+        language: str | None,
+        finish_timeout_s: float,
     ) -> None:
         self._client = client
         self._model = model
+        self._optional = optional  # language(s), prompt, keywords: only what the model takes
         self._language = language
-        self._prompt = prompt
         self._finish_timeout_s = finish_timeout_s
         self._pcm = bytearray()
         self._timing = _Timing()
@@ -354,8 +425,7 @@ class HttpStream:
             raise ProviderError(PROVIDER, "timeout") from None
         except openai.APIError as exc:
             raise _api_error(exc) from None
-        self._timing.log_final("http", transcript)
-        return transcript
+        return self._timing.final("http", transcript)
 
     async def cancel(self) -> None:
         self._pcm.clear()
@@ -363,22 +433,17 @@ class HttpStream:
     async def _transcribe(self, seconds: float) -> Transcript:
         self._timing.sent()
         stream = await self._client.audio.transcriptions.create(
-            model=self._model,
-            file=("utterance.wav", self._wav(), "audio/wav"),
-            stream=True,
-            language=self._language or openai.omit,
-            prompt=self._prompt or openai.omit,
+            model=self._model, file=("utterance.wav", self._wav(), "audio/wav"), stream=True, **self._optional
         )
         async with stream:
             async for event in stream:
                 if event.type == "transcript.text.delta":
                     self._timing.delta()
                 elif event.type == "transcript.text.done":
-                    detected = [lang.code for lang in event.languages or []]
                     return Transcript(
-                        event.text,
-                        language=detected[0] if detected else self._language,
-                        usage=Usage(stt_seconds=seconds),
+                        getattr(event, "text", None) or "",
+                        language=_detected(event, self._language),
+                        usage=_usage(getattr(event, "usage", None), seconds),
                     )
         raise ProviderError(PROVIDER, "stream ended without a transcript")
 

@@ -7,12 +7,16 @@ Azure synthesizer is kept warm per bot); heavy offline models are loaded once pe
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from yarl import URL
 
 from luna_voice.bridge.protocol import PLAYBACK_RATE
 from luna_voice.config import Prices, Settings, secret
 from luna_voice.providers.base import ReplyEngine, SpeechToText, TextToSpeech
+from luna_voice.providers.stt_models import model_info
 
 
 @dataclass
@@ -22,24 +26,56 @@ class ProviderSet:
     make_tts: Callable[[], TextToSpeech]
     names: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    stt_model: str | None = None  # the cloud STT model, whose list prices fill unset ``stt_*`` prices
 
     def prices(self, list_prices: Prices) -> Prices:
-        """Unit prices for this set: offline engines cost nothing, whatever the cloud list price."""
-        free: dict[str, float] = {}
+        """Unit prices for this set: offline engines cost nothing, unset STT prices are the model's list prices."""
+        update: dict[str, float | None] = {}
         if self.names["stt"] == "whisper":
-            free["stt_per_minute"] = 0.0
+            update.update(
+                stt_per_minute=0.0, stt_audio_input_per_mtok=0.0, stt_text_input_per_mtok=0.0, stt_output_per_mtok=0.0
+            )
+        elif self.stt_model is not None and (info := model_info(self.stt_model)) is not None:
+            listed = {"stt_per_minute": info.per_minute}
+            if info.tokens is not None:
+                listed.update(
+                    stt_audio_input_per_mtok=info.tokens.audio_input,
+                    stt_text_input_per_mtok=info.tokens.text_input,
+                    stt_output_per_mtok=info.tokens.output,
+                )
+            update.update({k: v for k, v in listed.items() if getattr(list_prices, k) is None})
         if self.names["llm"] == "demo":
-            free.update(llm_input_per_mtok=0.0, llm_output_per_mtok=0.0)
+            update.update(llm_input_per_mtok=0.0, llm_output_per_mtok=0.0)
         if self.names["tts"] == "offline":
-            free["tts_per_mchar"] = 0.0
-        return list_prices.model_copy(update=free)
+            update["tts_per_mchar"] = 0.0
+        return list_prices.model_copy(update=update)
 
     @property
     def offline(self) -> bool:
         return self.names["stt"] == "whisper" and self.names["llm"] == "demo" and self.names["tts"] == "offline"
 
 
-def _stt(s: Settings, notes: list[str]) -> tuple[str, Callable[[], SpeechToText]]:
+def _loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address((host or "").strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def botsession_warnings(url: str, token: bool, secret: bool) -> list[str]:
+    """What makes a BotSession setup unsafe: no credentials at all, or plain HTTP beyond this machine."""
+    out = []
+    if not (token or secret):
+        out.append("replies: no LUNA_BOTSESSION_TOKEN or LUNA_BOTSESSION_HMAC_SECRET; the app cannot tell Luna's calls")
+    parsed = URL(url)
+    if parsed.scheme != "https" and not _loopback(parsed.host):
+        out.append(f"replies: LUNA_BOTSESSION_URL is {parsed.scheme}:// to {parsed.host}; use https outside loopback")
+    return out
+
+
+def _stt(s: Settings, notes: list[str]) -> tuple[str, Callable[[], SpeechToText], str | None]:
     choice = s.stt_provider
     if choice == "auto":
         choice = "openai" if s.openai_api_key else "whisper"
@@ -47,14 +83,31 @@ def _stt(s: Settings, notes: list[str]) -> tuple[str, Callable[[], SpeechToText]
             notes.append("speech recognition: OPENAI_API_KEY is not set, using offline Whisper tiny.en (English only)")
     if choice == "openai":
         from luna_voice.providers.openai_stt import OpenAISTT
+        from luna_voice.providers.stt_models import default_model, startup_warnings
 
         key = secret(s.openai_api_key) or ""
-        return "openai", lambda: OpenAISTT(
-            api_key=key, base_url=s.openai_base_url, model=s.stt_model, mode=s.stt_mode, language=s.stt_language
+        model = s.stt_model or default_model(s.stt_mode)
+        if (info := model_info(model)) is not None and not info.takes(s.stt_mode):
+            raise ValueError(f"LUNA_STT_MODEL={model} does not work with LUNA_STT_MODE={s.stt_mode}")
+        if not s.stt_model:
+            notes.append(
+                f"speech recognition: using {model}, the new default (was gpt-4o-transcribe, shutting down "
+                "2027-02-26); set LUNA_STT_MODEL to choose"
+            )
+        notes.extend(startup_warnings(model, s.stt_mode))
+        make = lambda: OpenAISTT(  # noqa: E731
+            api_key=key,
+            base_url=s.openai_base_url,
+            model=model,
+            mode=s.stt_mode,
+            language=s.stt_language,
+            languages=s.stt_languages,
+            delay=s.stt_delay,
         )
+        return "openai", make, model
     from luna_voice.providers.offline import WhisperSTT
 
-    return "whisper", WhisperSTT
+    return "whisper", WhisperSTT, None
 
 
 def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]:
@@ -73,6 +126,7 @@ def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]
         if not s.botsession_url:
             raise ValueError("LUNA_LLM_PROVIDER=botsession needs LUNA_BOTSESSION_URL")
         url = s.botsession_url
+        notes.extend(botsession_warnings(url, bool(s.botsession_token), bool(s.botsession_hmac_secret)))
         return "botsession", lambda: BotSessionEngine(
             url=url,
             token=secret(s.botsession_token),
@@ -87,6 +141,7 @@ def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]
             api_key=secret(s.llm_api_key) or "",
             model=s.llm_model,
             system_prompt=s.llm_system_prompt,
+            extra_body=s.llm_extra_body,
         )
     from luna_voice.providers.offline import DemoReply
 
@@ -118,7 +173,8 @@ def _tts(s: Settings, notes: list[str]) -> tuple[str, Callable[[], TextToSpeech]
 
 def select_providers(settings: Settings) -> ProviderSet:
     notes: list[str] = []
-    stt_name, make_stt = _stt(settings, notes)
+    stt_name, make_stt, stt_model = _stt(settings, notes)
     llm_name, make_llm = _llm(settings, notes)
     tts_name, make_tts = _tts(settings, notes)
-    return ProviderSet(make_stt, make_llm, make_tts, {"stt": stt_name, "llm": llm_name, "tts": tts_name}, notes)
+    names = {"stt": stt_name, "llm": llm_name, "tts": tts_name}
+    return ProviderSet(make_stt, make_llm, make_tts, names, notes, stt_model)

