@@ -41,7 +41,7 @@ class Stt:
     def __init__(self) -> None:
         self.opened = 0
 
-    def open_stream(self, *, prompt: str | None = None):  # type: ignore[no-untyped-def]
+    def open_stream(self, *, prompt: str | None = None, keywords=()):  # type: ignore[no-untyped-def]
         self.opened += 1
         return self
 

@@ -203,7 +203,7 @@ def test_every_requested_turn_gets_exactly_one_closing_call():
     room.say("a", "the weather tomorrow?")  # merged into a new turn
     merged, second = room.turn_by("a"), room.turn_by("a", 1)
     room.core.reply_failed(second["id"], "timeout", room.now)  # failed before a word was played
-    room._run()
+    room.run()
     room.auto_reply = True
     room.replies["b"] = ""
     room.say("b", "Nice weather today.")  # the model stays silent
@@ -231,7 +231,7 @@ def test_a_turn_that_never_reached_the_engine_gets_no_closing_call():
     first = room.of(act.RequestReply)[0].turn_id
     room.core.reply_delta(first, "Short.", room.now)
     room.core.reply_done(first, Usage(), room.now)
-    room._run()
+    room.run()
     room.wait(2)
 
     assert room.turn_by("b")["state"] == "stale"

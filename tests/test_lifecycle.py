@@ -320,7 +320,7 @@ def test_a_new_page_resets_playback_and_history_keeps_what_the_room_heard():
     sent = len(room.of(act.SendAudio))
     room.page.clear()  # the old page and whatever it still had queued are gone
     room.core.playback_reset(room.now)
-    room._run()
+    room.run()
     turn = room.turn_by("a")
     assert turn["state"] == "interrupted" and turn["interrupted"]
     assert turn["spoken_text"] and "nobody will hear it" not in turn["spoken_text"]
