@@ -206,6 +206,7 @@ class Service:
                 ),
                 barge_in_min_ms=s.barge_in_min_ms,
                 rate_limited_line=s.rate_limited_line,
+                unmute_when_addressed=s.host_mute == "unmute_when_addressed",
             ),
             is_addressed=AddressDetector(name).is_addressed,
             is_backchannel=is_backchannel,
@@ -221,6 +222,7 @@ class Service:
             clock=bot.clock,
             clear_playback=bot.clear_playback,
             publish=bot.publish,
+            unmute=bot.unmute,
             vad_aggressiveness=s.vad_aggressiveness,
             audio_tap=functools.partial(self.audio_tap, bot.room_id) if self.audio_tap is not None else None,
         )
