@@ -21,7 +21,9 @@ import asyncio
 import base64
 import json
 import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,14 +182,15 @@ async def install_mock(context: BrowserContext, params: dict[str, Any]) -> None:
 
 async def mint_token(cloudflare: FakeCloudflareRtk) -> str:
     """Luna's participant token, minted the way the service does it (RtkApi against the Cloudflare-shaped fake)."""
-    async with RtkApi(
+    api = RtkApi(
         account_id=cloudflare.account_id,
         app_id=cloudflare.app_id,
         api_token=cloudflare.api_token,
         preset_name="group_call_participant",
         base_url=cloudflare.base_url,
-    ) as api:
-        return (await api.mint_token(cloudflare.add_meeting())).token
+    )
+    async with aclosing(api):
+        return (await api.mint_token(cloudflare.add_meeting(), secrets.token_hex(6))).token
 
 
 # --- Python's side of the bridge -------------------------------------------------------------------------------
@@ -813,16 +816,46 @@ LIVE_ENV = ("LUNA_RTK_ACCOUNT_ID", "LUNA_RTK_APP_ID", "LUNA_RTK_API_TOKEN", "LUN
 @pytest.mark.skipif(
     not all(os.environ.get(k) for k in LIVE_ENV), reason=f"needs {', '.join(LIVE_ENV)} (a real RealtimeKit meeting)"
 )
-async def test_live_luna_joins_a_real_meeting_and_leaves(browser, python):
-    async with RtkApi(
+async def test_live_luna_joins_a_real_meeting_consumes_audio_only_and_leaves(browser, python):
+    """In a real meeting (join people with cameras to it to make this meaningful): Luna's receivers carry audio
+    only. The peer connections are the SDK's own; a test-only init script records them as they are made."""
+    api = RtkApi(
         account_id=os.environ["LUNA_RTK_ACCOUNT_ID"],
         app_id=os.environ["LUNA_RTK_APP_ID"],
         api_token=os.environ["LUNA_RTK_API_TOKEN"],
         preset_name=os.environ.get("LUNA_RTK_PRESET", "group_call_participant"),
-    ) as api:
-        minted = await api.mint_token(os.environ["LUNA_RTK_TEST_MEETING_ID"])
-    page = await (await browser.new_context()).new_page()
+    )
+    async with aclosing(api):
+        assert await api.check_preset() is None
+        minted = await api.mint_token(os.environ["LUNA_RTK_TEST_MEETING_ID"], secrets.token_hex(6))
+    context = await browser.new_context()
+    await context.add_init_script(script=RECORD_PEER_CONNECTIONS)
+    page = await context.new_page()
     await page.goto(python.page_url({"authToken": minted.token, "name": "Luna"}))
     await python.wait_state("joined", "Luna to join the real meeting", limit=30)
+    receiving = await until(lambda: page.evaluate(RECEIVERS), 20, "Luna's receivers to settle", step=1)
+    assert receiving["video"] == [] and receiving["inboundVideo"] == 0, receiving
     await python.tell_page("leave")
     await python.wait_state("left", "Luna to leave")
+
+
+RECORD_PEER_CONNECTIONS = """(() => {
+  const Real = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = class extends Real {
+    constructor(...args) { super(...args); window.__pcs.push(this); }
+  };
+})();"""
+
+# What Luna's page receives, from its peer connections: tracks of receiving transceivers by kind, and the
+# inbound video RTP streams. Answers once the receive side has had time to settle (any audio arrived).
+RECEIVERS = """async () => {
+  const receiving = window.__pcs.flatMap((pc) => pc.getTransceivers())
+    .filter((t) => ["recvonly", "sendrecv"].includes(t.currentDirection) && t.receiver.track);
+  let inboundVideo = 0;
+  for (const pc of window.__pcs) {
+    for (const r of (await pc.getStats()).values()) if (r.type === "inbound-rtp" && r.kind === "video") inboundVideo++;
+  }
+  const byKind = (kind) => receiving.filter((t) => t.receiver.track.kind === kind).map((t) => t.mid);
+  return byKind("audio").length ? {audio: byKind("audio"), video: byKind("video"), inboundVideo} : null;
+}"""
