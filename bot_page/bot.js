@@ -131,7 +131,6 @@ async function attach(p, track) {
   if (!track || p.trackId === track.id || participants.get(p.id) !== p) return;
   stopCapture(p); // the track was replaced (device change, reconnect): re-attach
   p.trackId = track.id;
-  p.heardAt = performance.now();
   const stream = new MediaStream([track]);
   // Chromium gives WebAudio silence from a remote track unless a media element is also playing it.
   const sink = (p.sink = new Audio());
@@ -183,7 +182,7 @@ try {
     audioTrack,
     state: (state, subCode, reason) => { if (!ended) setState(state, subCode, reason); },
     muted: ({ muted, reason }) => send({ type: "muted", muted, reason }),
-    lastAudio: (id) => participants.get(id)?.heardAt, // when this person was last heard (or attached)
+    lastAudio: (id) => participants.get(id)?.heardAt, // when this person was last heard (or announced)
     log,
   });
   await room.join(micTrack);

@@ -21,6 +21,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -668,6 +669,14 @@ async def test_the_watchdog_resubscribes_a_participant_whose_track_stays_silent(
     assert not any("Bob" in w for w in warned())
     s = await soon(lambda: _consumed_again(page, before, "peer-alice-mic"), "Alice consumed again")
     assert "peer-bob-mic" not in consumed(s, before) and "peer-alice" in s["audioSubscribed"]
+
+    # still silent (her microphone really carries nothing): the next try waits twice as long, not 1.5 s again
+    def silences() -> list[int]:
+        return [int(re.search(r"for (\d+) s", w).group(1)) for w in warned() if "Alice" in w]  # type: ignore[union-attr]
+
+    await soon(lambda: len(silences()) >= 2, "the watchdog's second try", limit=10)
+    first, second = silences()[:2]
+    assert second >= first + 3, silences()
 
 
 async def _consumed_again(page: Page, since: int, producer: str) -> dict[str, Any] | None:

@@ -64,7 +64,7 @@ export async function createRoom(config, handlers) {
   let muted = false; // someone else turned Luna's audio off
   const reported = new Set(); // peer ids announced to the page
   const watchdogMs = config.watchdogMs || WATCHDOG_MS;
-  const resubscribedAt = new Map(); // peer id -> when the watchdog last re-subscribed it
+  const resubscribed = new Map(); // peer id -> {at, tries}: the watchdog's re-subscriptions not yet answered
 
   // Another client of Luna's own participant (a re-initialised or stale page) is not a person in the meeting.
   const isLuna = (m, p) => !p || p.id === m.self.id || (!!m.self.userId && p.userId === m.self.userId);
@@ -232,18 +232,25 @@ export async function createRoom(config, handlers) {
   }
 
   // Guard for deafness we have no event for: a participant whose audio has been silent (no samples at all) for
-  // watchdogMs while someone else was heard is re-subscribed, with a warning.
+  // watchdogMs while someone else was heard is re-subscribed, with a warning. Someone who is really silent (a
+  // hardware mute) would be re-subscribed again and again, so the wait doubles each time, up to 8 x watchdogMs,
+  // until they are heard.
   async function watchdog() {
     const m = meeting;
     if (!m || leaving || m.self.roomState !== "joined") return;
     const now = performance.now();
-    const since = (id) => Math.max(handlers.lastAudio(id) ?? now, resubscribedAt.get(id) ?? -Infinity);
+    const heard = (id) => handlers.lastAudio(id) ?? now;
     const live = people(m).filter((p) => p.audioEnabled && reported.has(p.id));
-    if (!live.some((p) => now - since(p.id) < watchdogMs)) return; // nobody is heard: nothing to compare with
+    if (!live.some((p) => now - heard(p.id) < watchdogMs)) return; // nobody is heard: nothing to compare with
     for (const p of live) {
-      if (now - since(p.id) < watchdogMs) continue;
-      resubscribedAt.set(p.id, now);
-      handlers.log("warn", `no audio from ${p.name} for ${Math.round(watchdogMs / 1000)} s while others are heard; re-subscribing`);
+      const last = resubscribed.get(p.id);
+      if (last && heard(p.id) > last.at) resubscribed.delete(p.id); // heard since the last re-subscribe
+      const tries = resubscribed.get(p.id)?.tries ?? 0;
+      const since = Math.max(heard(p.id), resubscribed.get(p.id)?.at ?? -Infinity);
+      if (now - since < watchdogMs * Math.min(8, 2 ** tries)) continue;
+      resubscribed.set(p.id, { at: now, tries: tries + 1 });
+      const silentFor = Math.round((now - heard(p.id)) / 1000);
+      handlers.log("warn", `no audio from ${p.name} for ${silentFor} s while others are heard; re-subscribing`);
       try {
         await m.participants.unsubscribe([p.id], ["audio"]);
         await new Promise((resolve) => setTimeout(resolve, 0)); // the SDK syncs its consumers on a 0 ms timer
