@@ -5,14 +5,18 @@ page by the test-only init script ``tests/rtk_mock/harness.js``. The page talks 
 WebSocket, and the assertions are on what reaches Python.
 
 What goes through the SDK's own code paths here: init with our token (the JWT checks and the participant-details
-request), the socket join (with Luna's name), the media-node join, the peers already in the room, a peer joining
-or leaving later, kick, end-for-all ("kickAll"), a waiting-room answer and its denial, a dropped socket and the
-SDK's reconnect, MANUAL subscriptions, and enableAudio publishing Luna's track through a producer.
+request), the socket join (with Luna's name), the media-node join, the peers already in the room with their
+microphones, cameras and screen shares, a peer joining or leaving later (also one with Luna's own user id), kick,
+end-for-all ("kickAll"), a waiting-room answer and its denial, a dropped socket and the SDK's reconnect, a receive
+transport whose ICE drops and which the SDK rebuilds, a host muting Luna (the media node's producer-toggle
+broadcast), MANUAL subscriptions, the consume requests the SDK then sends and the consumers it builds from the
+tracks it receives (the harness plays the media server: a tone per microphone), and enableAudio publishing Luna's
+track through a producer.
 
-What the mock cannot do, so the test drives the SDK's documented emitters instead (each place says so):
-remote audio (the stub RTCPeerConnection carries no media, so a participant's ``audioUpdate`` is emitted with a
-track made in the page) and the SDK giving up on reconnecting (``roomLeft {state: "failed"}`` is emitted on
-``meeting.self``; the real path needs ten failed reconnects with back-off).
+What the mock cannot do, so the test drives the SDK's documented emitters instead (each place says so): replace
+a live consumer's track (``audioUpdate`` with a track made in the page), the SDK giving up on reconnecting
+(``roomLeft {state: "failed"}`` on ``meeting.self``; the real path needs ten failed reconnects with back-off), and
+the SDK's ROOM_NODE_FAILED during the first join.
 """
 
 from __future__ import annotations
