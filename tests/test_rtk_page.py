@@ -46,7 +46,7 @@ from luna_voice.bots.host import CHROMIUM_ARGS, BotPage, ChromiumHost
 from luna_voice.bridge import protocol as bp
 from luna_voice.rooms.rtk_api import RtkApi
 from pageless import page_config
-from roomtools import until
+from roomtools import speech_file, until
 
 pytestmark = pytest.mark.browser
 
@@ -85,10 +85,12 @@ PEERS = [("peer-alice", "Alice"), ("peer-bob", "Bob")]
 TONES = {"peer-alice": 440, "peer-bob": 660}  # what each one's microphone carries (the harness's media server)
 
 
-def producers(peer_id: str, hz: int) -> list[dict[str, Any]]:
-    """A participant with a microphone, a camera and a screen share (media.ProducerState: kind 0 audio, 1 video)."""
+def producers(peer_id: str, hz: int, audio_url: str | None = None) -> list[dict[str, Any]]:
+    """A participant with a microphone, a camera and a screen share (media.ProducerState: kind 0 audio, 1 video).
+    The microphone carries a tone of ``hz`` (0: nothing at all) or the recording at ``audio_url``, looped."""
+    mic = {"producerId": f"{peer_id}-mic", "kind": 0, "pause": False, "screenShare": False, "hz": hz}
     return [
-        {"producerId": f"{peer_id}-mic", "kind": 0, "pause": False, "screenShare": False, "hz": hz},
+        {**mic, "audioUrl": audio_url} if audio_url else mic,
         {"producerId": f"{peer_id}-cam", "kind": 1, "pause": False, "screenShare": False},
         {"producerId": f"{peer_id}-screen", "kind": 1, "pause": False, "screenShare": True},
     ]
@@ -143,10 +145,11 @@ def mock_params(
     audio: str = "ALLOWED",
     waitlisted: bool = False,
     silent: tuple[str, ...] = (),
+    speech: dict[str, str] | None = None,
     fail_during_join: bool = False,
 ) -> dict[str, Any]:
-    """``silent``: peers whose microphone track carries no samples at all; ``fail_during_join``: the SDK reports
-    "failed" while its first media join is in flight."""
+    """``silent``: peers whose microphone track carries no samples at all; ``speech``: peer id → URL of a recording
+    their microphone loops; ``fail_during_join``: the SDK reports "failed" while its first media join is in flight."""
     ice = [{"urls": "turn:turn.cloudflare.com:3478?transport=udp", "username": "u", "credential": "c"}]
     return {
         "mockParticipants": [
@@ -154,7 +157,7 @@ def mock_params(
                 "peerId": pid,
                 "displayName": name,
                 "stageStatus": 1,
-                "producerStates": producers(pid, 0 if pid in silent else TONES[pid]),
+                "producerStates": producers(pid, 0 if pid in silent else TONES[pid], (speech or {}).get(pid)),
             }
             for pid, name in PEERS
         ],
@@ -741,19 +744,32 @@ async def test_failed_during_the_first_join_does_not_start_a_second_client(open_
 
 
 # --- through the real service ----------------------------------------------------------------------------------
+def _serve_file(path: Path, content_type: str) -> Callable[[Route], Awaitable[None]]:
+    async def serve(route: Route) -> None:
+        await route.fulfill(path=path, content_type=content_type)
+
+    return serve
+
+
 class MockedRtkHost(ChromiumHost):
     """The service's Chromium host, with the RTK mock installed in each bot context before the page opens."""
 
-    def __init__(self) -> None:
+    def __init__(self, speech: dict[str, Path] | None = None, **mock: Any) -> None:
+        """``speech``: peer id → a WAV their microphone loops; ``mock``: more ``mock_params``."""
         super().__init__(CHROMIUM)
         self.pages: list[Page] = []
+        self.speech = speech or {}
+        self.mock = mock
 
     async def open(self, url: str, *, on_crash: Callable[[], None]) -> BotPage:
         await self.start()
         assert self._browser is not None
         room = page_config(url)["room"]
         context = await self._browser.new_context()
-        await install_mock(context, mock_params(room["authToken"]))
+        urls = {pid: f"/speech-test/{pid}.wav" for pid in self.speech}  # same origin as the page
+        await install_mock(context, mock_params(room["authToken"], speech=urls, **self.mock))
+        for pid, wav in self.speech.items():
+            await context.route(f"**{urls[pid]}", _serve_file(wav, "audio/wav"))
         page = await context.new_page()
         page.on("crash", lambda _page: on_crash())
         await page.goto(url)
@@ -811,6 +827,56 @@ async def summon_and_kick(svc: Any, cloudflare: FakeCloudflareRtk, host: MockedR
 
     final = await until(ended, 15, "the service to end the bot")
     assert (final["state"], final["sub_code"]) == ("ended", "kicked")
+
+
+async def test_muted_by_a_host_luna_unmutes_when_addressed_by_name_and_is_heard_again(start_service, tmp_path):
+    """The whole path: a host mutes Luna (the SDK stops the track it held); Alice then says "Luna, …" (a recording
+    on her microphone, heard through the SDK's consumer and the offline STT); the core asks for an unmute, the page
+    publishes a fresh clone, and Luna's answer reaches the room on it."""
+    wav = speech_file(tmp_path, "Luna, what is the weather like today?", lead_silence_s=6.0)
+    host = MockedRtkHost(speech={"peer-alice": wav}, silent=("peer-bob",))  # Bob listens
+    async with FakeCloudflareRtk() as cloudflare:
+        svc = await start_service(
+            host=host,
+            rtk_account_id=cloudflare.account_id,
+            rtk_app_id=cloudflare.app_id,
+            rtk_api_token=cloudflare.api_token,
+            rtk_api_base=cloudflare.base_url,
+        )
+        try:
+            meeting = cloudflare.add_meeting()
+            await svc.call("POST", f"/rooms/{meeting}/luna")
+
+            async def state() -> dict[str, Any]:
+                return (await svc.call("GET", f"/rooms/{meeting}/luna"))[1]
+
+            async def is_joined() -> bool:
+                return (await state())["state"] == "joined"
+
+            await until(is_joined, 20, "Luna to join")
+            page = host.pages[0]
+            first = (await snapshot(page))["publishedTrack"]
+            await page.evaluate("window.__rtkHarness.server.hostMutes()")
+
+            async def muted() -> bool:
+                return (await state())["muted_by_host"] is True
+
+            await until(muted, 5, "the mute to reach the status")
+
+            async def speaking() -> dict[str, Any] | None:
+                s = await state()
+                said = [t for t in s["turns"] if t["speaker"]["name"] == "Alice" and t["state"] == "speaking"]
+                return s if said and not s["muted_by_host"] else None
+
+            s = await until(speaking, 90, "Luna to unmute and answer Alice", step=0.3)
+            heard = await page.evaluate(LISTEN_TO_PUBLISHED)  # what the SDK publishes now carries her voice
+            after = await snapshot(page)
+            assert heard["peak"] > 0.05 and heard["readyState"] == "live"
+            assert after["audioEnabled"] is True and after["publishedTrack"] not in (None, first)
+            [turn] = [t for t in s["turns"] if t["state"] == "speaking"]
+            assert turn["reason"] == "addressed_by_name"
+        finally:
+            await host.close()
 
 
 async def _next_event(stream: aiohttp.ClientResponse, kind: str) -> dict[str, Any]:

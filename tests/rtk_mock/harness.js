@@ -15,10 +15,11 @@
 // peer connections' ICE state, and push media broadcasts (a host muting Luna).
 //
 // window.__rtkMockParams (set by the test in an earlier init script):
-//   {mockParticipants: [{peerId, displayName, stageStatus, producerStates?: [{producerId, kind, hz?, …}]}],
+//   {mockParticipants: [{peerId, displayName, stageStatus, producerStates?: [{producerId, kind, hz?, audioUrl?, …}]}],
 //    rest: {"/path": json body}, waitlisted: bool, failDuringJoin: bool}
 (() => {
   const params = window.__rtkMockParams;
+  const realFetch = window.fetch.bind(window); // the mock replaces fetch; speech files come through the real one
   const NODE_MODULES = new URL("/bot/node_modules/", location.href);
   const record = (window.__rtkHarness = {
     inits: [], // the options the page passed to RealtimeKitClient.init
@@ -83,13 +84,23 @@
     window.RTK_MOCK_SERVER.emit("message", bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
   }
 
-  // What the media server hands the SDK for a consumed audio producer: a tone, different per producer.
+  // What the media server hands the SDK for a consumed audio producer: a tone, different per producer, or a
+  // recording played in a loop (audioUrl).
   const tones = new Map(); // producerId -> {ctx, track}
-  function toneTrack(producerId, hz) {
+  function toneTrack(producerId, hz, audioUrl) {
     if (!tones.has(producerId)) {
       const ctx = new AudioContext({ sampleRate: 48000 });
       const out = ctx.createMediaStreamDestination();
-      if (hz) {
+      if (audioUrl) {
+        realFetch(audioUrl)
+          .then((r) => r.arrayBuffer())
+          .then((data) => ctx.decodeAudioData(data))
+          .then((buffer) => {
+            const source = new AudioBufferSourceNode(ctx, { buffer, loop: true });
+            source.connect(out);
+            source.start();
+          });
+      } else if (hz) {
         const osc = new OscillatorNode(ctx, { frequency: hz });
         osc.connect(out);
         osc.start();
@@ -132,14 +143,15 @@
     const peer = (params.mockParticipants || []).find((p) => p.peerId === peerId);
     const state = peer && (peer.producerStates || []).find((s) => s.producerId === producerId);
     if (!state) return undefined;
-    return { producerId, kind: state.kind === 1 ? "video" : "audio", screenShare: !!state.screenShare, hz: state.hz };
+    const kind = state.kind === 1 ? "video" : "audio";
+    return { producerId, kind, screenShare: !!state.screenShare, hz: state.hz, audioUrl: state.audioUrl };
   }
 
   function deliver(tracks) {
     const pc = record.pcs.filter((p) => p.recv).at(-1);
     for (const { producer, streamId } of tracks) {
       if (producer.kind !== "audio") continue; // no video is ever made here: a video consumer is the failure
-      const track = toneTrack(producer.producerId, producer.hz);
+      const track = toneTrack(producer.producerId, producer.hz, producer.audioUrl);
       const receiver = { track, getStats: async () => new Map(), getSynchronizationSources: () => [] };
       const transceiver = { mid: streamId, receiver, stop() {}, direction: "recvonly" };
       record.delivered.push({ producerId: producer.producerId, kind: track.kind, trackId: track.id });
