@@ -74,6 +74,9 @@ MOCK_FIXES = [
         "        case pe.getRoomInfo: {",
         "        case 131082: { p = d.payload; break; }\n        case pe.getRoomInfo: {",
     ),
+    # The room's peer list carries each peer's own user id (the mock made it the peer id), so a second client of
+    # Luna's participant can be in it.
+    ("              userId: w.peerId,\n", "              userId: w.userId || w.peerId,\n"),
     # Lets a test answer the socket join the way the server does for a preset with a waiting room.
     (
         'displayName: "name",\n              waitlisted: !1,',
@@ -686,6 +689,11 @@ async def test_the_watchdog_resubscribes_a_participant_whose_track_stays_silent(
     assert second >= first + 3, silences()
 
 
+async def _subscribed(page: Page, peer: str) -> dict[str, Any] | None:
+    s = await snapshot(page)
+    return s if peer in s["audioSubscribed"] else None
+
+
 async def _consumed_again(page: Page, since: int, producer: str) -> dict[str, Any] | None:
     s = await snapshot(page)
     return s if producer in consumed(s, since) else None
@@ -727,6 +735,12 @@ async def test_another_client_with_lunas_own_user_id_is_not_a_person(open_luna, 
     assert "peer-ghost" not in python.present()
     s = await snapshot(page)
     assert "peer-ghost" not in s["audioSubscribed"]
+    # nor after a rejoin, when everyone present is subscribed again
+    await page.evaluate(f"{SERVER}.dropSocket()")
+    await python.wait_state("reconnecting", "the drop")
+    await python.wait_state("joined", "the rejoin", limit=15)
+    s = await soon(lambda: _subscribed(page, "peer-carol"), "Carol subscribed again")
+    assert "peer-ghost" not in s["audioSubscribed"] and "peer-ghost" not in python.present()
 
 
 @page_test
@@ -833,7 +847,7 @@ async def test_muted_by_a_host_luna_unmutes_when_addressed_by_name_and_is_heard_
     """The whole path: a host mutes Luna (the SDK stops the track it held); Alice then says "Luna, …" (a recording
     on her microphone, heard through the SDK's consumer and the offline STT); the core asks for an unmute, the page
     publishes a fresh clone, and Luna's answer reaches the room on it."""
-    wav = speech_file(tmp_path, "Luna, what is the weather like today?", lead_silence_s=6.0)
+    wav = speech_file(tmp_path, "Luna, what is the weather like today?", lead_silence_s=0.5)
     host = MockedRtkHost(speech={"peer-alice": wav}, silent=("peer-bob",))  # Bob listens
     async with FakeCloudflareRtk() as cloudflare:
         svc = await start_service(
@@ -853,30 +867,59 @@ async def test_muted_by_a_host_luna_unmutes_when_addressed_by_name_and_is_heard_
             async def is_joined() -> bool:
                 return (await state())["state"] == "joined"
 
-            await until(is_joined, 20, "Luna to join")
+            await until(is_joined, 30, "Luna to join")
             page = host.pages[0]
             first = (await snapshot(page))["publishedTrack"]
+            await page.evaluate(MONITOR_PUBLISHED)
             await page.evaluate("window.__rtkHarness.server.hostMutes()")
 
             async def muted() -> bool:
                 return (await state())["muted_by_host"] is True
 
-            await until(muted, 5, "the mute to reach the status")
+            await until(muted, 10, "the mute to reach the status")
+            await page.evaluate("window.__rtkHarness.server.speak('peer-alice')")
 
-            async def speaking() -> dict[str, Any] | None:
+            async def answered() -> dict[str, Any] | None:
                 s = await state()
-                said = [t for t in s["turns"] if t["speaker"]["name"] == "Alice" and t["state"] == "speaking"]
-                return s if said and not s["muted_by_host"] else None
+                done = [t for t in s["turns"] if t["speaker"]["name"] == "Alice" and t["state"] == "done"]
+                return done[0] if done else None
 
-            s = await until(speaking, 90, "Luna to unmute and answer Alice", step=0.3)
-            heard = await page.evaluate(LISTEN_TO_PUBLISHED)  # what the SDK publishes now carries her voice
+            try:
+                turn = await until(answered, 120, "Luna to unmute and answer Alice", step=0.5)
+            except AssertionError as exc:
+                turns = [(t["heard_text"], t["state"], t["reason"]) for t in (await state())["turns"]]
+                raise AssertionError(f"{exc}; turns: {turns}") from None
+            assert turn["reason"] == "addressed_by_name" and turn["spoken_text"]
+            assert (await state())["muted_by_host"] is False
             after = await snapshot(page)
-            assert heard["peak"] > 0.05 and heard["readyState"] == "live"
             assert after["audioEnabled"] is True and after["publishedTrack"] not in (None, first)
-            [turn] = [t for t in s["turns"] if t["state"] == "speaking"]
-            assert turn["reason"] == "addressed_by_name"
+            peaks = await page.evaluate("window.__publishedPeaks")
+            assert peaks[first] < 0.01  # muted: nothing went out on the old track
+            assert peaks[after["publishedTrack"]] > 0.05  # her answer went out on the new one
         finally:
             await host.close()
+
+
+# Watches whatever track the SDK publishes as Luna's microphone, and keeps each one's peak level.
+MONITOR_PUBLISHED = """() => {
+  const self = window.__rtkHarness.meetings.at(-1).self;
+  const ctx = new AudioContext({sampleRate: 48000});
+  const peaks = (window.__publishedPeaks = {});
+  const buf = new Float32Array(2048);
+  let current = null, analyser = null;
+  setInterval(() => {
+    const track = self.audioEnabled ? self.audioTrack : null;
+    if (track && track !== current) {
+      current = track;
+      analyser = new AnalyserNode(ctx, {fftSize: 2048});
+      ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+      peaks[track.id] = 0;
+    }
+    if (!track) { current = null; return; }
+    analyser.getFloatTimeDomainData(buf);
+    for (const v of buf) peaks[track.id] = Math.max(peaks[track.id], Math.abs(v));
+  }, 20);
+}"""
 
 
 async def _next_event(stream: aiohttp.ClientResponse, kind: str) -> dict[str, Any]:

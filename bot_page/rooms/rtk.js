@@ -75,10 +75,11 @@ export async function createRoom(config, handlers) {
   // with video subscribed, and every rebuilt receive transport clears the audio, so this runs again then.
   async function subscribe(m, ids) {
     if (!ids.length) return;
+    const hear = ids.filter((id) => !isLuna(m, m.participants.joined.get(id))); // not her own other client
     try {
       if (m.participants.viewMode !== "MANUAL") await m.participants.setViewMode("MANUAL");
       await m.participants.unsubscribe(ids, ["video", "screenshareVideo"]);
-      await m.participants.subscribe(ids, ["audio"]);
+      if (hear.length) await m.participants.subscribe(hear, ["audio"]);
     } catch (err) {
       handlers.log("warn", `could not subscribe to the audio of ${ids.length} participant(s): ${describe(err)}`);
     }
@@ -94,7 +95,6 @@ export async function createRoom(config, handlers) {
         handlers.participantLeft({ id });
       }
     }
-    // ACTIVE_GRID may have put Luna's own ghost in the video map too; everyone else is subscribed audio-only
     await subscribe(m, [...joined.keys()]);
   }
 

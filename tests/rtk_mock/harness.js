@@ -84,28 +84,24 @@
     window.RTK_MOCK_SERVER.emit("message", bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
   }
 
-  // What the media server hands the SDK for a consumed audio producer: a tone, different per producer, or a
-  // recording played in a loop (audioUrl).
-  const tones = new Map(); // producerId -> {ctx, track}
+  // What the media server hands the SDK for a consumed audio producer: a tone, different per producer, or
+  // silence until the test makes the participant say their recording (audioUrl, server.speak).
+  const tones = new Map(); // producerId -> {ctx, out, recording?}
   function toneTrack(producerId, hz, audioUrl) {
     if (!tones.has(producerId)) {
       const ctx = new AudioContext({ sampleRate: 48000 });
       const out = ctx.createMediaStreamDestination();
+      const entry = { ctx, out };
       if (audioUrl) {
-        realFetch(audioUrl)
+        entry.recording = realFetch(audioUrl)
           .then((r) => r.arrayBuffer())
-          .then((data) => ctx.decodeAudioData(data))
-          .then((buffer) => {
-            const source = new AudioBufferSourceNode(ctx, { buffer, loop: true });
-            source.connect(out);
-            source.start();
-          });
+          .then((data) => ctx.decodeAudioData(data));
       } else if (hz) {
         const osc = new OscillatorNode(ctx, { frequency: hz });
         osc.connect(out);
         osc.start();
       } // hz 0: a microphone track that carries no samples at all
-      tones.set(producerId, { ctx, out });
+      tones.set(producerId, entry);
     }
     return tones.get(producerId).out.stream.getAudioTracks()[0].clone();
   }
@@ -164,8 +160,16 @@
 
   // What the test can make the server do. Each goes through the SDK's own socket or transport handling.
   record.server = {
-    peerJoined: (peerId, name, userId) => push(EVENTS.joinRoom, peerInfo({ peerId, name, userId })),
-    peerLeft: (peerId) => push(EVENTS.leaveRoom, peerInfo({ peerId })),
+    // A peer joining or leaving is also in (or out of) the room's peer list a rejoin reads (getRoomPeersInfo).
+    peerJoined: (peerId, name, userId) => {
+      params.mockParticipants.push({ peerId, displayName: name, stageStatus: 1, ...(userId ? { userId } : {}) });
+      push(EVENTS.joinRoom, peerInfo({ peerId, name, userId }));
+    },
+    peerLeft: (peerId) => {
+      const at = params.mockParticipants.findIndex((p) => p.peerId === peerId); // in place: the mock holds this list
+      if (at >= 0) params.mockParticipants.splice(at, 1);
+      push(EVENTS.leaveRoom, peerInfo({ peerId }));
+    },
     kick: () => push(EVENTS.kick, peerInfo({ peerId: "" })),
     kickAll: () => push(EVENTS.kickAll, peerInfo({ peerId: "" })),
     waitlistDenied: () => push(EVENTS.waitingRoomRequestDenied, new Uint8Array(0)),
@@ -179,6 +183,13 @@
       const state = producerState({ producerId: "producer-id", kind: "audio", pause: true });
       const w = new pb.BinaryWriter().tag(1, LD()).string(self.id).tag(2, LD()).bytes(state).tag(3, LD()).string(initiator);
       push(MEDIA.peerProducerToggleBroadcast, w.finish());
+    },
+    // A participant says their recording once, on the microphone the SDK consumes.
+    speak: async (peerId) => {
+      const { ctx, out, recording } = tones.get(`${peerId}-mic`);
+      const source = new AudioBufferSourceNode(ctx, { buffer: await recording });
+      source.connect(out);
+      source.start();
     },
     // The newest receive transport's ICE state changes (the browser's iceconnectionstatechange).
     recvIce: (state) => {
