@@ -342,7 +342,7 @@ def test_a_host_mute_stops_luna_at_once_and_she_keeps_captioning():
     room.wait(0.5)
     assert room.turn_by("a")["state"] == "speaking"
     room.core.set_muted(True, "a host muted Luna", room.now)
-    room._run()
+    room.run()
     assert room.turn_by("a")["state"] == "interrupted" and not room.page  # playback cleared
     assert room.of(act.ClearPlayback)
     muted = [a.event for a in room.of(act.Publish) if isinstance(a.event, MutedChanged)]
