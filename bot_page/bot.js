@@ -75,6 +75,7 @@ function openBridge() {
         const msg = JSON.parse(data);
         if (msg.type === "clear") playback.port.postMessage({ type: "clear" });
         else if (msg.type === "leave") leave();
+        else if (msg.type === "unmute" && room && room.unmute) room.unmute();
         return;
       }
       const view = new DataView(data);
@@ -98,7 +99,12 @@ function frameHeader(index, seq) {
 }
 
 function stopCapture(p) {
-  if (p.node) p.node.disconnect();
+  if (p.node) {
+    // a disconnected worklet would go on posting frames of zeros under this participant's index
+    p.node.port.onmessage = null;
+    p.node.port.postMessage("stop");
+    p.node.disconnect();
+  }
   if (p.source) p.source.disconnect();
   if (p.sink) p.sink.srcObject = null;
   p.node = p.source = p.sink = null;
@@ -107,26 +113,35 @@ function stopCapture(p) {
 
 function participantJoined({ id, name }) {
   if (participants.has(id)) return participants.get(id);
-  const p = { index: nextIndex++, id, name, seq: 0, trackId: null };
+  const p = { index: nextIndex++, id, name, seq: 0, trackId: null, attaching: Promise.resolve(), heardAt: performance.now() };
   participants.set(id, p);
   send({ type: "participant_joined", index: p.index, id, name });
   return p;
 }
 
-async function audioTrack({ id, name, track }) {
+// Attaches run one after another per participant: two quick track swaps must not both finish (each after its
+// `await sink.play()`) and leave two capture nodes for one person, who would then be heard twice.
+function audioTrack({ id, name, track }) {
   const p = participants.get(id) || participantJoined({ id, name });
-  if (!track || p.trackId === track.id) return;
+  p.attaching = p.attaching.then(() => attach(p, track));
+  return p.attaching;
+}
+
+async function attach(p, track) {
+  if (!track || p.trackId === track.id || participants.get(p.id) !== p) return;
   stopCapture(p); // the track was replaced (device change, reconnect): re-attach
   p.trackId = track.id;
   const stream = new MediaStream([track]);
   // Chromium gives WebAudio silence from a remote track unless a media element is also playing it.
-  p.sink = new Audio();
-  p.sink.muted = true;
-  p.sink.srcObject = stream;
-  await p.sink.play().catch((err) => log("warn", `sink for ${name} refused to play: ${err}`));
+  const sink = (p.sink = new Audio());
+  sink.muted = true;
+  sink.srcObject = stream;
+  await sink.play().catch((err) => log("warn", `sink for ${p.name} refused to play: ${err}`));
+  if (p.sink !== sink) return; // dropped while the sink started
   p.source = ctx.createMediaStreamSource(stream);
   p.node = new AudioWorkletNode(ctx, "luna-capture", { numberOfInputs: 1, outputChannelCount: [1] });
   p.node.port.onmessage = ({ data }) => {
+    if (new Int16Array(data).some((v) => v !== 0)) p.heardAt = performance.now(); // for the room's watchdog
     if (!bridge || bridge.readyState !== WebSocket.OPEN) return;
     const frame = new Uint8Array(wire.HEADER_BYTES + data.byteLength);
     frame.set(new Uint8Array(frameHeader(p.index, p.seq++)), 0);
@@ -166,6 +181,8 @@ try {
     participantLeft: ({ id }) => dropParticipant(id),
     audioTrack,
     state: (state, subCode, reason) => { if (!ended) setState(state, subCode, reason); },
+    muted: ({ muted, reason }) => send({ type: "muted", muted, reason }),
+    lastAudio: (id) => participants.get(id)?.heardAt, // when this person was last heard (or announced)
     log,
   });
   await room.join(micTrack);

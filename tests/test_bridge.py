@@ -65,6 +65,8 @@ def test_malformed_audio_frames_are_refused(data, message):
         '{"type": "cleared", "dropped_ms": "10"}',
         '{"type": "log", "level": "shout", "message": "hi"}',
         '{"type": "hello", "token": "t", "backend": "local", "audio_context": "running"}',
+        '{"type": "muted"}',
+        '{"type": "muted", "muted": "yes"}',
     ],
 )
 def test_malformed_control_messages_are_refused(text):
@@ -79,6 +81,11 @@ def test_control_messages_parse():
     )
     assert bp.decode_text('{"type":"played","seq":41,"idle":true}') == bp.Played(41, True)
     assert json.loads(bp.control("clear")) == {"type": "clear"}
+    assert bp.decode_text('{"type":"muted","muted":true,"reason":"a host muted Luna"}') == bp.Muted(
+        True, "a host muted Luna"
+    )
+    assert bp.decode_text('{"type":"muted","muted":false}') == bp.Muted(False, None)
+    assert json.loads(bp.control("unmute")) == {"type": "unmute"}
 
 
 def test_relayed_free_text_is_cut_to_size_not_refused():

@@ -7,6 +7,7 @@ import pytest
 from luna_voice.conversation import actions as act
 from luna_voice.conversation.domain import SpokenReason, Usage
 from luna_voice.conversation.endpointing import EndpointConfig
+from luna_voice.conversation.events import MutedChanged
 from scripted_room import FRAME, GROUP, Room
 
 
@@ -330,3 +331,45 @@ def test_rate_limit_retry_after_is_honoured():
     room.say("a", "Luna, third question.")
     room.wait(3)
     assert len(room.of(act.RequestReply)) == 2 and room.turn_by("a", 2)["state"] == "done"
+
+
+# --- muted by someone else (a host's mute in RealtimeKit) ----------------------------------------------------------
+def test_a_host_mute_stops_luna_at_once_and_she_keeps_captioning():
+    room = Room()
+    room.join(*GROUP)
+    room.replies["a"] = "The first sentence is here. The second sentence is longer and takes a while to say."
+    room.say("a", "Luna, tell me something.")
+    room.wait(0.5)
+    assert room.turn_by("a")["state"] == "speaking"
+    room.core.set_muted(True, "a host muted Luna", room.now)
+    room.run()
+    assert room.turn_by("a")["state"] == "interrupted" and not room.page  # playback cleared
+    assert room.of(act.ClearPlayback)
+    muted = [a.event for a in room.of(act.Publish) if isinstance(a.event, MutedChanged)]
+    assert muted == [MutedChanged(True, "a host muted Luna", room.now)]
+
+    sent = len(room.of(act.SendAudio))
+    room.say("b", "What do you all think about the plan?")  # Bob's follow-up-free question: captioned only
+    room.wait(2)
+    bob = room.turn_by("b")
+    assert bob["heard_text"] == "What do you all think about the plan?" and bob["state"] == "skipped"
+    assert len(room.of(act.SendAudio)) == sent and room.of(act.Unmute) == []
+
+
+@pytest.mark.parametrize("unmute_when_addressed", [True, False])
+def test_after_a_host_mute_luna_unmutes_only_when_addressed_by_name(unmute_when_addressed):
+    room = Room(policy="always", unmute_when_addressed=unmute_when_addressed)
+    room.join(*GROUP)
+    room.core.set_muted(True, "a host muted Luna", room.now)
+    room.say("a", "What a week it has been.")  # policy "always" would answer; muted, she only listens
+    room.wait(2)
+    assert (room.turn_by("a")["state"], room.turn_by("a")["reason"]) == ("skipped", "muted")
+    room.say("b", "Luna, can you summarise?")
+    room.wait(3)
+    bob = room.turn_by("b")
+    if unmute_when_addressed:
+        assert len(room.of(act.Unmute)) == 1 and bob["state"] == "done"
+        room.core.set_muted(False, None, room.now)  # the page published her voice again
+        assert room.core.muted is False
+    else:
+        assert room.of(act.Unmute) == [] and (bob["state"], bob["reason"]) == ("skipped", "muted")

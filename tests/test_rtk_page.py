@@ -5,26 +5,35 @@ page by the test-only init script ``tests/rtk_mock/harness.js``. The page talks 
 WebSocket, and the assertions are on what reaches Python.
 
 What goes through the SDK's own code paths here: init with our token (the JWT checks and the participant-details
-request), the socket join (with Luna's name), the media-node join, the peers already in the room, a peer joining
-or leaving later, kick, end-for-all ("kickAll"), a waiting-room answer and its denial, a dropped socket and the
-SDK's reconnect, MANUAL subscriptions, and enableAudio publishing Luna's track through a producer.
+request), the socket join (with Luna's name), the media-node join, the peers already in the room with their
+microphones, cameras and screen shares, a peer joining or leaving later (also one with Luna's own user id), kick,
+end-for-all ("kickAll"), a waiting-room answer and its denial, a dropped socket and the SDK's reconnect, a receive
+transport whose ICE drops and which the SDK rebuilds, a host muting Luna (the media node's producer-toggle
+broadcast), MANUAL subscriptions, the consume requests the SDK then sends and the consumers it builds from the
+tracks it receives (the harness plays the media server: a tone per microphone), and enableAudio publishing Luna's
+track through a producer.
 
-What the mock cannot do, so the test drives the SDK's documented emitters instead (each place says so):
-remote audio (the stub RTCPeerConnection carries no media, so a participant's ``audioUpdate`` is emitted with a
-track made in the page) and the SDK giving up on reconnecting (``roomLeft {state: "failed"}`` is emitted on
-``meeting.self``; the real path needs ten failed reconnects with back-off).
+What the mock cannot do, so the test drives the SDK's documented emitters instead (each place says so): replace
+a live consumer's track (``audioUpdate`` with a track made in the page), the SDK giving up on reconnecting
+(``roomLeft {state: "failed"}`` on ``meeting.self``; the real path needs ten failed reconnects with back-off), and
+the SDK's ROOM_NODE_FAILED during the first join.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import re
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -37,7 +46,7 @@ from luna_voice.bots.host import CHROMIUM_ARGS, BotPage, ChromiumHost
 from luna_voice.bridge import protocol as bp
 from luna_voice.rooms.rtk_api import RtkApi
 from pageless import page_config
-from roomtools import until
+from roomtools import speech_file, until
 
 pytestmark = pytest.mark.browser
 
@@ -55,8 +64,9 @@ MOCK_FIXES = [
     # 2.0.2 sends media-node requests (join, transports, produce) in the 0x03000000 event space; the mock's
     # handler knows only the older 0x01000000 space, so the media join would get no transports and no producer.
     ("const De = Yn(zn, 16777216);", "const De = Yn(zn, 50331648);"),
-    # The mock answers requests it does not know with no payload at all, which the SDK's decoders throw on.
-    ("        payload: p\n", "        payload: p != null ? p : new Uint8Array(0)\n"),
+    # The mock answers requests it does not know with no payload at all, which the SDK's decoders throw on. The
+    # harness answers them instead (consume requests as a media server would; others with an empty payload).
+    ("        payload: p\n", "        payload: p != null ? p : window.__rtkMockAnswer(d)\n"),
     # Plugin "storeGetKeys" ((2 << 16) + 10): init waits 3 s for the server's copy of a store and fails without
     # it. The reply (PluginStoreResponse) shares its fields 1 and 2 (plugin_id, store_name) with the request, so
     # echoing the request is the server's answer for an empty store.
@@ -64,6 +74,9 @@ MOCK_FIXES = [
         "        case pe.getRoomInfo: {",
         "        case 131082: { p = d.payload; break; }\n        case pe.getRoomInfo: {",
     ),
+    # The room's peer list carries each peer's own user id (the mock made it the peer id), so a second client of
+    # Luna's participant can be in it.
+    ("              userId: w.peerId,\n", "              userId: w.userId || w.peerId,\n"),
     # Lets a test answer the socket join the way the server does for a preset with a waiting room.
     (
         'displayName: "name",\n              waitlisted: !1,',
@@ -72,6 +85,18 @@ MOCK_FIXES = [
 ]
 
 PEERS = [("peer-alice", "Alice"), ("peer-bob", "Bob")]
+TONES = {"peer-alice": 440, "peer-bob": 660}  # what each one's microphone carries (the harness's media server)
+
+
+def producers(peer_id: str, hz: int, audio_url: str | None = None) -> list[dict[str, Any]]:
+    """A participant with a microphone, a camera and a screen share (media.ProducerState: kind 0 audio, 1 video).
+    The microphone carries a tone of ``hz`` (0: nothing at all) or the recording at ``audio_url``, looped."""
+    mic = {"producerId": f"{peer_id}-mic", "kind": 0, "pause": False, "screenShare": False, "hz": hz}
+    return [
+        {**mic, "audioUrl": audio_url} if audio_url else mic,
+        {"producerId": f"{peer_id}-cam", "kind": 1, "pause": False, "screenShare": False},
+        {"producerId": f"{peer_id}-screen", "kind": 1, "pause": False, "screenShare": True},
+    ]
 
 
 def served_mock() -> str:
@@ -117,10 +142,29 @@ def participant_details(token: str, *, audio: str = "ALLOWED") -> dict[str, Any]
     return {"success": True, "data": {"participant": participant, "preset": preset, "meeting": {"title": "Standup"}}}
 
 
-def mock_params(token: str, *, audio: str = "ALLOWED", waitlisted: bool = False) -> dict[str, Any]:
+def mock_params(
+    token: str,
+    *,
+    audio: str = "ALLOWED",
+    waitlisted: bool = False,
+    silent: tuple[str, ...] = (),
+    speech: dict[str, str] | None = None,
+    fail_during_join: bool = False,
+) -> dict[str, Any]:
+    """``silent``: peers whose microphone track carries no samples at all; ``speech``: peer id → URL of a recording
+    their microphone loops; ``fail_during_join``: the SDK reports "failed" while its first media join is in flight."""
     ice = [{"urls": "turn:turn.cloudflare.com:3478?transport=udp", "username": "u", "credential": "c"}]
     return {
-        "mockParticipants": [{"peerId": pid, "displayName": name, "stageStatus": 1} for pid, name in PEERS],
+        "mockParticipants": [
+            {
+                "peerId": pid,
+                "displayName": name,
+                "stageStatus": 1,
+                "producerStates": producers(pid, 0 if pid in silent else TONES[pid], (speech or {}).get(pid)),
+            }
+            for pid, name in PEERS
+        ],
+        "failDuringJoin": fail_during_join,
         "rest": {
             "/v2/internals/participant-details": participant_details(token, audio=audio),
             "/iceservers": {"success": True, "iceServers": ice},
@@ -149,14 +193,15 @@ async def install_mock(context: BrowserContext, params: dict[str, Any]) -> None:
 
 async def mint_token(cloudflare: FakeCloudflareRtk) -> str:
     """Luna's participant token, minted the way the service does it (RtkApi against the Cloudflare-shaped fake)."""
-    async with RtkApi(
+    api = RtkApi(
         account_id=cloudflare.account_id,
         app_id=cloudflare.app_id,
         api_token=cloudflare.api_token,
         preset_name="group_call_participant",
         base_url=cloudflare.base_url,
-    ) as api:
-        return (await api.mint_token(cloudflare.add_meeting())).token
+    )
+    async with aclosing(api):
+        return (await api.mint_token(cloudflare.add_meeting(), secrets.token_hex(6))).token
 
 
 # --- Python's side of the bridge -------------------------------------------------------------------------------
@@ -282,13 +327,13 @@ OpenLuna = Callable[..., Awaitable[Page]]
 async def open_luna(python: Python, cloudflare: FakeCloudflareRtk, browser: Browser) -> AsyncIterator[OpenLuna]:
     contexts: list[BrowserContext] = []
 
-    async def open_page(**mock: Any) -> Page:
+    async def open_page(room: dict[str, Any] | None = None, **mock: Any) -> Page:
         token = await mint_token(cloudflare)
         context = await browser.new_context()
         contexts.append(context)
         await install_mock(context, mock_params(token, **mock))
         page = await context.new_page()
-        await page.goto(python.page_url({"authToken": token, "name": "Luna"}))
+        await page.goto(python.page_url({"authToken": token, "name": "Luna", **(room or {})}))
         return page
 
     yield open_page
@@ -306,6 +351,9 @@ SNAPSHOT = """() => {
     viewMode: p && p.viewMode, audioSubscribed: p ? [...p.audioSubscribed.keys()].sort() : [],
     manualAudio: Object.fromEntries(people.map((x) => [x.id, !!x.manualProducerConfig?.audio])),
     audioEnabled: m && m.self.audioEnabled, publishedTrack: m && m.self.audioTrack && m.self.audioTrack.id,
+    videoSubscribed: p ? [...p.videoSubscribed.keys()].sort() : [],
+    consumes: h.consumes, delivered: h.delivered, recvTransports: h.pcs.filter((pc) => pc.recv).length,
+    meetingStates: h.meetings.map((x) => x.self.roomState),
   };
 }"""
 
@@ -426,40 +474,62 @@ async def test_people_joining_and_leaving_later_reach_python_with_their_names(op
     assert python.present() == {"peer-alice": "Alice", "peer-carol": "Carol"}
 
 
-# Remote audio: the stub RTCPeerConnection carries no media, so the test plays the SDK's consumer: it emits
-# audioUpdate on Alice's participant object with a track made in the page (a tone), as the SDK does when it
-# creates or replaces the consumer of her microphone.
-GIVE_ALICE_A_TONE = """async (hz) => {
-  const ctx = new AudioContext({sampleRate: 48000});
-  const osc = new OscillatorNode(ctx, {frequency: hz});
-  const out = ctx.createMediaStreamDestination();
-  osc.connect(out);
-  osc.start();
-  (window.__tones ||= []).push(ctx);
-  const track = out.stream.getAudioTracks()[0];
+def tone_power(frames: list[bp.AudioFrame], hz: float) -> float:
+    """Share of the signal's power within 15 Hz of ``hz``."""
+    pcm = np.frombuffer(b"".join(f.pcm for f in frames), dtype=np.int16).astype(np.float32)
+    power = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm)))) ** 2
+    freqs = np.fft.rfftfreq(len(pcm), 1 / bp.CAPTURE_RATE)
+    return float(power[np.abs(freqs - hz) < 15].sum() / power.sum())
+
+
+@page_test
+async def test_each_persons_audio_arrives_through_the_sdks_consumers(open_luna, python):
+    """The harness plays the media server: the SDK asks it to consume each microphone and receives the track on
+    its receive transport; the SDK's own consumer code hands it to the adapter."""
+    page = await open_luna()
+    await joined(python, page)
+    alice, bob = python.index_of("peer-alice"), python.index_of("peer-bob")
+    await soon(lambda: min(len(python.frames.get(i, [])) for i in (alice, bob)) >= 30, "half a second of each")
+    assert abs(dominant_hz(python.frames[alice][5:30]) - TONES["peer-alice"]) < 20
+    assert abs(dominant_hz(python.frames[bob][5:30]) - TONES["peer-bob"]) < 20
+    assert set(python.frames) == {alice, bob}
+
+
+# A replaced track: the stub cannot make the SDK replace a live consumer's track (that needs a real media server
+# re-producing), so the test emits the participant's documented audioUpdate with new tracks made in the page.
+SWAP_ALICES_TRACK = """async (tones) => {
   const alice = window.__rtkHarness.meetings.at(-1).participants.joined.get('peer-alice');
-  alice.emit('audioUpdate', {audioEnabled: true, audioTrack: track});
+  for (const hz of tones) {
+    const ctx = new AudioContext({sampleRate: 48000});
+    const osc = new OscillatorNode(ctx, {frequency: hz});
+    const out = ctx.createMediaStreamDestination();
+    osc.connect(out);
+    osc.start();
+    (window.__tones ||= []).push(ctx);
+    alice.emit('audioUpdate', {audioEnabled: true, audioTrack: out.stream.getAudioTracks()[0]});
+  }
 }"""
 
 
 @page_test
-async def test_each_persons_audio_is_captured_and_a_replaced_track_is_reattached(open_luna, python):
+async def test_two_quick_track_swaps_leave_one_capture_of_the_new_track(open_luna, python):
+    """Two swaps back to back: each attach awaits its sink's play(); unserialised, both finish and Alice is
+    captured twice (twice the frames, the old tone mixed in)."""
     page = await open_luna()
     await joined(python, page)
-    alice = python.index_of("peer-alice")
+    alice, bob = python.index_of("peer-alice"), python.index_of("peer-bob")
+    await soon(lambda: len(python.frames.get(alice, [])) >= 10, "Alice's microphone")
 
-    await page.evaluate(GIVE_ALICE_A_TONE, 440)
-    await soon(lambda: len(python.frames.get(alice, [])) >= 25, "half a second of Alice")
-    first = python.frames[alice][5:25]
-    assert abs(dominant_hz(first) - 440) < 20
-
-    before = len(python.frames[alice])
-    await page.evaluate(GIVE_ALICE_A_TONE, 880)  # her device changed: a new track object
-    await soon(lambda: len(python.frames[alice]) >= before + 30, "Alice's new track")
-    assert abs(dominant_hz(python.frames[alice][-20:]) - 880) < 20
-    # same person, same index: re-attached, not re-announced; nobody else's audio was sent
+    await page.evaluate(SWAP_ALICES_TRACK, [550, 880])
+    await soon(lambda: abs(dominant_hz(python.frames[alice][-20:]) - 880) < 20, "Alice's newest track")
+    a0, b0 = len(python.frames[alice]), len(python.frames[bob])
+    await soon(lambda: len(python.frames[bob]) >= b0 + 75, "1.5 s of Bob as the clock")
+    grew = len(python.frames[alice]) - a0
+    assert 60 <= grew <= 90, f"Alice sent {grew} frames while Bob sent 75: captured more than once"
+    recent = python.frames[alice][-50:]
+    assert tone_power(recent, 880) > 0.9 and tone_power(recent, 550) < 0.01
+    # same person, same index: re-attached, not re-announced
     assert [m.id for m in python.messages if isinstance(m, bp.ParticipantJoined)].count("peer-alice") == 1
-    assert set(python.frames) == {alice}
 
 
 @page_test
@@ -509,6 +579,7 @@ async def test_when_the_sdk_gives_up_it_is_initialised_again_once(open_luna, pyt
     page = await open_luna()
     await joined(python, page)
 
+    first = (await snapshot(page))["publishedTrack"]
     await page.evaluate(GIVE_UP)
     await soon(lambda: len(python.states()) >= 4, "a second join", 10)
     assert python.states()[2:] == [("reconnecting", "failed"), ("joined", None)]
@@ -516,6 +587,13 @@ async def test_when_the_sdk_gives_up_it_is_initialised_again_once(open_luna, pyt
     assert s["meetings"] == 2 and s["inits"][1] == s["inits"][0]  # same token, same defaults
     assert s["audioEnabled"] is True and s["viewMode"] == "MANUAL"
     assert python.present() == dict(PEERS)
+    # the dead client left (no ghost Luna billed beside the new one); leaving stopped only its own clone
+    assert s["meetingStates"] == ["left", "joined"]
+    assert s["publishedTrack"] != first
+    tracks = await page.evaluate(
+        "() => window.__rtkHarness.meetings.map((m) => m.self.audioTrack ? m.self.audioTrack.readyState : null)"
+    )
+    assert tracks[1] == "live"
 
     await page.evaluate(GIVE_UP)  # and a second time: Python is told it is over
     failed = await python.wait_state("failed", "Luna to give up")
@@ -533,20 +611,179 @@ async def test_python_dismissing_luna_leaves_the_meeting(open_luna, python):
     await soon(lambda: room_state_is(page, "left"), "the SDK to leave the meeting")
 
 
+# --- the failures the SDK's mock used to hide ------------------------------------------------------------------
+SERVER = "window.__rtkHarness.server"
+MICS = sorted(f"{pid}-mic" for pid, _ in PEERS)
+
+
+def consumed(s: dict[str, Any], since: int = 0) -> list[str]:
+    return sorted({c["producerId"] for c in s["consumes"][since:]})
+
+
+@page_test
+async def test_luna_consumes_audio_only_after_join_and_after_a_rejoin(open_luna, python):
+    """Everyone has a microphone, a camera and a screen share. The SDK joins in ACTIVE_GRID, which subscribes
+    video; what it then asks the media server (the harness) to consume is Luna's receivers. No video, ever."""
+    page = await open_luna()
+    await joined(python, page)
+    s = await soon(lambda: _consumed_all(page, 0), "the SDK to consume both microphones")
+    assert consumed(s) == MICS and s["videoSubscribed"] == []
+    assert {d["kind"] for d in s["delivered"]} == {"audio"}
+
+    before = len(s["consumes"])
+    await page.evaluate(f"{SERVER}.dropSocket()")  # the rejoin puts the SDK back in ACTIVE_GRID
+    await python.wait_state("reconnecting", "the drop")
+    await python.wait_state("joined", "the rejoin", limit=15)
+    s = await snapshot(page)
+    assert s["videoSubscribed"] == [] and consumed(s, before) in ([], MICS)
+
+
+async def _consumed_all(page: Page, since: int) -> dict[str, Any] | None:
+    s = await snapshot(page)
+    return s if set(MICS) <= set(consumed(s, since)) else None
+
+
+@page_test
+async def test_a_rebuilt_receive_transport_is_subscribed_again_and_audio_reaches_python(open_luna, python):
+    """The receive transport's ICE goes to "disconnected"; after 2 s the SDK rebuilds it (closing the old peer
+    connection, whose tracks end) and empties the audio subscriptions, with no rejoin. Luna must subscribe again
+    on ``mediaConnectionUpdate`` and hear Alice on the new transport."""
+    page = await open_luna()
+    await joined(python, page)
+    alice = python.index_of("peer-alice")
+    s = await soon(lambda: _consumed_all(page, 0), "the first consumers")
+    before, recv = len(s["consumes"]), s["recvTransports"]
+
+    await page.evaluate(f"{SERVER}.recvIce('disconnected')")
+    s = await soon(lambda: _consumed_all(page, before), "consumers on the rebuilt receive transport", limit=10)
+    assert s["recvTransports"] > recv and s["audioSubscribed"] == sorted(pid for pid, _ in PEERS)
+    assert python.states()[-1] == ("joined", None)  # a media reconnect is no room state change
+    heard = len(python.frames[alice])
+    await soon(lambda: len(python.frames[alice]) >= heard + 40, "Alice's audio after the reconnect")
+    assert abs(dominant_hz(python.frames[alice][-25:]) - TONES["peer-alice"]) < 20
+
+
+@page_test
+async def test_the_watchdog_resubscribes_a_participant_whose_track_stays_silent(open_luna, python):
+    """A cause we have no event for: Alice's consumer delivers no samples while Bob is heard. The watchdog (here
+    1.5 s instead of 30 s) warns and re-subscribes her, which makes the SDK consume her microphone again."""
+    page = await open_luna({"watchdogMs": 1500}, silent=("peer-alice",))
+    await joined(python, page)
+    s = await soon(lambda: _consumed_all(page, 0), "the first consumers")
+    before = len(s["consumes"])
+
+    def warned() -> list[str]:
+        return [m.message for m in python.messages if isinstance(m, bp.PageLog) and m.level == "warn"]
+
+    await soon(lambda: any("no audio from Alice" in w for w in warned()), "the watchdog's warning", limit=10)
+    assert not any("Bob" in w for w in warned())
+    s = await soon(lambda: _consumed_again(page, before, "peer-alice-mic"), "Alice consumed again")
+    assert "peer-bob-mic" not in consumed(s, before) and "peer-alice" in s["audioSubscribed"]
+
+    # still silent (her microphone really carries nothing): the next try waits twice as long, not 1.5 s again
+    def silences() -> list[int]:
+        return [int(re.search(r"for (\d+) s", w).group(1)) for w in warned() if "Alice" in w]  # type: ignore[union-attr]
+
+    await soon(lambda: len(silences()) >= 2, "the watchdog's second try", limit=10)
+    first, second = silences()[:2]
+    assert second >= first + 3, silences()
+
+
+async def _subscribed(page: Page, peer: str) -> dict[str, Any] | None:
+    s = await snapshot(page)
+    return s if peer in s["audioSubscribed"] else None
+
+
+async def _consumed_again(page: Page, since: int, producer: str) -> dict[str, Any] | None:
+    s = await snapshot(page)
+    return s if producer in consumed(s, since) else None
+
+
+@page_test
+async def test_a_host_mute_reaches_python_and_an_unmute_publishes_a_fresh_live_track(open_luna, python):
+    """The media node broadcasts Luna's producer paused by another peer; the SDK's MUTE_SELF path disables her
+    audio, which stops the track it holds. Python is told; its unmute publishes a new clone that carries sound."""
+    page = await open_luna()
+    first = (await joined(python, page))["publishedTrack"]
+
+    await page.evaluate(f"{SERVER}.hostMutes()")
+    muted = await soon(lambda: [m for m in python.messages if isinstance(m, bp.Muted)], "Python to hear of the mute")
+    assert muted == [bp.Muted(True, "a host muted Luna")]
+    s = await snapshot(page)
+    assert s["audioEnabled"] is False and python.states()[-1] == ("joined", None)
+
+    await python.tell_page("unmute")
+    await soon(lambda: bp.Muted(False, None) in python.messages, "the page to unmute")
+    s = await snapshot(page)
+    assert s["audioEnabled"] is True and s["publishedTrack"] not in (None, first)
+    tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * np.arange(48_000) / 48_000)).astype(np.int16).tobytes()
+    for seq, at in enumerate(range(0, len(tone), 1920)):
+        await python.send_playback(seq, tone[at : at + 1920])
+    heard = await page.evaluate(LISTEN_TO_PUBLISHED)
+    assert heard["peak"] > 0.2 and heard["readyState"] == "live"
+
+
+@page_test
+async def test_another_client_with_lunas_own_user_id_is_not_a_person(open_luna, python):
+    """A stale or re-initialised Luna shows up as another peer with her userId; counting it as a person would keep
+    her from ever being alone (and RTK billing until max_duration)."""
+    page = await open_luna()
+    await joined(python, page)
+    await page.evaluate(f"{SERVER}.peerJoined('peer-ghost', 'Luna', window.__rtkHarness.meetings.at(-1).self.userId)")
+    await page.evaluate(f"{SERVER}.peerJoined('peer-carol', 'Carol')")  # a person after the ghost: both processed
+    await soon(lambda: "peer-carol" in python.present(), "Carol")
+    assert "peer-ghost" not in python.present()
+    s = await snapshot(page)
+    assert "peer-ghost" not in s["audioSubscribed"]
+    # nor after a rejoin, when everyone present is subscribed again
+    await page.evaluate(f"{SERVER}.dropSocket()")
+    await python.wait_state("reconnecting", "the drop")
+    await python.wait_state("joined", "the rejoin", limit=15)
+    s = await soon(lambda: _subscribed(page, "peer-carol"), "Carol subscribed again")
+    assert "peer-ghost" not in s["audioSubscribed"] and "peer-ghost" not in python.present()
+
+
+@page_test
+async def test_failed_during_the_first_join_does_not_start_a_second_client(open_luna, python):
+    """An ICE failure in the first join makes the SDK emit roomLeft "failed" from inside join() (its
+    ROOM_NODE_FAILED handler). The stub cannot reach that path: 2.0.2's media join catches its own errors, and
+    ROOM_NODE_FAILED comes only from its join queue failing. So the harness does what that handler does (state
+    "failed", then roomLeft) when the media join request reaches the server. A re-init then would race the
+    join still in progress and put a second client in the room."""
+    page = await open_luna(fail_during_join=True)
+    await python.wait_state("joined", "the first join to finish")
+    assert python.states() == [("joining", None), ("joined", None)]
+    s = await snapshot(page)
+    assert s["meetings"] == 1 and s["audioEnabled"] is True
+
+
 # --- through the real service ----------------------------------------------------------------------------------
+def _serve_file(path: Path, content_type: str) -> Callable[[Route], Awaitable[None]]:
+    async def serve(route: Route) -> None:
+        await route.fulfill(path=path, content_type=content_type)
+
+    return serve
+
+
 class MockedRtkHost(ChromiumHost):
     """The service's Chromium host, with the RTK mock installed in each bot context before the page opens."""
 
-    def __init__(self) -> None:
+    def __init__(self, speech: dict[str, Path] | None = None, **mock: Any) -> None:
+        """``speech``: peer id → a WAV their microphone loops; ``mock``: more ``mock_params``."""
         super().__init__(CHROMIUM)
         self.pages: list[Page] = []
+        self.speech = speech or {}
+        self.mock = mock
 
     async def open(self, url: str, *, on_crash: Callable[[], None]) -> BotPage:
         await self.start()
         assert self._browser is not None
         room = page_config(url)["room"]
         context = await self._browser.new_context()
-        await install_mock(context, mock_params(room["authToken"]))
+        urls = {pid: f"/speech-test/{pid}.wav" for pid in self.speech}  # same origin as the page
+        await install_mock(context, mock_params(room["authToken"], speech=urls, **self.mock))
+        for pid, wav in self.speech.items():
+            await context.route(f"**{urls[pid]}", _serve_file(wav, "audio/wav"))
         page = await context.new_page()
         page.on("crash", lambda _page: on_crash())
         await page.goto(url)
@@ -584,6 +821,17 @@ async def summon_and_kick(svc: Any, cloudflare: FakeCloudflareRtk, host: MockedR
     await until(is_joined, 20, "the service to see Luna joined")
     assert sorted(p["name"] for p in (await state())["participants"]) == ["Alice", "Bob"]
     assert (await snapshot(host.pages[0]))["inits"][0]["authToken"] == cloudflare.minted_tokens[0]
+    assert (await state())["muted_by_host"] is False
+
+    # a host mutes her: the status, the event stream and the metrics say so
+    async with svc.http.get(f"{svc.url}/rooms/{meeting}/luna/events") as stream:
+        await stream.content.readline()  # the stream is open (its first event is the status)
+        await host.pages[0].evaluate("window.__rtkHarness.server.hostMutes()")
+        event = await asyncio.wait_for(_next_event(stream, "muted"), 10)
+    assert (event["muted"], event["reason"]) == (True, "a host muted Luna")
+    assert (await state())["muted_by_host"] is True
+    async with svc.http.get(f"{svc.url}/metrics") as resp:
+        assert "luna_muted_by_host_total 1.0" in await resp.text()
 
     await host.pages[0].evaluate("window.__rtkHarness.server.kick()")
 
@@ -595,6 +843,92 @@ async def summon_and_kick(svc: Any, cloudflare: FakeCloudflareRtk, host: MockedR
     assert (final["state"], final["sub_code"]) == ("ended", "kicked")
 
 
+async def test_muted_by_a_host_luna_unmutes_when_addressed_by_name_and_is_heard_again(start_service, tmp_path):
+    """The whole path: a host mutes Luna (the SDK stops the track it held); Alice then says "Luna, …" (a recording
+    on her microphone, heard through the SDK's consumer and the offline STT); the core asks for an unmute, the page
+    publishes a fresh clone, and Luna's answer reaches the room on it."""
+    wav = speech_file(tmp_path, "Luna, what is the weather like today?", lead_silence_s=0.5)
+    host = MockedRtkHost(speech={"peer-alice": wav}, silent=("peer-bob",))  # Bob listens
+    async with FakeCloudflareRtk() as cloudflare:
+        svc = await start_service(
+            host=host,
+            rtk_account_id=cloudflare.account_id,
+            rtk_app_id=cloudflare.app_id,
+            rtk_api_token=cloudflare.api_token,
+            rtk_api_base=cloudflare.base_url,
+        )
+        try:
+            meeting = cloudflare.add_meeting()
+            await svc.call("POST", f"/rooms/{meeting}/luna")
+
+            async def state() -> dict[str, Any]:
+                return (await svc.call("GET", f"/rooms/{meeting}/luna"))[1]
+
+            async def is_joined() -> bool:
+                return (await state())["state"] == "joined"
+
+            await until(is_joined, 30, "Luna to join")
+            page = host.pages[0]
+            first = (await snapshot(page))["publishedTrack"]
+            await page.evaluate(MONITOR_PUBLISHED)
+            await page.evaluate("window.__rtkHarness.server.hostMutes()")
+
+            async def muted() -> bool:
+                return (await state())["muted_by_host"] is True
+
+            await until(muted, 10, "the mute to reach the status")
+            await page.evaluate("window.__rtkHarness.server.speak('peer-alice')")
+
+            async def answered() -> dict[str, Any] | None:
+                s = await state()
+                done = [t for t in s["turns"] if t["speaker"]["name"] == "Alice" and t["state"] == "done"]
+                return done[0] if done else None
+
+            try:
+                turn = await until(answered, 120, "Luna to unmute and answer Alice", step=0.5)
+            except AssertionError as exc:
+                turns = [(t["heard_text"], t["state"], t["reason"]) for t in (await state())["turns"]]
+                raise AssertionError(f"{exc}; turns: {turns}") from None
+            assert turn["reason"] == "addressed_by_name" and turn["spoken_text"]
+            assert (await state())["muted_by_host"] is False
+            after = await snapshot(page)
+            assert after["audioEnabled"] is True and after["publishedTrack"] not in (None, first)
+            peaks = await page.evaluate("window.__publishedPeaks")
+            assert peaks[first] < 0.01  # muted: nothing went out on the old track
+            assert peaks[after["publishedTrack"]] > 0.05  # her answer went out on the new one
+        finally:
+            await host.close()
+
+
+# Watches whatever track the SDK publishes as Luna's microphone, and keeps each one's peak level.
+MONITOR_PUBLISHED = """() => {
+  const self = window.__rtkHarness.meetings.at(-1).self;
+  const ctx = new AudioContext({sampleRate: 48000});
+  const peaks = (window.__publishedPeaks = {});
+  const buf = new Float32Array(2048);
+  let current = null, analyser = null;
+  setInterval(() => {
+    const track = self.audioEnabled ? self.audioTrack : null;
+    if (track && track !== current) {
+      current = track;
+      analyser = new AnalyserNode(ctx, {fftSize: 2048});
+      ctx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+      peaks[track.id] = 0;
+    }
+    if (!track) { current = null; return; }
+    analyser.getFloatTimeDomainData(buf);
+    for (const v of buf) peaks[track.id] = Math.max(peaks[track.id], Math.abs(v));
+  }, 20);
+}"""
+
+
+async def _next_event(stream: aiohttp.ClientResponse, kind: str) -> dict[str, Any]:
+    async for line in stream.content:
+        if line.startswith(b"data: ") and (event := json.loads(line[6:]))["type"] == kind:
+            return event
+    raise AssertionError(f"the event stream ended without a {kind!r} event")
+
+
 # --- a real meeting --------------------------------------------------------------------------------------------
 LIVE_ENV = ("LUNA_RTK_ACCOUNT_ID", "LUNA_RTK_APP_ID", "LUNA_RTK_API_TOKEN", "LUNA_RTK_TEST_MEETING_ID")
 
@@ -604,16 +938,46 @@ LIVE_ENV = ("LUNA_RTK_ACCOUNT_ID", "LUNA_RTK_APP_ID", "LUNA_RTK_API_TOKEN", "LUN
 @pytest.mark.skipif(
     not all(os.environ.get(k) for k in LIVE_ENV), reason=f"needs {', '.join(LIVE_ENV)} (a real RealtimeKit meeting)"
 )
-async def test_live_luna_joins_a_real_meeting_and_leaves(browser, python):
-    async with RtkApi(
+async def test_live_luna_joins_a_real_meeting_consumes_audio_only_and_leaves(browser, python):
+    """In a real meeting (join people with cameras to it to make this meaningful): Luna's receivers carry audio
+    only. The peer connections are the SDK's own; a test-only init script records them as they are made."""
+    api = RtkApi(
         account_id=os.environ["LUNA_RTK_ACCOUNT_ID"],
         app_id=os.environ["LUNA_RTK_APP_ID"],
         api_token=os.environ["LUNA_RTK_API_TOKEN"],
         preset_name=os.environ.get("LUNA_RTK_PRESET", "group_call_participant"),
-    ) as api:
-        minted = await api.mint_token(os.environ["LUNA_RTK_TEST_MEETING_ID"])
-    page = await (await browser.new_context()).new_page()
+    )
+    async with aclosing(api):
+        assert await api.check_preset() is None
+        minted = await api.mint_token(os.environ["LUNA_RTK_TEST_MEETING_ID"], secrets.token_hex(6))
+    context = await browser.new_context()
+    await context.add_init_script(script=RECORD_PEER_CONNECTIONS)
+    page = await context.new_page()
     await page.goto(python.page_url({"authToken": minted.token, "name": "Luna"}))
     await python.wait_state("joined", "Luna to join the real meeting", limit=30)
+    receiving = await until(lambda: page.evaluate(RECEIVERS), 20, "Luna's receivers to settle", step=1)
+    assert receiving["video"] == [] and receiving["inboundVideo"] == 0, receiving
     await python.tell_page("leave")
     await python.wait_state("left", "Luna to leave")
+
+
+RECORD_PEER_CONNECTIONS = """(() => {
+  const Real = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = class extends Real {
+    constructor(...args) { super(...args); window.__pcs.push(this); }
+  };
+})();"""
+
+# What Luna's page receives, from its peer connections: tracks of receiving transceivers by kind, and the
+# inbound video RTP streams. Answers once the receive side has had time to settle (any audio arrived).
+RECEIVERS = """async () => {
+  const receiving = window.__pcs.flatMap((pc) => pc.getTransceivers())
+    .filter((t) => ["recvonly", "sendrecv"].includes(t.currentDirection) && t.receiver.track);
+  let inboundVideo = 0;
+  for (const pc of window.__pcs) {
+    for (const r of (await pc.getStats()).values()) if (r.type === "inbound-rtp" && r.kind === "video") inboundVideo++;
+  }
+  const byKind = (kind) => receiving.filter((t) => t.receiver.track.kind === kind).map((t) => t.mid);
+  return byKind("audio").length ? {audio: byKind("audio"), video: byKind("video"), inboundVideo} : null;
+}"""

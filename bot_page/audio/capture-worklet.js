@@ -32,6 +32,10 @@ class CaptureProcessor extends AudioWorkletProcessor {
     this.phase = 0; // input samples until the next output sample
     this.frame = new Int16Array(FRAME);
     this.fill = 0;
+    this.stopped = false; // the page stops a capture whose track was replaced or whose participant left
+    this.port.onmessage = ({ data }) => {
+      if (data === "stop") this.stopped = true;
+    };
   }
 
   filtered() {
@@ -46,6 +50,7 @@ class CaptureProcessor extends AudioWorkletProcessor {
   }
 
   process(inputs) {
+    if (this.stopped) return false; // a processor keeps running (and posting zeros) until it returns false
     const input = inputs[0];
     const n = input.length ? input[0].length : 128;
     for (let k = 0; k < n; k++) {

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     preroll_ms: int = 300
     barge_in_min_ms: int = 300
     vad_aggressiveness: int = Field(default=2, ge=0, le=3)
+    host_mute: Literal["unmute_when_addressed", "stay_muted"] = Field(
+        default="unmute_when_addressed",
+        description="After someone else mutes Luna she keeps listening; she unmutes herself when next addressed by "
+        "name ('unmute_when_addressed') or stays muted for the rest of the stay ('stay_muted').",
+    )
 
     # --- providers ----------------------------------------------------------------------------------
     stt_provider: Literal["auto", "openai", "whisper"] = "auto"

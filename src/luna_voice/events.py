@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from luna_voice.conversation.events import CoreEvent, LateUsage, ParticipantsChanged, SpeakingChanged, TurnChanged
+from luna_voice.conversation.events import (
+    CoreEvent,
+    LateUsage,
+    MutedChanged,
+    ParticipantsChanged,
+    SpeakingChanged,
+    TurnChanged,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ def to_wire(event: Event, *, room_id: str, bot_id: str) -> dict[str, Any]:
             body = {"type": "speaking", "speaking": speaking, "at": at}
         case LateUsage(turn_id=turn_id, usage=usage, cost_usd=cost_usd):
             body = {"type": "late_usage", "turn_id": turn_id, "usage": dict(usage), "cost_usd": cost_usd}
+        case MutedChanged(muted=muted, reason=reason, at=at):
+            body = {"type": "muted", "muted": muted, "reason": reason, "at": at}
         case StateChanged(state=state, sub_code=sub_code, reason=reason):
             body = {"type": "state", "state": str(state), "sub_code": sub_code, "reason": reason}
         case StatusSnapshot(status=status, final=final):

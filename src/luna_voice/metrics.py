@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from luna_voice.conversation.events import LateUsage, TurnChanged
+from luna_voice.conversation.events import LateUsage, MutedChanged, TurnChanged
 from luna_voice.events import Event, StateChanged
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -57,6 +57,9 @@ class Metrics:
         self.usage = Counter("luna_usage", "Provider usage by unit", ["unit"], registry=self.registry)
         self.cost = Counter("luna_cost_usd", "Provider cost of finished turns in USD", registry=self.registry)
         self.ended = Counter("luna_bots_ended", "Bots that ended, by sub-code", ["sub_code"], registry=self.registry)
+        self.muted = Counter(
+            "luna_muted_by_host", "Times someone else (a host, a preset change) muted Luna", registry=self.registry
+        )
 
     def observe(self, event: Event) -> None:
         """Called with every event a bot publishes."""
@@ -66,6 +69,8 @@ class Metrics:
             self._usage(event.usage, event.cost_usd)
         elif isinstance(event, StateChanged) and event.state in ("ended", "failed"):
             self.ended.labels(event.sub_code or "unknown").inc()
+        elif isinstance(event, MutedChanged) and event.muted:
+            self.muted.inc()
 
     def _turn(self, turn: Mapping[str, Any]) -> None:
         self.turns.labels(turn["state"], turn["reason"] or "none").inc()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import secrets
 import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -89,6 +90,9 @@ class Service:
         )
         self.browser_error: str | None = None
         self._stopped = False
+        # LUNA_RTK_PRESET as RealtimeKit has it: checked once at startup (None while checking)
+        self.rtk_preset: dict[str, Any] | None = None
+        self._preset_check: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ LunaService
     @property
@@ -186,10 +190,10 @@ class Service:
             )
         rtk = self.rtk
         try:
-            minted = await rtk.mint_token(meeting_id)
+            minted = await rtk.mint_token(meeting_id, secrets.token_hex(6))  # a new identity for each stay
         except RtkApiError as exc:
             raise ApiError(exc.http_status, exc.code, exc.message, retry_after=exc.retry_after) from None
-        return minted.token, lambda: rtk.kick(meeting_id, minted.participant_id)
+        return minted.token, lambda: rtk.kick(meeting_id, minted)
 
     def _make_pipeline(self, bot: Bot) -> Pipeline:
         s = self.settings
@@ -206,6 +210,7 @@ class Service:
                 ),
                 barge_in_min_ms=s.barge_in_min_ms,
                 rate_limited_line=s.rate_limited_line,
+                unmute_when_addressed=s.host_mute == "unmute_when_addressed",
             ),
             is_addressed=AddressDetector(name).is_addressed,
             is_backchannel=is_backchannel,
@@ -221,25 +226,49 @@ class Service:
             clock=bot.clock,
             clear_playback=bot.clear_playback,
             publish=bot.publish,
+            unmute=bot.unmute,
             vad_aggressiveness=s.vad_aggressiveness,
             audio_tap=functools.partial(self.audio_tap, bot.room_id) if self.audio_tap is not None else None,
         )
 
     def readiness(self) -> dict[str, Any]:
         browser = self.host.ready
-        return {
+        report = {
             "ready": browser,
             "browser": "running" if browser else (self.browser_error or "not started"),
             "providers": self.providers.names,
             "offline": self.providers.offline,
             "bots": {"live": len(self.manager.live()), "max": self.settings.max_bots},
         }
+        if self.rtk is not None:
+            preset = self.rtk_preset or {"name": self.settings.rtk_preset, "status": "checking"}
+            report["rtk_preset"] = preset
+            report["ready"] = browser and preset["status"] != "unusable"
+        return report
+
+    async def _check_rtk_preset(self, rtk: RtkApi) -> None:
+        """Say at startup, not at the first summon, that LUNA_RTK_PRESET cannot work (log and /readyz)."""
+        name = self.settings.rtk_preset
+        try:
+            problem = await rtk.check_preset()
+        except RtkApiError as exc:  # RTK unreachable or our token refused: summons will say so too
+            self.rtk_preset = {"name": name, "status": "unchecked", "reason": exc.message}
+            log.warning("rtk.preset_unchecked", preset=name, error=exc.message)
+            return
+        if problem is None:
+            self.rtk_preset = {"name": name, "status": "ok"}
+            log.info("rtk.preset_ok", preset=name)
+        else:
+            self.rtk_preset = {"name": name, "status": "unusable", "reason": problem}
+            log.error("rtk.preset_unusable", preset=name, reason=problem)
 
     async def _on_startup(self, _app: web.Application) -> None:
         log.info("providers", **self.providers.names, offline=self.providers.offline)
         self._log_access()
         for note in self.providers.notes:
             log.warning("providers.note", note=note)
+        if self.rtk is not None:  # in the background: the API answers (and /readyz says "checking") meanwhile
+            self._preset_check = asyncio.create_task(self._check_rtk_preset(self.rtk))
         try:
             await self.host.start()
         except Exception as exc:  # the API still answers; /readyz says why bots cannot start
@@ -275,6 +304,8 @@ class Service:
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         await self.stop()
+        if self._preset_check is not None:
+            self._preset_check.cancel()
         if self.rtk is not None:
             try:
                 await asyncio.wait_for(self.rtk.aclose(), CLOSE_TIMEOUT_S)

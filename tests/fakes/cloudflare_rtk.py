@@ -5,9 +5,14 @@ It listens on 127.0.0.1 and answers, under ``/client/v4/accounts/{account_id}/re
 * ``POST /meetings/{meeting_id}/participants`` (add participant): 201 ``{"success": true, "data": {id, token,
   custom_participant_id, preset_name, name, picture, created_at, updated_at}}``. The token looks like RTK's JWT:
   the web SDK decodes its payload client-side and reads ``meetingId``, ``orgId`` and ``participantId``.
-* ``GET /meetings/{meeting_id}``: ``data: {id, title, status: ACTIVE|INACTIVE, created_at, …}``.
 * ``POST /meetings/{meeting_id}/active-session/kick``: body ``{participant_ids?, custom_participant_ids?}``,
   answers ``data: {action: "kick", participants: [...]}``.
+* ``GET /presets?page_no&per_page&search`` (fetch all presets): ``{"success": true, "data": [{id, name,
+  created_at, updated_at}], "paging": {start_offset, end_offset, total_count}}``, paged like the real list.
+* ``GET /presets/{preset_id}`` (fetch details of a preset): ``data: {id, name, config, permissions}`` with
+  ``permissions.media.audio.can_produce`` (ALLOWED | NOT_ALLOWED | CAN_REQUEST) and ``permissions.
+  waiting_room_type`` (SKIP | ON_PRIVILEGED_USER_ENTRY | SKIP_ON_ACCEPT), the shapes of Cloudflare's API reference
+  (and the ``cloudflare`` SDK's ``PresetGetPresetByIDResponse``).
 
 Errors use the shapes Cloudflare documents: the gateway's v4 envelope for a refused token
 (``{"success": false, "errors": [{"code", "message"}], "messages": [], "result": null}``), and for the RTK
@@ -49,10 +54,19 @@ class RecordedRequest:
 @dataclass
 class FakeMeeting:
     id: str
-    status: Literal["ACTIVE", "INACTIVE"] = "ACTIVE"
-    title: str = "Luna test meeting"
     participants: list[dict[str, Any]] = field(default_factory=list)
     kicked: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FakePreset:
+    """A preset of the app; ``audio`` is ``media.audio.can_produce``, ``waiting_room`` its ``waiting_room_type``."""
+
+    name: str
+    audio: Literal["ALLOWED", "NOT_ALLOWED", "CAN_REQUEST"] = "ALLOWED"
+    waiting_room: Literal["SKIP", "ON_PRIVILEGED_USER_ENTRY", "SKIP_ON_ACCEPT"] = "SKIP"
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    created_at: str = field(default_factory=lambda: _now())
 
 
 @dataclass
@@ -94,14 +108,14 @@ class FakeCloudflareRtk:
         account_id: str = "0123456789abcdef0123456789abcdef",
         app_id: str = "a1b2c3d4-app",
         api_token: str = "cf-api-token-Sn3lZJTBX6kkg7OdcBUA",
-        presets: tuple[str, ...] = ("group_call_participant", "group_call_host"),
+        presets: tuple[str | FakePreset, ...] = ("group_call_participant", "group_call_host"),
         error_style: Literal["v4", "rtk"] = "v4",
         data_key: Literal["data", "result"] = "data",
     ) -> None:
         self.account_id = account_id
         self.app_id = app_id
         self.api_token = api_token
-        self.presets = set(presets)
+        self.presets = [p if isinstance(p, FakePreset) else FakePreset(p) for p in presets]
         self.error_style = error_style
         self.data_key = data_key
         self.org_id = str(uuid.uuid4())
@@ -115,8 +129,8 @@ class FakeCloudflareRtk:
         self.base_url = ""
 
     # --- set-up ------------------------------------------------------------------------------------------------
-    def add_meeting(self, status: Literal["ACTIVE", "INACTIVE"] = "ACTIVE", *, meeting_id: str | None = None) -> str:
-        meeting = FakeMeeting(id=meeting_id or str(uuid.uuid4()), status=status)
+    def add_meeting(self, *, meeting_id: str | None = None) -> str:
+        meeting = FakeMeeting(id=meeting_id or str(uuid.uuid4()))
         self.meetings[meeting.id] = meeting
         return meeting.id
 
@@ -141,7 +155,8 @@ class FakeCloudflareRtk:
         app = web.Application(middlewares=[self._gateway])
         prefix = PREFIX.format(account_id=self.account_id, app_id=self.app_id)
         app.router.add_post(prefix + "/meetings/{meeting_id}/participants", self._add_participant)
-        app.router.add_get(prefix + "/meetings/{meeting_id}", self._get_meeting)
+        app.router.add_get(prefix + "/presets", self._list_presets)
+        app.router.add_get(prefix + "/presets/{preset_id}", self._get_preset)
         app.router.add_post(prefix + "/meetings/{meeting_id}/active-session/kick", self._kick)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5)
         await self._runner.setup()
@@ -225,7 +240,7 @@ class FakeCloudflareRtk:
         picture = body.get("picture")
         if picture is not None and not str(picture).startswith(("http://", "https://")):
             return self._rtk_error(400, 10002, f"picture '{picture}' must be a URI")
-        if body["preset_name"] not in self.presets:
+        if body["preset_name"] not in {p.name for p in self.presets}:
             return self._rtk_error(422, 10003, f"Preset {body['preset_name']} not found for this app")
         participant_id = str(uuid.uuid4())
         token = self._jwt(meeting.id, participant_id, body["preset_name"])
@@ -244,25 +259,69 @@ class FakeCloudflareRtk:
         meeting.participants.append(participant)
         return self._ok(participant, status=201)
 
-    async def _get_meeting(self, request: web.Request) -> web.Response:
-        meeting = self._meeting(request)
-        if meeting is None:
-            return self._no_meeting()
-        created = _now()
-        return self._ok(
-            {
-                "id": meeting.id,
-                "title": meeting.title,
-                "status": meeting.status,
-                "created_at": created,
-                "updated_at": created,
-                "record_on_start": False,
-                "live_stream_on_start": False,
-                "persist_chat": False,
-                "summarize_on_end": False,
-                "session_keep_alive_time_in_secs": 60,
-            }
-        )
+    async def _list_presets(self, request: web.Request) -> web.Response:
+        try:
+            page = int(request.query.get("page_no", "1"))
+            per_page = int(request.query.get("per_page", "20"))
+        except ValueError:
+            return self._rtk_error(400, 10002, "page_no and per_page must be numbers")
+        if page < 1 or not 1 <= per_page <= 100:
+            return self._rtk_error(400, 10002, "page_no must be at least 1 and per_page between 1 and 100")
+        search = request.query.get("search", "").lower()
+        matching = [p for p in self.presets if search in p.name.lower()]
+        shown = matching[(page - 1) * per_page : page * per_page]
+        listed = [{"id": p.id, "name": p.name, "created_at": p.created_at, "updated_at": p.created_at} for p in shown]
+        start = (page - 1) * per_page + 1
+        paging = {"start_offset": start, "end_offset": start + len(shown) - 1, "total_count": len(matching)}
+        return web.json_response({"success": True, "data": listed, "paging": paging})
+
+    async def _get_preset(self, request: web.Request) -> web.Response:
+        preset = next((p for p in self.presets if p.id == request.match_info["preset_id"]), None)
+        if preset is None:
+            return self._rtk_error(404, 10404, "Preset not found")
+        can = {"can_produce": "ALLOWED"}
+        permissions = {
+            "accept_waiting_requests": False,
+            "can_accept_production_requests": False,
+            "can_change_participant_permissions": False,
+            "can_edit_display_name": False,
+            "can_livestream": False,
+            "can_record": False,
+            "can_spotlight": False,
+            "chat": {
+                "private": {"can_receive": True, "can_send": True, "files": True, "text": True},
+                "public": {"can_send": True, "files": True, "text": True},
+            },
+            "connected_meetings": {
+                "can_alter_connected_meetings": False,
+                "can_switch_connected_meetings": False,
+                "can_switch_to_parent_meeting": False,
+            },
+            "disable_participant_audio": False,
+            "disable_participant_screensharing": False,
+            "disable_participant_video": False,
+            "hidden_participant": False,
+            "kick_participant": False,
+            "media": {"audio": {"can_produce": preset.audio}, "screenshare": can, "video": can},
+            "pin_participant": False,
+            "plugins": {"can_close": False, "can_edit_config": False, "can_start": False, "config": ""},
+            "polls": {"can_create": False, "can_view": True, "can_vote": True},
+            "recorder_type": "NONE",
+            "show_participant_list": True,
+            "waiting_room_type": preset.waiting_room,
+            "is_recorder": False,
+        }
+        config = {
+            "max_screenshare_count": 1,
+            "max_video_streams": {"desktop": 6, "mobile": 6},
+            "media": {
+                "screenshare": {"frame_rate": 5, "quality": "hd"},
+                "video": {"frame_rate": 30, "quality": "vga"},
+                "audio": {"enable_high_bitrate": False, "enable_stereo": False},
+            },
+            "view_type": "GROUP_CALL",
+        }
+        return self._ok({"id": preset.id, "name": preset.name, "config": config, "permissions": permissions})
 
     async def _kick(self, request: web.Request) -> web.Response:
         meeting = self._meeting(request)

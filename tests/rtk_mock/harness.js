@@ -9,16 +9,26 @@
 // The stubs go in when the page calls RealtimeKitClient.init, not at page load: they replace window.WebSocket,
 // and the page opens its real bridge to Python (a WebSocket) before it loads the SDK.
 //
+// On top of the mock, the harness plays the media server (SFU) where the mock is silent, through the SDK's own
+// socket and transport paths: it answers consume requests (recording which producers the SDK asked for) and
+// delivers a tone track for each audio consumer as the receive transport's "track" event; it can flip the stub
+// peer connections' ICE state, and push media broadcasts (a host muting Luna).
+//
 // window.__rtkMockParams (set by the test in an earlier init script):
-//   {mockParticipants: [{peerId, displayName, stageStatus}], rest: {"/path": json body}, waitlisted: bool}
+//   {mockParticipants: [{peerId, displayName, stageStatus, producerStates?: [{producerId, kind, hz?, audioUrl?, …}]}],
+//    rest: {"/path": json body}, waitlisted: bool, failDuringJoin: bool}
 (() => {
   const params = window.__rtkMockParams;
+  const realFetch = window.fetch.bind(window); // the mock replaces fetch; speech files come through the real one
   const NODE_MODULES = new URL("/bot/node_modules/", location.href);
   const record = (window.__rtkHarness = {
     inits: [], // the options the page passed to RealtimeKitClient.init
     meetings: [], // the clients init returned
     requests: [], // {url, authorization} of the SDK's HTTP requests
     joins: [], // the SDK's socket join requests, decoded: {peerId, displayName}
+    consumes: [], // producers the SDK asked the media server to consume: {peerId, producerId}
+    pcs: [], // every (stub) RTCPeerConnection the SDK made, oldest first; `recv` marks receive transports
+    delivered: [], // tracks the harness delivered to receive transports: {producerId, kind, trackId}
     getUserMedia: 0,
   });
 
@@ -33,8 +43,10 @@
 
   // --- the socket protocol: message.v1.SocketMessage {event=1 uint32, id=2 string, payload=3 bytes} ------------
   // Event numbers and message layouts are the SDK 2.0.2's (dist/index.es.js): socket room events are
-  // (0 << 16) + n, plugin events (2 << 16) + n.
+  // (0 << 16) + n, plugin events (2 << 16) + n, media-node events 0x03000000 | n.
   const EVENTS = { joinRoom: 3, leaveRoom: 4, kick: 30, kickAll: 31, waitingRoomRequestDenied: 37 };
+  const MEDIA = { consume: 0x03000000 | 3, joinRoom: 0x03000000 | 16, peerProducerToggleBroadcast: 0x03000000 | 28 };
+  const KIND = { audio: 0, video: 1 }; // media.ProducerKind
   let pb; // @protobuf-ts/runtime, loaded with the mock
 
   function fields(bytes) {
@@ -43,19 +55,26 @@
     while (reader.pos < reader.len) {
       const [no, type] = reader.tag();
       if (type === pb.WireType.Varint) out[no] = reader.uint32();
-      else if (type === pb.WireType.LengthDelimited) out[no] = reader.bytes();
+      else if (type === pb.WireType.LengthDelimited) (out[no] ||= []).push(reader.bytes());
       else reader.skip(type);
     }
     return out;
   }
+  const first = (list) => (list ? list[0] : undefined);
   const text = (bytes) => (bytes ? new TextDecoder().decode(bytes) : undefined);
+  const LD = () => pb.WireType.LengthDelimited;
 
   // socket.room.Peer {peer_id=1, user_id=2, display_name=3, stage_type=4 (1 = ON_STAGE), waitlisted=8}
-  function peerInfo({ peerId, name = "" }) {
-    const LD = pb.WireType.LengthDelimited;
-    const peer = new pb.BinaryWriter().tag(1, LD).string(peerId).tag(2, LD).string(`user-${peerId}`);
-    peer.tag(3, LD).string(name).tag(4, pb.WireType.Varint).int32(1);
-    return new pb.BinaryWriter().tag(1, LD).bytes(peer.finish()).finish(); // socket.room.PeerInfoResponse {peer=1}
+  function peerInfo({ peerId, name = "", userId = `user-${peerId}` }) {
+    const peer = new pb.BinaryWriter().tag(1, LD()).string(peerId).tag(2, LD()).string(userId);
+    peer.tag(3, LD()).string(name).tag(4, pb.WireType.Varint).int32(1);
+    return new pb.BinaryWriter().tag(1, LD()).bytes(peer.finish()).finish(); // socket.room.PeerInfoResponse {peer=1}
+  }
+
+  // media.ProducerState {producer_id=1, kind=2, pause=3, screen_share=4, app_data=5}
+  function producerState({ producerId, kind, pause = false, screenShare = false }) {
+    const w = new pb.BinaryWriter().tag(1, LD()).string(producerId).tag(2, pb.WireType.Varint).int32(KIND[kind]);
+    return w.tag(3, pb.WireType.Varint).bool(pause).tag(4, pb.WireType.Varint).bool(screenShare).tag(5, LD()).string("{}").finish();
   }
 
   function push(event, payload) {
@@ -65,17 +84,118 @@
     window.RTK_MOCK_SERVER.emit("message", bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
   }
 
+  // What the media server hands the SDK for a consumed audio producer: a tone, different per producer, or
+  // silence until the test makes the participant say their recording (audioUrl, server.speak).
+  const tones = new Map(); // producerId -> {ctx, out, recording?}
+  function toneTrack(producerId, hz, audioUrl) {
+    if (!tones.has(producerId)) {
+      const ctx = new AudioContext({ sampleRate: 48000 });
+      const out = ctx.createMediaStreamDestination();
+      const entry = { ctx, out };
+      if (audioUrl) {
+        entry.recording = realFetch(audioUrl)
+          .then((r) => r.arrayBuffer())
+          .then((data) => ctx.decodeAudioData(data));
+      } else if (hz) {
+        const osc = new OscillatorNode(ctx, { frequency: hz });
+        osc.connect(out);
+        osc.start();
+      } // hz 0: a microphone track that carries no samples at all
+      tones.set(producerId, entry);
+    }
+    return tones.get(producerId).out.stream.getAudioTracks()[0].clone();
+  }
+
+  // The media server's answer to a consume request (media.edge.ConsumePeersRequest {requests=1
+  // [{producing_peer_id=1, producer_id=3}]}): media.edge.ConsumePeerResponse {status=1, consumer_ids_map=2
+  // {map=1 <producer_id, media.ConsumerState {consumer_id=1, producer_state=2, producer_track=3 {track_id=1,
+  // producer_id=2, stream_id=3}}>}}. Each audio consumer's track then arrives as the receive transport's "track"
+  // event, keyed by the stream id as the transceiver's mid, as a browser's RTCPeerConnection would deliver it.
+  function answerConsume(payload) {
+    const requests = (fields(payload)[1] || []).map((r) => fields(r));
+    const map = new pb.BinaryWriter();
+    const tracks = [];
+    for (const request of requests) {
+      const peerId = text(first(request[1]));
+      const producerId = text(first(request[3]));
+      record.consumes.push({ peerId, producerId });
+      const producer = findProducer(peerId, producerId);
+      if (!producer) continue;
+      const streamId = `stream-${producerId}-${record.consumes.length}`;
+      const track = new pb.BinaryWriter().tag(1, LD()).string(`track-${producerId}`).tag(2, LD()).string(producerId);
+      track.tag(3, LD()).string(streamId);
+      const state = new pb.BinaryWriter().tag(1, LD()).string(`consumer-${streamId}`);
+      state.tag(2, LD()).bytes(producerState(producer)).tag(3, LD()).bytes(track.finish());
+      const entry = new pb.BinaryWriter().tag(1, LD()).string(producerId).tag(2, LD()).bytes(state.finish());
+      map.tag(1, LD()).bytes(entry.finish());
+      tracks.push({ producer, streamId });
+    }
+    const response = new pb.BinaryWriter().tag(1, pb.WireType.Varint).bool(true).tag(2, LD()).bytes(map.finish());
+    setTimeout(() => deliver(tracks), 0); // after the SDK has read the answer and waits for the tracks
+    return response.finish();
+  }
+
+  function findProducer(peerId, producerId) {
+    const peer = (params.mockParticipants || []).find((p) => p.peerId === peerId);
+    const state = peer && (peer.producerStates || []).find((s) => s.producerId === producerId);
+    if (!state) return undefined;
+    const kind = state.kind === 1 ? "video" : "audio";
+    return { producerId, kind, screenShare: !!state.screenShare, hz: state.hz, audioUrl: state.audioUrl };
+  }
+
+  function deliver(tracks) {
+    const pc = record.pcs.filter((p) => p.recv).at(-1);
+    for (const { producer, streamId } of tracks) {
+      if (producer.kind !== "audio") continue; // no video is ever made here: a video consumer is the failure
+      const track = toneTrack(producer.producerId, producer.hz, producer.audioUrl);
+      const receiver = { track, getStats: async () => new Map(), getSynchronizationSources: () => [] };
+      const transceiver = { mid: streamId, receiver, stop() {}, direction: "recvonly" };
+      record.delivered.push({ producerId: producer.producerId, kind: track.kind, trackId: track.id });
+      pc.tracks.push(track);
+      pc.emit("track", { track, transceiver, streams: [] });
+    }
+  }
+
   const sockets = []; // the server's side of each SDK socket
 
-  // What the test can make the server do. Each goes through the SDK's own socket handling.
+  // What the test can make the server do. Each goes through the SDK's own socket or transport handling.
   record.server = {
-    peerJoined: (peerId, name) => push(EVENTS.joinRoom, peerInfo({ peerId, name })),
-    peerLeft: (peerId) => push(EVENTS.leaveRoom, peerInfo({ peerId })),
+    // A peer joining or leaving is also in (or out of) the room's peer list a rejoin reads (getRoomPeersInfo).
+    peerJoined: (peerId, name, userId) => {
+      params.mockParticipants.push({ peerId, displayName: name, stageStatus: 1, ...(userId ? { userId } : {}) });
+      push(EVENTS.joinRoom, peerInfo({ peerId, name, userId }));
+    },
+    peerLeft: (peerId) => {
+      const at = params.mockParticipants.findIndex((p) => p.peerId === peerId); // in place: the mock holds this list
+      if (at >= 0) params.mockParticipants.splice(at, 1);
+      push(EVENTS.leaveRoom, peerInfo({ peerId }));
+    },
     kick: () => push(EVENTS.kick, peerInfo({ peerId: "" })),
     kickAll: () => push(EVENTS.kickAll, peerInfo({ peerId: "" })),
     waitlistDenied: () => push(EVENTS.waitingRoomRequestDenied, new Uint8Array(0)),
     dropSocket: () => {
       for (const socket of sockets.splice(0)) socket.close({ code: 4000, reason: "the test drops the connection" });
+    },
+    // A host mutes Luna: the media node broadcasts her audio producer paused, initiated by another peer
+    // (media.edge.PeerProducerToggleBroadcastResponse {participant_id=1, producer_state=2, initiator=3}).
+    hostMutes: (initiator = "peer-host") => {
+      const self = record.meetings.at(-1).self;
+      const state = producerState({ producerId: "producer-id", kind: "audio", pause: true });
+      const w = new pb.BinaryWriter().tag(1, LD()).string(self.id).tag(2, LD()).bytes(state).tag(3, LD()).string(initiator);
+      push(MEDIA.peerProducerToggleBroadcast, w.finish());
+    },
+    // A participant says their recording once, on the microphone the SDK consumes.
+    speak: async (peerId) => {
+      const { ctx, out, recording } = tones.get(`${peerId}-mic`);
+      const source = new AudioBufferSourceNode(ctx, { buffer: await recording });
+      source.connect(out);
+      source.start();
+    },
+    // The newest receive transport's ICE state changes (the browser's iceconnectionstatechange).
+    recvIce: (state) => {
+      const pc = record.pcs.filter((p) => p.recv).at(-1);
+      pc.iceConnectionState = state;
+      pc.emit("iceconnectionstatechange");
     },
   };
 
@@ -86,11 +206,24 @@
         if (typeof data === "string") return;
         const message = fields(new Uint8Array(data));
         if (message[1] !== EVENTS.joinRoom || !message[3]) return;
-        const peer = fields(fields(message[3])[1]); // socket.room.JoinRoomRequest {peer=1}
-        record.joins.push({ peerId: text(peer[1]), displayName: text(peer[3]) });
+        const peer = fields(first(fields(first(message[3]))[1])); // socket.room.JoinRoomRequest {peer=1}
+        record.joins.push({ peerId: text(first(peer[1])), displayName: text(first(peer[3])) });
       });
     });
   }
+
+  // Requests the mock has no answer for come here (see MOCK_FIXES in the test); an empty payload is what the
+  // mock gives otherwise.
+  window.__rtkMockAnswer = (request) => {
+    if (request.event === MEDIA.consume) return answerConsume(request.payload);
+    if (request.event === MEDIA.joinRoom && params.failDuringJoin) {
+      // What the SDK's ROOM_NODE_FAILED handler does (l.24414), while its first media join is in flight.
+      const self = record.meetings.at(-1).self;
+      self.roomState = "failed";
+      self.emit("roomLeft", { state: "failed" });
+    }
+    return new Uint8Array(0);
+  };
 
   // --- HTTP: the mock's fetch answers {}, which 2.0.2's init cannot use for the participant's details and the
   // ICE servers; those paths get the test's server-shaped answers (params.rest).
@@ -106,6 +239,30 @@
     };
   }
 
+  // The stub peer connection, recorded; the one the SDK listens to for "track" events is a receive transport.
+  function recordPeerConnections() {
+    const Stub = window.RTCPeerConnection;
+    window.RTCPeerConnection = class extends Stub {
+      constructor(...args) {
+        super(...args);
+        record.pcs.push(this);
+        // The stub never stores a remote description; the SDK reads the current one (its mids) to close consumers.
+        this.remoteDescription = { type: "offer", sdp: "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n" };
+        this.tracks = []; // delivered remote tracks end when their peer connection closes, as in a browser
+        const close = this.close.bind(this);
+        this.close = () => {
+          for (const track of this.tracks) track.stop();
+          return close();
+        };
+        const add = this.addEventListener;
+        this.addEventListener = (type, listener) => {
+          if (type === "track") this.recv = true;
+          return add.call(this, type, listener);
+        };
+      }
+    };
+  }
+
   async function installStubs() {
     pb = await import(new URL("@protobuf-ts/runtime/build/es2015/index.js", NODE_MODULES));
     const mock = await import(new URL("@cloudflare/realtimekit/dist/ClientMock.es.js", NODE_MODULES));
@@ -114,6 +271,7 @@
     window.fetch = (input, init) => {
       const peerId = new Headers(init && init.headers).get("tracing-id");
       mock.setupStubs({ peerId, mockParticipants: params.mockParticipants });
+      recordPeerConnections();
       recordJoins(window.RTK_MOCK_SERVER);
       window.fetch = answer(window.fetch);
       return window.fetch(input, init);

@@ -82,7 +82,7 @@ def document() -> dict[str, Any]:
             "/rooms/{room_id}/luna/events": {
                 "parameters": [_ROOM_ID],
                 "get": {
-                    "summary": "Server-sent events: status, state, participants, turn, speaking",
+                    "summary": "Server-sent events: status, state, participants, turn, speaking, muted",
                     "responses": {"200": {"description": "text/event-stream"}, **_errors(400, 404)},
                 },
             },
@@ -90,7 +90,7 @@ def document() -> dict[str, Any]:
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/readyz": {
                 "get": {
-                    "summary": "Readiness and active providers",
+                    "summary": "Readiness, active providers and (with RTK credentials) whether the RTK preset can work",
                     "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
                 }
             },

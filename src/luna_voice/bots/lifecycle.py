@@ -306,6 +306,11 @@ class Bot:
         if self.session is not None:
             self.session.clear_playback()
 
+    def unmute(self) -> None:
+        """Ask the page to publish Luna's voice again after someone else muted her."""
+        if self.session is not None:
+            self.session.unmute()
+
     # ------------------------------------------------------------------ events and status
     def publish(self, event: Event) -> None:
         if isinstance(event, TurnChanged) and event.state.terminal:

@@ -50,6 +50,7 @@ class Pipeline:
         send_audio: Callable[[int, bytes], None],
         clear_playback: Callable[[], None],
         publish: Callable[[CoreEvent], None],
+        unmute: Callable[[], None] = lambda: None,
         vad_aggressiveness: int = 2,
         clock: Callable[[], float] = time.monotonic,
         audio_tap: Callable[[str, float, bytes], None] | None = None,
@@ -59,6 +60,7 @@ class Pipeline:
         self._send_audio = send_audio
         self._clear_playback = clear_playback
         self._publish = publish
+        self._unmute = unmute
         self._vad = webrtcvad.Vad(vad_aggressiveness)
         self._playback_rate = core.cfg.playback_rate
         self._clock = clock  # monotonic: a wall-clock step must not stall or burst playback
@@ -139,6 +141,10 @@ class Pipeline:
         self.core.played(seq, idle, self._clock())
         self._run()
 
+    def muted(self, muted: bool, reason: str | None) -> None:
+        self.core.set_muted(muted, reason, self._clock())
+        self._run()
+
     # ------------------------------------------------------------------ actions
     def _run(self) -> None:
         for action in self.core.drain():
@@ -174,6 +180,8 @@ class Pipeline:
                 entry[1].cancel()
         elif isinstance(a, act.ClearPlayback):
             self._clear_playback()
+        elif isinstance(a, act.Unmute):
+            self._unmute()
         elif isinstance(a, act.RecordSpoken):
             self._spawn(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.reason))
         elif isinstance(a, act.Publish):

@@ -168,6 +168,9 @@ class PageSession:
     def clear_playback(self) -> None:
         self._outbox.put_nowait(bp.control("clear"))
 
+    def unmute(self) -> None:
+        self._outbox.put_nowait(bp.control("unmute"))
+
     def leave(self) -> bool:
         """Ask the page to leave the room; False when it cannot hear us (no bridge)."""
         if self._ws is None or self._ws.closed:
@@ -200,6 +203,9 @@ class PageSession:
             log.info("page.log", bot=self.bot_id, level=msg.level, message=msg.message)
         elif isinstance(msg, bp.Cleared):
             log.info("playback.cleared", bot=self.bot_id, dropped_ms=round(msg.dropped_ms))
+        elif isinstance(msg, bp.Muted):
+            log.warning("bot.muted_by_host", bot=self.bot_id, muted=msg.muted, reason=msg.reason)
+            self._pipeline.muted(msg.muted, msg.reason)
 
     def _on_room_state(self, msg: bp.RoomState) -> None:
         self.info["state"] = msg.state

@@ -31,6 +31,7 @@ def describe(bot: Bot) -> dict[str, Any]:
         "room_cost_usd": round(minutes * bot.options.get("minute_price", 0.0), 6),
         "providers": {"stt": bot.pipeline.stt.name, "llm": bot.pipeline.llm.name, "tts": bot.pipeline.tts.name},
         "policy": core.cfg.policy,
+        "muted_by_host": core.muted,
         "stats": {**core.stats, **bot.stats},
         "page": page,
     }

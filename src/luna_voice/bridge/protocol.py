@@ -24,8 +24,10 @@ Capture frames are 16 kHz, 20 ms (320 samples); playback frames are 48 kHz, any 
 JSON text messages, page → Python: ``hello {token, backend, audio_context, capture_rate, playback_rate}``,
 ``room_state {state, sub_code?, reason?}``, ``participant_joined {index, id, name}``,
 ``participant_left {index, id}``, ``played {seq, idle}`` (the highest playback seq fully rendered, -1 before the
-first; ``idle`` when the buffer ran empty), ``cleared {dropped_ms}``, ``log {level, message}``.
-Python → page: ``clear`` (drop all queued playback now), ``leave`` (leave the room, then close).
+first; ``idle`` when the buffer ran empty), ``cleared {dropped_ms}``, ``log {level, message}``, ``muted {muted,
+reason?}`` (someone else turned Luna's audio in the room off, or she is audible again).
+Python → page: ``clear`` (drop all queued playback now), ``leave`` (leave the room, then close), ``unmute``
+(publish Luna's voice again after someone else muted her).
 Every field is checked for type and range (pydantic); a message that fails is junk: the bot logs the reason
 once per socket and drops it, so nothing malformed reaches the lifecycle.
 
@@ -141,8 +143,16 @@ class PageLog:
     message: Annotated[StrictStr, Field(max_length=_CUT_TO["message"])] = ""
 
 
-Message = AudioFrame | Hello | RoomState | ParticipantJoined | ParticipantLeft | Played | Cleared | PageLog
-_PageMessage = Hello | RoomState | ParticipantJoined | ParticipantLeft | Played | Cleared | PageLog
+@dataclass(frozen=True, config=_STRICT)
+class Muted:
+    """Luna's audio in the room was turned off by someone else (a host, a preset change), or is back on."""
+
+    muted: StrictBool
+    reason: _Text | None = None
+
+
+Message = AudioFrame | Hello | RoomState | ParticipantJoined | ParticipantLeft | Played | Cleared | PageLog | Muted
+_PageMessage = Hello | RoomState | ParticipantJoined | ParticipantLeft | Played | Cleared | PageLog | Muted
 
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     name: TypeAdapter(model)
@@ -154,6 +164,7 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
         "played": Played,
         "cleared": Cleared,
         "log": PageLog,
+        "muted": Muted,
     }.items()
 }
 
@@ -222,7 +233,7 @@ def decode_hello(text: str, token: str) -> Hello:
     return hello
 
 
-def control(kind: Literal["clear", "leave"]) -> str:
+def control(kind: Literal["clear", "leave", "unmute"]) -> str:
     return json.dumps({"type": kind})
 
 

@@ -63,6 +63,11 @@ class ClearPlayback:
 
 
 @dataclass(frozen=True)
+class Unmute:
+    """Publish Luna's voice in the room again after someone else muted her."""
+
+
+@dataclass(frozen=True)
 class RecordSpoken:
     """The one closing call of a turn that reached the reply engine."""
 
@@ -88,6 +93,7 @@ Action = (
     | CancelSynthesis
     | SendAudio
     | ClearPlayback
+    | Unmute
     | RecordSpoken
     | Publish
 )

@@ -16,6 +16,9 @@ Rules that are easy to get wrong, in one place:
 * Barge-in: a human with ``barge_in_min_ms`` of voiced audio while Luna's voice is queued or playing stops her
   (cancel reply and synthesis, ``clear`` the page). Only the played part of the reply is kept in history, known
   from the page's playback marks. Luna never hears herself: the page captures remote participants only.
+* Muted by someone else (a host's mute, a preset without audio): she stops speaking at once and drops what is
+  queued, but keeps listening and captioning. With ``unmute_when_addressed`` she asks the room to unmute her
+  when someone addresses her by name afterwards, and answers that turn; otherwise she stays silent.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from luna_voice.conversation.endpointing import (
 )
 from luna_voice.conversation.events import (
     LateUsage,
+    MutedChanged,
     Participant,
     ParticipantsChanged,
     SpeakingChanged,
@@ -67,6 +71,7 @@ class CoreConfig:
     context_chars: int = 4000
     stale_after_s: float = 20.0
     rate_limited_line: str = ""
+    unmute_when_addressed: bool = True  # after a host's mute: speak again only when addressed by name
     lead_s: float = 0.6
     max_turns_kept: int = 200
 
@@ -113,6 +118,7 @@ class Conversation:
         self._llm_cooldown_until = 0.0
         self._out: list[act.Action] = []
         self._speaking = False
+        self.muted = False  # someone else turned Luna's audio in the room off
 
     # ------------------------------------------------------------------ inputs: room
     def participant_joined(self, pid: str, name: str, now: float) -> None:
@@ -125,6 +131,19 @@ class Conversation:
             self._endpoint(pid, ep.close(), now)
         self.participants.pop(pid, None)
         self._publish_participants()
+
+    def set_muted(self, muted: bool, reason: str | None, now: float) -> None:
+        """Someone else turned Luna's audio off (``muted``) or it is back on. Muted, she stops speaking at once."""
+        if muted == self.muted:
+            return
+        self.muted = muted
+        self._out.append(act.Publish(MutedChanged(muted, reason, now)))
+        if not muted:
+            return
+        while self._queue:
+            self._settle(self._queue.popleft(), TurnState.SKIPPED, now, decision="listen", reason="muted")
+        if self._active is not None:
+            self._interrupt(self._active, now)
 
     @property
     def cost_usd(self) -> float:
@@ -187,6 +206,10 @@ class Conversation:
         turn.decision, turn.reason = ("answer" if d.answer else "listen"), d.reason
         if not d.answer:
             return self._settle(turn, TurnState.SKIPPED, now)
+        if self.muted:
+            if not (self.cfg.unmute_when_addressed and self._is_addressed(text)):
+                return self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="muted")
+            self._out.append(act.Unmute())
         active = self._active
         if active is None:
             self._start(turn, d.may_stay_silent, now)

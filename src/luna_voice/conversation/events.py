@@ -55,4 +55,13 @@ class LateUsage:
     cost_usd: float
 
 
-CoreEvent = ParticipantsChanged | SpeakingChanged | TurnChanged | LateUsage
+@dataclass(frozen=True)
+class MutedChanged:
+    """Someone else (a host, a preset change) turned Luna's audio in the room off, or it is back on."""
+
+    muted: bool
+    reason: str | None
+    at: float
+
+
+CoreEvent = ParticipantsChanged | SpeakingChanged | TurnChanged | LateUsage | MutedChanged

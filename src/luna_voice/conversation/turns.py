@@ -34,7 +34,7 @@ class TurnState(StrEnum):
 _S = TurnState
 _NEXT: dict[TurnState, frozenset[TurnState]] = {
     _S.TRANSCRIBING: frozenset({_S.QUEUED, _S.THINKING, _S.SKIPPED, _S.FAILED}),
-    _S.QUEUED: frozenset({_S.THINKING, _S.STALE, _S.FAILED}),
+    _S.QUEUED: frozenset({_S.THINKING, _S.STALE, _S.FAILED, _S.SKIPPED}),  # skipped: muted by a host
     # A reply whose sentences all come back without audio ends done/failed without ever speaking.
     _S.THINKING: frozenset({_S.SPEAKING, _S.SILENT, _S.MERGED, _S.DONE, _S.FAILED}),
     _S.SPEAKING: frozenset({_S.DONE, _S.INTERRUPTED, _S.FAILED}),

@@ -1,4 +1,4 @@
-"""Cloudflare RealtimeKit REST client: mint Luna's participant token, read a meeting, kick a stuck Luna.
+"""Cloudflare RealtimeKit REST client: mint Luna's participant token, kick a stuck Luna, check her preset.
 
 Every failure becomes one ``RtkApiError`` whose ``http_status``, ``code`` and ``message`` are already what the
 control API answers (``{"error": {"code", "message"}}``), so callers never translate RTK's statuses themselves:
@@ -61,10 +61,6 @@ class RtkApiError(Exception):
             f"retry_after={self.retry_after!r})"
         )
 
-    def body(self) -> dict[str, dict[str, str]]:
-        """The control API's JSON error answer."""
-        return {"error": {"code": self.code, "message": self.message}}
-
 
 @dataclass(frozen=True)
 class MintedParticipant:
@@ -75,25 +71,18 @@ class MintedParticipant:
     token: str = field(repr=False)
 
 
-@dataclass(frozen=True)
-class RtkMeeting:
-    id: str
-    status: str  # "ACTIVE" | "INACTIVE"
-    title: str | None = None
+def custom_participant_id(meeting_id: str, stay_id: str) -> str:
+    """Luna's identity for one stay in a meeting: ``luna-<meeting>-<stay>``.
 
-    @property
-    def joinable(self) -> bool:
-        return self.status == "ACTIVE"
-
-
-def custom_participant_id(meeting_id: str) -> str:
-    """Luna's stable identity in a meeting.
-
-    Stable rather than random so that a rejoin (page crash, retried mint after a timeout) reuses the same
-    identity instead of piling up "Luna"s: the room and RTK's webhooks see one ``customParticipantId``, and a
-    stale Luna peer can be recognised and kicked. It also makes the mint POST safe to retry.
+    RTK wants it unique per participant. Each stay mints its own, so a stale Luna from an earlier stay can be
+    told apart (and kicked) by it; retries of one mint reuse it. The add-participant API has no metadata field
+    (only ``custom_participant_id``, ``preset_name``, ``name``, ``picture``), so the meeting is part of the id.
     """
-    return f"luna-{meeting_id}"
+    return f"luna-{meeting_id}-{stay_id}"
+
+
+# waiting_room_type values of a preset (Cloudflare's preset API): only SKIP lets Luna straight in.
+_NO_WAITING_ROOM = "SKIP"
 
 
 class RtkApi:
@@ -141,21 +130,16 @@ class RtkApi:
     def __repr__(self) -> str:
         return f"RtkApi(account_id={self._account_id!r}, app_id={self._app_id!r}, prefix={self._prefix!r})"
 
-    async def __aenter__(self) -> RtkApi:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
-    async def mint_token(self, meeting_id: str) -> MintedParticipant:
-        """Add Luna to the meeting and return the participant token (always with a ``name``)."""
+    async def mint_token(self, meeting_id: str, stay_id: str) -> MintedParticipant:
+        """Add Luna to the meeting for one stay and return the participant token (always with a ``name``)."""
         _check_id("meeting", meeting_id)
-        custom_id = custom_participant_id(meeting_id)
+        _check_id("stay", stay_id)
+        custom_id = custom_participant_id(meeting_id, stay_id)
         body: dict[str, Any] = {
             "name": self._name,
             "preset_name": self._preset_name,
@@ -163,40 +147,71 @@ class RtkApi:
         }
         if self._picture:
             body["picture"] = self._picture
-        data = await self._call("POST", meeting_id, f"/meetings/{meeting_id}/participants", body)
+        data = await self._call("POST", f"/meetings/{meeting_id}/participants", body, meeting_id=meeting_id)
         token, participant_id = data.get("token"), data.get("id")
         if not (isinstance(token, str) and token and isinstance(participant_id, str) and participant_id):
             raise RtkApiError(502, "rtk_bad_response", "RealtimeKit answered without a participant id and token")
-        log.info("rtk_token_minted", meeting_id=meeting_id, participant_id=participant_id)
+        log.info("rtk_token_minted", meeting_id=meeting_id, participant_id=participant_id, custom_id=custom_id)
         return MintedParticipant(participant_id=participant_id, custom_participant_id=custom_id, token=token)
 
-    async def kick(self, meeting_id: str, participant_id: str) -> None:
-        """Remove Luna's participant from the live session (when its page no longer answers at dismiss)."""
-        _check_id("meeting", meeting_id)
-        _check_id("participant", participant_id)
-        body = {"participant_ids": [participant_id]}
-        await self._call("POST", meeting_id, f"/meetings/{meeting_id}/active-session/kick", body)
-        log.info("rtk_participant_kicked", meeting_id=meeting_id, participant_id=participant_id)
+    async def kick(self, meeting_id: str, participant: MintedParticipant) -> None:
+        """Remove Luna's participant from the live session (when its page no longer answers at dismiss).
 
-    async def get_meeting(self, meeting_id: str) -> RtkMeeting:
+        Both ids go in the body: the participant id names this token's participant, the custom id also catches
+        a client of this stay that RTK lists under it.
+        """
         _check_id("meeting", meeting_id)
-        data = await self._call("GET", meeting_id, f"/meetings/{meeting_id}")
-        status = data.get("status")
-        if status not in ("ACTIVE", "INACTIVE"):
-            raise RtkApiError(502, "rtk_bad_response", f"RealtimeKit answered an unknown meeting status {status!r}")
-        return RtkMeeting(id=str(data.get("id") or meeting_id), status=status, title=data.get("title"))
+        _check_id("participant", participant.participant_id)
+        body = {
+            "participant_ids": [participant.participant_id],
+            "custom_participant_ids": [participant.custom_participant_id],
+        }
+        await self._call("POST", f"/meetings/{meeting_id}/active-session/kick", body, meeting_id=meeting_id)
+        log.info("rtk_participant_kicked", meeting_id=meeting_id, participant_id=participant.participant_id)
 
-    async def check_joinable(self, meeting_id: str) -> RtkMeeting:
-        """Pre-check before starting a browser: an INACTIVE meeting refuses every join, so say so up front."""
-        meeting = await self.get_meeting(meeting_id)
-        if not meeting.joinable:
-            raise RtkApiError(
-                409, "meeting_inactive", f"RealtimeKit meeting '{meeting_id}' is INACTIVE; participants cannot join it"
+    async def check_preset(self) -> str | None:
+        """Why Luna's preset would fail her first summon (it does not exist, allows no audio, or has a waiting
+        room), or None when it is fine. Lists the app's presets by name, then reads that preset's permissions."""
+        found = None
+        page = 1
+        while found is None:
+            listing = await self._call(
+                "GET", "/presets", params={"search": self._preset_name, "page_no": page, "per_page": 100}
             )
-        return meeting
+            presets = listing.get("data")
+            if not isinstance(presets, list):
+                raise RtkApiError(502, "rtk_bad_response", "RealtimeKit listed presets without a data array")
+            found = next((p for p in presets if isinstance(p, dict) and p.get("name") == self._preset_name), None)
+            total = (listing.get("paging") or {}).get("total_count", 0)
+            if found is None and (not presets or page * 100 >= total):
+                return f"RealtimeKit app {self._app_id} has no preset named '{self._preset_name}' (LUNA_RTK_PRESET)"
+            page += 1
+        preset_id = str(found.get("id") or "")
+        _check_id("preset", preset_id)
+        details = await self._call("GET", f"/presets/{preset_id}")
+        permissions = details.get("permissions") or {}
+        problems = []
+        audio = ((permissions.get("media") or {}).get("audio") or {}).get("can_produce")
+        if audio != "ALLOWED":
+            problems.append(f"does not allow Luna to speak (media.audio.can_produce is {audio})")
+        waiting = permissions.get("waiting_room_type")
+        if waiting != _NO_WAITING_ROOM:
+            problems.append(f"has a waiting room (waiting_room_type is {waiting}; use SKIP)")
+        if not problems:
+            return None
+        return f"RealtimeKit preset '{self._preset_name}' " + " and ".join(problems)
 
-    async def _call(self, method: str, meeting_id: str, path: str, body: dict[str, Any] | None = None) -> dict:
-        """One logical call with bounded retries; returns the envelope's ``data`` (or ``result``) object."""
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        params: dict[str, Any] | None = None,
+        meeting_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One logical call with bounded retries; returns the envelope: ``data`` (or ``result``) for objects, the
+        whole body for lists (whose ``data`` is an array next to ``paging``)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         headers = {"Authorization": f"Bearer {self._token.get_secret_value()}"}
@@ -205,7 +220,7 @@ class RtkApi:
             started = time.monotonic()
             retry_after: float | None = None
             try:
-                async with self._session.request(method, url, json=body, headers=headers) as resp:
+                async with self._session.request(method, url, json=body, params=params, headers=headers) as resp:
                     status = resp.status
                     payload = _parse_json(await resp.read())
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -236,18 +251,20 @@ class RtkApi:
             retry_after=retry_after,
         )
 
-    def _data(self, status: int, payload: Any) -> dict:
+    def _data(self, status: int, payload: Any) -> dict[str, Any]:
         if isinstance(payload, dict) and payload.get("success") is not False:
             data = payload.get("data")
             if data is None:
                 data = payload.get("result")
             if isinstance(data, dict):
                 return data
+            if isinstance(data, list):
+                return {**payload, "data": data}
         raise RtkApiError(502, "rtk_bad_response", f"RealtimeKit answered HTTP {status} without a usable body")
 
-    def _refusal(self, status: int, payload: Any, meeting_id: str) -> RtkApiError:
+    def _refusal(self, status: int, payload: Any, meeting_id: str | None) -> RtkApiError:
         detail = self._messages(payload, status)
-        if status == 404:
+        if status == 404 and meeting_id is not None:
             return RtkApiError(
                 404, "meeting_not_found", f"RealtimeKit has no meeting '{meeting_id}' in app {self._app_id} ({detail})"
             )
