@@ -77,6 +77,8 @@ async def test_a_killed_renderer_is_rejoined_and_luna_is_heard_again(start_servi
 
     turn = await until(answered, 90, "Luna to hear Bob and answer through her new page", step=0.5)
     assert turn["speaker"]["name"] == "Bob"
+    async with svc.http.get(svc.url + "/metrics") as resp:
+        assert "luna_bot_rejoins_total 1.0" in await resp.text()
     rec = await bob.evaluate("lunaDemo.stopRecording()")
     heard = np.frombuffer(base64.b64decode(rec["pcm"]), dtype=np.int16)
     assert active_seconds(heard, rec["sampleRate"]) >= 0.5

@@ -57,6 +57,9 @@ class Metrics:
         self.usage = Counter("luna_usage", "Provider usage by unit", ["unit"], registry=self.registry)
         self.cost = Counter("luna_cost_usd", "Provider cost of finished turns in USD", registry=self.registry)
         self.ended = Counter("luna_bots_ended", "Bots that ended, by sub-code", ["sub_code"], registry=self.registry)
+        self.rejoins = Counter(
+            "luna_bot_rejoins", "Crashed pages (or browsers) replaced while Luna rejoined", registry=self.registry
+        )
 
     def observe(self, event: Event) -> None:
         """Called with every event a bot publishes."""
@@ -66,6 +69,8 @@ class Metrics:
             self._usage(event.usage, event.cost_usd)
         elif isinstance(event, StateChanged) and event.state in ("ended", "failed"):
             self.ended.labels(event.sub_code or "unknown").inc()
+        elif isinstance(event, StateChanged) and (event.state, event.sub_code) == ("reconnecting", "crashed"):
+            self.rejoins.inc()  # the lifecycle announces each rejoin as reconnecting/crashed
 
     def _turn(self, turn: Mapping[str, Any]) -> None:
         self.turns.labels(turn["state"], turn["reason"] or "none").inc()

@@ -25,7 +25,7 @@ from aiohttp import web
 from luna_voice.bots import states as sc
 from luna_voice.bots.host import PageHost, PageUrls
 from luna_voice.bots.pipeline import Pipeline
-from luna_voice.bots.session import PageSession, open_bridge
+from luna_voice.bots.session import LIVE_PAGE_STATES, PageSession, open_bridge
 from luna_voice.bots.states import BotState
 from luna_voice.bots.status import describe
 from luna_voice.conversation.events import TurnChanged
@@ -233,11 +233,7 @@ class Bot:
         session = self.session
         try:
             self._set_state(BotState.LEAVING, sub_code, reason)
-            if (
-                session is not None
-                and not session.retired
-                and session.room_state in ("joined", "joining", "reconnecting")
-            ):
+            if session is not None and not session.retired and session.room_state in LIVE_PAGE_STATES:
                 await self._leave_room(session)
             await asyncio.wait_for(self.pipeline.aclose(), PIPELINE_CLOSE_S)
             if session is not None:
