@@ -1,8 +1,8 @@
 """The fault suite: a real Chromium for Luna and for the people, then the things that go wrong in production —
 a renderer killed, the browser killed, SIGTERM with everything connected, and summon/dismiss churn.
 
-Run alone with ``./dev test -m faults``. Page-level faults that need no browser (a late signal from an old page,
-junk from the page, summon during dismiss, streams that end) are in test_lifecycle.py.
+Run alone with ``./dev test -m faults``, which also runs the page-level faults that need no browser (a late signal
+from an old page, junk from the page, summon during dismiss, streams that end), marked in test_lifecycle.py.
 """
 
 from __future__ import annotations
