@@ -355,3 +355,15 @@ async def test_a_page_that_does_not_open_fails_without_leaking_its_tokens(start_
     assert "ERR_CONNECTION_REFUSED" in body["reason"]
     secret = host.urls[0].split("#", 1)[1]
     assert secret not in body["reason"] and secret not in capsys.readouterr().out
+
+
+async def test_every_url_the_page_gets_is_built_from_the_configured_base(start_service):
+    host = PagelessHost()
+    svc = await start_service(host=host, bot_base_url="https://luna-bots.internal:9443/")
+    status, bot = await svc.call("POST", "/rooms/life/luna", json={"backend": "local"})
+    assert status == 201
+    await until(lambda: asyncio.sleep(0, bool(host.urls)), 5, "the page to open")
+    cfg = page_config(host.urls[0])
+    assert host.urls[0].startswith("https://luna-bots.internal:9443/bot/bot.html#")
+    assert cfg["bridgeUrl"] == f"wss://luna-bots.internal:9443/bridge/{bot['bot_id']}"
+    assert cfg["room"]["signalUrl"] == "wss://luna-bots.internal:9443/local/rooms/life/signal"
