@@ -117,6 +117,8 @@ class Bot:
                     break
                 await session.close()
                 self.pipeline.page_changed()
+                if self._end_request is not None:  # dismissed while the old page was closing
+                    break
         except asyncio.CancelledError:
             self.request_end(sc.SHUTDOWN, "service stopping")
             raise
