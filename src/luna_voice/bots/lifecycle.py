@@ -27,7 +27,7 @@ from luna_voice.bots.host import PageHost, PageUrls
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.bots.session import LIVE_PAGE_STATES, PageSession, open_bridge
 from luna_voice.bots.states import BotState
-from luna_voice.bots.status import describe
+from luna_voice.bots.status import describe, display, wall_offset
 from luna_voice.conversation.events import TurnChanged
 from luna_voice.events import Event, StateChanged, StatusSnapshot
 
@@ -320,7 +320,7 @@ class Bot:
                 cost_usd=t["cost_usd"],
             )
         if self.on_event is not None:
-            self.on_event(self, event)
+            self.on_event(self, display(event, wall_offset(self.clock)))
 
     def room_minutes(self) -> float:
         """Minutes Luna has been in the room (RTK bills these per participant)."""
