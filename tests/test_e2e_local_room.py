@@ -4,6 +4,7 @@ through the HTTP API, hears the words, answers out loud, and the human's page re
 from __future__ import annotations
 
 import base64
+import time
 
 import numpy as np
 import pytest
@@ -58,6 +59,7 @@ async def test_luna_hears_a_person_and_answers_out_loud(start_service, launch_hu
     t = turn["timings"]
     assert t["end_of_speech"] <= t["transcript_ready"] <= t["first_reply_text"] <= t["first_tts_audio"]
     assert t["first_tts_audio"] <= t["first_audio_sent"] <= t["finished"]
+    assert abs(t["finished"] - time.time()) < 120  # shown on the wall clock (the core runs on the monotonic one)
 
     # Alice's page received Luna's spoken answer: speech energy for about as long as the reply's audio, and
     # it is intelligible — Whisper hears Luna's words in what Alice recorded.

@@ -1,8 +1,8 @@
 """The fault suite: a real Chromium for Luna and for the people, then the things that go wrong in production —
 a renderer killed, the browser killed, SIGTERM with everything connected, and summon/dismiss churn.
 
-Run alone with ``./dev test -m faults``. Page-level faults that need no browser (a late signal from an old page,
-junk from the page, summon during dismiss, streams that end) are in test_lifecycle.py.
+Run alone with ``./dev test -m faults``, which also runs the page-level faults that need no browser (a late signal
+from an old page, junk from the page, summon during dismiss, streams that end), marked in test_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ async def test_a_killed_renderer_is_rejoined_and_luna_is_heard_again(start_servi
 
     turn = await until(answered, 90, "Luna to hear Bob and answer through her new page", step=0.5)
     assert turn["speaker"]["name"] == "Bob"
+    async with svc.http.get(svc.url + "/metrics") as resp:
+        assert "luna_bot_rejoins_total 1.0" in await resp.text()
     rec = await bob.evaluate("lunaDemo.stopRecording()")
     heard = np.frombuffer(base64.b64decode(rec["pcm"]), dtype=np.int16)
     assert active_seconds(heard, rec["sampleRate"]) >= 0.5

@@ -95,6 +95,7 @@ async def test_reconnecting_then_joined_again(start_service):
     await ws.close()
 
 
+@pytest.mark.faults
 async def test_page_crash_rejoins_within_the_budget_then_fails(start_service):
     svc, bot, cfg, host = await summon(start_service, rejoin_max=2)
     ws = await attach(svc, bot, cfg)
@@ -160,6 +161,7 @@ async def _answer_leave(ws) -> None:  # type: ignore[no-untyped-def]
             return
 
 
+@pytest.mark.faults
 async def test_late_signals_from_an_old_page_are_ignored(start_service):
     svc, bot, cfg, host = await summon(start_service)
     old_ws = await _joined_with(svc, bot, cfg, "Ann")
@@ -175,6 +177,7 @@ async def test_late_signals_from_an_old_page_are_ignored(start_service):
     await ws.close()
 
 
+@pytest.mark.faults
 async def test_a_malformed_room_state_never_reaches_the_lifecycle(start_service):
     svc, bot, cfg, _ = await summon(start_service)
     ws = await _joined_with(svc, bot, cfg, "Ann")
@@ -190,6 +193,7 @@ async def test_a_malformed_room_state_never_reaches_the_lifecycle(start_service)
     await ws.close()
 
 
+@pytest.mark.faults
 async def test_the_alone_timeout_ends_the_stay_when_the_room_emptied_during_a_crash(start_service):
     svc, bot, cfg, host = await summon(start_service, alone_timeout_s=1.0)
     await _joined_with(svc, bot, cfg, "Ann")
@@ -222,6 +226,7 @@ async def test_a_wall_clock_step_does_not_stop_the_alone_timer(start_service, mo
     await ws.close()
 
 
+@pytest.mark.faults
 async def test_summoning_while_luna_leaves_starts_a_new_stay(start_service):
     svc, bot, cfg, host = await summon(start_service)
     ws = await _joined_with(svc, bot, cfg, "Ann")
@@ -249,6 +254,7 @@ async def _sse(svc, path: str):  # type: ignore[no-untyped-def]
                 yield json.loads(line[6:])
 
 
+@pytest.mark.faults
 async def test_an_event_stream_ends_with_the_final_status_after_dismiss(start_service):
     svc, bot, cfg, _ = await summon(start_service)
     ws = await _joined_with(svc, bot, cfg, "Ann")
@@ -349,3 +355,15 @@ async def test_a_page_that_does_not_open_fails_without_leaking_its_tokens(start_
     assert "ERR_CONNECTION_REFUSED" in body["reason"]
     secret = host.urls[0].split("#", 1)[1]
     assert secret not in body["reason"] and secret not in capsys.readouterr().out
+
+
+async def test_every_url_the_page_gets_is_built_from_the_configured_base(start_service):
+    host = PagelessHost()
+    svc = await start_service(host=host, bot_base_url="https://luna-bots.internal:9443/")
+    status, bot = await svc.call("POST", "/rooms/life/luna", json={"backend": "local"})
+    assert status == 201
+    await until(lambda: asyncio.sleep(0, bool(host.urls)), 5, "the page to open")
+    cfg = page_config(host.urls[0])
+    assert host.urls[0].startswith("https://luna-bots.internal:9443/bot/bot.html#")
+    assert cfg["bridgeUrl"] == f"wss://luna-bots.internal:9443/bridge/{bot['bot_id']}"
+    assert cfg["room"]["signalUrl"] == "wss://luna-bots.internal:9443/local/rooms/life/signal"

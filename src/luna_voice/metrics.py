@@ -60,6 +60,9 @@ class Metrics:
         self.muted = Counter(
             "luna_muted_by_host", "Times someone else (a host, a preset change) muted Luna", registry=self.registry
         )
+        self.rejoins = Counter(
+            "luna_bot_rejoins", "Crashed pages (or browsers) replaced while Luna rejoined", registry=self.registry
+        )
 
     def observe(self, event: Event) -> None:
         """Called with every event a bot publishes."""
@@ -71,6 +74,8 @@ class Metrics:
             self.ended.labels(event.sub_code or "unknown").inc()
         elif isinstance(event, MutedChanged) and event.muted:
             self.muted.inc()
+        elif isinstance(event, StateChanged) and (event.state, event.sub_code) == ("reconnecting", "crashed"):
+            self.rejoins.inc()  # the lifecycle announces each rejoin as reconnecting/crashed
 
     def _turn(self, turn: Mapping[str, Any]) -> None:
         self.turns.labels(turn["state"], turn["reason"] or "none").inc()

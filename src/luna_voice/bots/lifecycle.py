@@ -25,9 +25,9 @@ from aiohttp import web
 from luna_voice.bots import states as sc
 from luna_voice.bots.host import PageHost, PageUrls
 from luna_voice.bots.pipeline import Pipeline
-from luna_voice.bots.session import PageSession, open_bridge
+from luna_voice.bots.session import LIVE_PAGE_STATES, PageSession, open_bridge
 from luna_voice.bots.states import BotState
-from luna_voice.bots.status import describe
+from luna_voice.bots.status import describe, display, wall_offset
 from luna_voice.conversation.events import TurnChanged
 from luna_voice.events import Event, StateChanged, StatusSnapshot
 
@@ -117,6 +117,8 @@ class Bot:
                     break
                 await session.close()
                 self.pipeline.page_changed()
+                if self._end_request is not None:  # dismissed while the old page was closing
+                    break
         except asyncio.CancelledError:
             self.request_end(sc.SHUTDOWN, "service stopping")
             raise
@@ -233,11 +235,7 @@ class Bot:
         session = self.session
         try:
             self._set_state(BotState.LEAVING, sub_code, reason)
-            if (
-                session is not None
-                and not session.retired
-                and session.room_state in ("joined", "joining", "reconnecting")
-            ):
+            if session is not None and not session.retired and session.room_state in LIVE_PAGE_STATES:
                 await self._leave_room(session)
             await asyncio.wait_for(self.pipeline.aclose(), PIPELINE_CLOSE_S)
             if session is not None:
@@ -327,7 +325,7 @@ class Bot:
                 cost_usd=t["cost_usd"],
             )
         if self.on_event is not None:
-            self.on_event(self, event)
+            self.on_event(self, display(event, wall_offset(self.clock)))
 
     def room_minutes(self) -> float:
         """Minutes Luna has been in the room (RTK bills these per participant)."""
