@@ -72,7 +72,7 @@ async def test_a_turn_through_openai_botsession_and_azure(start_service, launch_
     request = app.requests[0].json
     assert request["text"] == HEARD and request["speaker_name"] == "Mei"
     assert turn["heard_text"] == HEARD and turn["reply_text"] == "".join(ANSWER)
-    spoken = [s.text for s in tts.synthesises]
+    spoken = [s.text for s in tts.synthesises if s.text]  # a startup probe may send an empty request
     assert spoken == [ANSWER[0], ANSWER[1].strip()]
     assert tts.synthesises[0].voice == "zh-CN-XiaoxiaoNeural"
     # What Luna really said reached the app's history.

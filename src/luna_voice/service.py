@@ -89,6 +89,8 @@ class Service:
         )
         self.browser_error: str | None = None
         self._stopped = False
+        self.provider_problems: dict[str, str] = {}  # from the startup probe (``_probe_tts``)
+        self._probe: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ LunaService
     @property
@@ -227,10 +229,14 @@ class Service:
 
     def readiness(self) -> dict[str, Any]:
         browser = self.host.ready
+        problems = dict(self.provider_problems)  # the startup probe's findings, then what live bots see now
+        for bot in self.manager.live():
+            problems.update(bot.pipeline.provider_problems())
         return {
             "ready": browser,
             "browser": "running" if browser else (self.browser_error or "not started"),
             "providers": self.providers.names,
+            "provider_problems": problems,
             "offline": self.providers.offline,
             "bots": {"live": len(self.manager.live()), "max": self.settings.max_bots},
         }
@@ -240,6 +246,7 @@ class Service:
         self._log_access()
         for note in self.providers.notes:
             log.warning("providers.note", note=note)
+        self._probe = asyncio.create_task(self._probe_tts())
         try:
             await self.host.start()
         except Exception as exc:  # the API still answers; /readyz says why bots cannot start
@@ -261,6 +268,20 @@ class Service:
                 + (" and join the local demo rooms without a ticket" if s.local_rooms else ""),
             )
 
+    async def _probe_tts(self) -> None:
+        """Open the TTS service once at startup, so a refused key or an unreachable service shows in /readyz
+        before the first bot needs it (the Azure provider finds out within about a second)."""
+        if self.providers.names["tts"] != "azure":
+            return
+        tts = self.providers.make_tts()
+        try:
+            await tts.warm()
+            if isinstance(problem := getattr(tts, "problem", None), str):
+                self.provider_problems["tts"] = problem
+                log.error("providers.unhealthy", provider=tts.name, problem=problem)
+        finally:
+            await tts.aclose()
+
     async def stop(self) -> None:
         """Every bot leaves its room, event streams and local-room sockets close saying why, then Chromium exits.
 
@@ -274,6 +295,8 @@ class Service:
         await self.hub.close_all(reason)
 
     async def _on_shutdown(self, _app: web.Application) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self.stop()
         if self.rtk is not None:
             try:
