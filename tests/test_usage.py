@@ -160,3 +160,11 @@ def test_readme_cost_figures_are_what_the_code_computes():
             stt = share * 60 * per_minute + 1e-9  # half-cents round up, as written by hand
             assert f"${stt:.2f}" in section, (mode, share)
             assert f"**≈ ${stt + answers + rtk:.2f}**" in section, (mode, share)
+
+
+def test_startup_names_the_changed_reply_defaults():
+    notes = select_providers(settings(llm_base_url="http://127.0.0.1:9/v1", llm_api_key="k")).notes
+    assert any('{"thinking": {"type": "disabled"}}' in n for n in notes)
+    assert any("glm-4.7-flash (free" in n for n in notes)
+    plain = select_providers(settings(llm_base_url="http://127.0.0.1:9/v1", llm_api_key="k", llm_extra_body={})).notes
+    assert not any("LUNA_LLM_EXTRA_BODY" in n for n in plain)
