@@ -197,7 +197,7 @@ class Pipeline:
             result = await stream.finish()
         except ProviderError as exc:
             log.warning("stt.failed", utterance=uid, reason=exc.reason)
-            self.core.transcript_failed(uid, exc.reason, self._clock())
+            self.core.transcript_failed(uid, exc.reason, self._clock(), usage=exc.usage)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await stream.cancel()
