@@ -15,6 +15,7 @@ from fakes.azure_usp import PATHS, FakeAzureTts, Fault
 from luna_voice.conversation.domain import Usage
 from luna_voice.providers.azure_tts import AzureTextToSpeech, billable_characters
 from luna_voice.providers.base import ProviderError, RateLimited
+from pageless import PagelessHost
 
 ZH = "你好，我是 Luna。"
 EN = "Hello, I am Luna, nice to meet you."
@@ -34,7 +35,9 @@ async def make(fake: FakeAzureTts):
     made: list[AzureTextToSpeech] = []
 
     def build(**overrides) -> AzureTextToSpeech:
-        args = {"key": KEY, "region": None, "endpoint": fake.endpoint, "timeout_s": 3.0} | overrides
+        # A generous dial bound: under load a slow local dial must not turn into a probe request the test counts.
+        args = {"key": KEY, "region": None, "endpoint": fake.endpoint, "timeout_s": 3.0, "dial_timeout_s": 5.0}
+        args |= overrides
         made.append(tts := AzureTextToSpeech(**args))
         return tts
 
@@ -326,3 +329,59 @@ async def test_live_azure_speaks_chinese() -> None:
     assert len(pcm) / tts.sample_rate > 0.5
     assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 100  # not silence
     assert usage.tts_characters == billable_characters(ZH)
+
+
+# --- failures surface fast -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["bad_key", "unreachable"])
+async def test_warm_finds_a_refused_key_or_a_dead_service_within_the_dial_bound(
+    fake: FakeAzureTts, make, where
+) -> None:
+    """The SDK reports no failed dial; warm() must not sit out the 30 s timeout, and must say what is wrong."""
+    if where == "bad_key":
+        tts, expected = make(key="wrong-key", timeout_s=30.0, dial_timeout_s=0.3), "auth refused"
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        endpoint = f"ws://127.0.0.1:{port}/tts/cognitiveservices/websocket/v1"
+        tts, expected = make(endpoint=endpoint, timeout_s=30.0, dial_timeout_s=0.3), "unreachable"
+    async with asyncio.timeout(10):  # far below timeout_s: the old warm() waited all of it
+        await tts.warm()
+    assert tts.problem == expected
+    assert [s.text for s in fake.synthesises] == []  # the probe reached no service that could bill it
+
+
+async def test_a_healthy_service_has_no_problem_and_the_probe_bills_nothing(fake: FakeAzureTts, make) -> None:
+    tts = make(dial_timeout_s=0.0)  # forces the probe even though the socket opens
+    await tts.warm()
+    assert tts.problem is None
+    assert [s.text for s in fake.synthesises] in ([], [""])  # at most an empty request: nothing billable
+    _, usage = await speak(tts, EN)
+    assert usage.tts_characters == len(EN)
+
+
+async def test_after_a_stop_whose_redial_fails_the_next_sentence_fails_at_once(fake: FakeAzureTts, make) -> None:
+    """Barge-in drops the socket; if the key is revoked meanwhile, the next sentence fails fast and says why."""
+    tts = make(timeout_s=30.0, dial_timeout_s=0.3)
+    await tts.warm()
+    fake.gate = asyncio.Event()
+    async with asyncio.timeout(10):
+        await _cut_by_aclose(tts, ZH)
+    fake.reject_status = 401  # the redial after the stop is refused
+    fake.gate.set()
+    async with asyncio.timeout(10):  # not the 30 s timeout
+        error = await failure(tts, EN)
+    assert error.reason == "auth refused" and tts.problem == "auth refused"
+
+
+async def test_readyz_shows_a_refused_azure_key_from_the_startup_probe(fake: FakeAzureTts, start_service) -> None:
+    svc = await start_service(
+        host=PagelessHost(), tts_provider="azure", azure_speech_key="wrong-key", azure_speech_endpoint=fake.endpoint
+    )
+    async with asyncio.timeout(10):
+        assert svc.service._probe is not None
+        await svc.service._probe  # the probe's own end, not a sleep
+    status, ready = await svc.call("GET", "/readyz")
+    assert status == 200 and ready["provider_problems"] == {"tts": "auth refused"}

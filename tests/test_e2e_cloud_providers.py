@@ -62,7 +62,7 @@ async def test_a_turn_through_openai_botsession_and_azure(start_service, launch_
 
     # OpenAI heard the person's audio at its rate with the current model, participant names in the prompt and
     # the keywords, and the audience's languages as hints, none forced.
-    transcription = stt.requests[0]
+    transcription = max(stt.requests, key=lambda r: r.duration_s)  # a noise blip may come first; it is dropped
     assert transcription.transport == "realtime" and transcription.duration_s > 1.0
     assert transcription.model == "gpt-live-transcribe"
     assert "Mei" in (transcription.prompt or "") and "Mei" in (transcription.keywords or [])
@@ -72,7 +72,7 @@ async def test_a_turn_through_openai_botsession_and_azure(start_service, launch_
     request = app.requests[0].json
     assert request["text"] == HEARD and request["speaker_name"] == "Mei"
     assert turn["heard_text"] == HEARD and turn["reply_text"] == "".join(ANSWER)
-    spoken = [s.text for s in tts.synthesises]
+    spoken = [s.text for s in tts.synthesises if s.text]  # a startup probe may send an empty request
     assert spoken == [ANSWER[0], ANSWER[1].strip()]
     assert tts.synthesises[0].voice == "zh-CN-XiaoxiaoNeural"
     # What Luna really said reached the app's history.

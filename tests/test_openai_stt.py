@@ -463,6 +463,17 @@ async def test_realtime_second_drop_fails_the_utterance(fake, make_stt):
 
     assert info.value.reason == "connection lost"
     assert len(fake.connections) == 2
+    # A streaming model heard (and billed) the audio of both sessions: the failure says so.
+    assert info.value.usage is not None and 0 < info.value.usage.stt_seconds <= 2 * 0.5 + 0.01
+
+
+async def test_a_committed_turn_model_is_not_billed_for_a_dropped_session(fake, make_stt):
+    """gpt-4o-transcribe transcribes on commit: audio of a session that dropped before it was never billed."""
+    fake.fail_next(Fault(drop_after_appends=1))
+    transcript = await asyncio.wait_for(say(make_stt("realtime", model="gpt-4o-transcribe"), tone(0.5)), timeout=5)
+
+    assert len(fake.connections) == 2
+    assert transcript.usage.stt_seconds == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------ live

@@ -292,6 +292,14 @@ async def test_a_transcription_error_fails_the_turn_and_the_next_one_is_heard(er
     await p.pipe.aclose()
 
 
+async def test_a_failed_transcription_still_counts_the_audio_it_was_billed_for():
+    p = page([ProviderError("stt", "connection lost", usage=Usage(stt_seconds=2.5))])
+    p.say()
+    failed = await p.ended()
+    assert failed["state"] == "failed" and failed["usage"]["stt_seconds"] == 2.5
+    await p.pipe.aclose()
+
+
 async def test_a_reply_error_mid_stream_keeps_what_was_already_said():
     gate = Gate()
     p = page(["Tell me a story."], [["Once upon a time. ", gate, ProviderError("llm", "stream cut")]])

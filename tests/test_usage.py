@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from luna_voice.config import Prices, Settings
@@ -9,7 +11,9 @@ from luna_voice.conversation.domain import Usage
 from luna_voice.conversation.events import LateUsage
 from luna_voice.events import to_wire
 from luna_voice.metrics import Metrics
+from luna_voice.providers.azure_tts import billable_characters
 from luna_voice.providers.select import select_providers
+from luna_voice.providers.stt_models import MODELS
 from luna_voice.usage import price
 
 
@@ -129,3 +133,38 @@ def test_late_usage_has_a_wire_form():
         "room_id": "r",
         "bot_id": "b",
     }
+
+
+ZH_ANSWER = "好的，明天北京晴天，最高气温二十度，最低十度，早晚有点凉，出门记得带件外套。"
+EN_ANSWER = "Sure, tomorrow will be sunny in Beijing, around twenty degrees."
+
+
+def test_readme_cost_figures_are_what_the_code_computes():
+    """The README's cost section is recomputed from the price formula, the model table and Azure's rule."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## What a turn costs") :]
+    live, http = MODELS["gpt-live-transcribe"].per_minute, MODELS["gpt-transcribe"].per_minute
+    assert (billable_characters(ZH_ANSWER), len(ZH_ANSWER), billable_characters(EN_ANSWER)) == (70, 38, 63)
+
+    def turn(per_minute: float | None, answer: str) -> float:
+        usage = Usage(
+            stt_seconds=4, llm_input_tokens=600, llm_output_tokens=60, tts_characters=billable_characters(answer)
+        )
+        return price(usage, Prices(stt_per_minute=per_minute))
+
+    assert f"**≈ ${turn(live, ZH_ANSWER):.4f}** (http: ≈ ${turn(http, ZH_ANSWER):.4f})" in section
+    answers, rtk = 20 * price(Usage(tts_characters=70), Prices()), 60 * Prices().rtk_per_minute
+    for share in (0.25, 0.5, 1.0):
+        for per_minute, mode in ((live, "realtime"), (http, "http")):
+            assert per_minute is not None
+            stt = share * 60 * per_minute + 1e-9  # half-cents round up, as written by hand
+            assert f"${stt:.2f}" in section, (mode, share)
+            assert f"**≈ ${stt + answers + rtk:.2f}**" in section, (mode, share)
+
+
+def test_startup_names_the_changed_reply_defaults():
+    notes = select_providers(settings(llm_base_url="http://127.0.0.1:9/v1", llm_api_key="k")).notes
+    assert any('{"thinking": {"type": "disabled"}}' in n for n in notes)
+    assert any("glm-4.7-flash (free" in n for n in notes)
+    plain = select_providers(settings(llm_base_url="http://127.0.0.1:9/v1", llm_api_key="k", llm_extra_body={})).notes
+    assert not any("LUNA_LLM_EXTRA_BODY" in n for n in plain)

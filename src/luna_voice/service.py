@@ -93,6 +93,8 @@ class Service:
         # LUNA_RTK_PRESET as RealtimeKit has it: checked once at startup (None while checking)
         self.rtk_preset: dict[str, Any] | None = None
         self._preset_check: asyncio.Task[None] | None = None
+        self.provider_problems: dict[str, str] = {}  # from the startup probe (``_probe_tts``)
+        self._probe: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ LunaService
     @property
@@ -233,10 +235,14 @@ class Service:
 
     def readiness(self) -> dict[str, Any]:
         browser = self.host.ready
+        problems = dict(self.provider_problems)  # the startup probe's findings, then what live bots see now
+        for bot in self.manager.live():
+            problems.update(bot.pipeline.provider_problems())
         report = {
             "ready": browser,
             "browser": "running" if browser else (self.browser_error or "not started"),
             "providers": self.providers.names,
+            "provider_problems": problems,
             "offline": self.providers.offline,
             "bots": {"live": len(self.manager.live()), "max": self.settings.max_bots},
         }
@@ -269,6 +275,7 @@ class Service:
             log.warning("providers.note", note=note)
         if self.rtk is not None:  # in the background: the API answers (and /readyz says "checking") meanwhile
             self._preset_check = asyncio.create_task(self._check_rtk_preset(self.rtk))
+        self._probe = asyncio.create_task(self._probe_tts())
         try:
             await self.host.start()
         except Exception as exc:  # the API still answers; /readyz says why bots cannot start
@@ -290,6 +297,20 @@ class Service:
                 + (" and join the local demo rooms without a ticket" if s.local_rooms else ""),
             )
 
+    async def _probe_tts(self) -> None:
+        """Open the TTS service once at startup, so a refused key or an unreachable service shows in /readyz
+        before the first bot needs it (the Azure provider finds out within about a second)."""
+        if self.providers.names["tts"] != "azure":
+            return
+        tts = self.providers.make_tts()
+        try:
+            await tts.warm()
+            if isinstance(problem := getattr(tts, "problem", None), str):
+                self.provider_problems["tts"] = problem
+                log.error("providers.unhealthy", provider=tts.name, problem=problem)
+        finally:
+            await tts.aclose()
+
     async def stop(self) -> None:
         """Every bot leaves its room, event streams and local-room sockets close saying why, then Chromium exits.
 
@@ -303,6 +324,8 @@ class Service:
         await self.hub.close_all(reason)
 
     async def _on_shutdown(self, _app: web.Application) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self.stop()
         if self._preset_check is not None:
             self._preset_check.cancel()

@@ -119,6 +119,11 @@ class Pipeline:
             except Exception as exc:  # TimeoutError included: a hung provider must not keep the bot
                 log.warning("provider.close_failed", provider=provider.name, error=str(exc) or type(exc).__name__)
 
+    def provider_problems(self) -> dict[str, str]:
+        """Providers that know they cannot work (a refused key, an unreachable service), with why."""
+        roles = {"stt": self.stt, "llm": self.llm, "tts": self.tts}
+        return {role: problem for role, p in roles.items() if isinstance(problem := getattr(p, "problem", None), str)}
+
     # ------------------------------------------------------------------ inputs from the bridge
     def participant_joined(self, pid: str, name: str) -> None:
         self.core.participant_joined(pid, name, self._clock())
@@ -200,7 +205,7 @@ class Pipeline:
             result = await stream.finish()
         except ProviderError as exc:
             log.warning("stt.failed", utterance=uid, reason=exc.reason)
-            self.core.transcript_failed(uid, exc.reason, self._clock())
+            self.core.transcript_failed(uid, exc.reason, self._clock(), usage=exc.usage)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await stream.cancel()

@@ -58,6 +58,7 @@ def describe(bot: Bot) -> dict[str, Any]:
         "room_minutes": round(minutes, 3),
         "room_cost_usd": round(minutes * bot.options.get("minute_price", 0.0), 6),
         "providers": {"stt": bot.pipeline.stt.name, "llm": bot.pipeline.llm.name, "tts": bot.pipeline.tts.name},
+        "provider_problems": bot.pipeline.provider_problems(),
         "policy": core.cfg.policy,
         "muted_by_host": core.muted,
         "stats": {**core.stats, **bot.stats},

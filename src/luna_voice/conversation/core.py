@@ -226,10 +226,13 @@ class Conversation:
             self._queue.append(turn)
             self._publish_turn(turn)
 
-    def transcript_failed(self, utterance_id: str, reason: str, now: float) -> None:
+    def transcript_failed(self, utterance_id: str, reason: str, now: float, *, usage: Usage | None = None) -> None:
+        """``usage``: what the failed transcription was billed for all the same."""
         turn = self._by_utterance.pop(utterance_id, None)
         if turn is not None:
             turn.error = f"stt: {reason}"
+            if usage is not None:
+                self._add_usage(turn, usage)
             self._settle(turn, TurnState.FAILED, now)
 
     def reply_delta(self, turn_id: str, text: str, now: float) -> None:

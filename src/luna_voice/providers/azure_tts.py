@@ -128,7 +128,10 @@ class AzureTextToSpeech:
         voice_en: str | None = None,
         sample_rate: int = 48_000,
         timeout_s: float = 10.0,
+        dial_timeout_s: float = 1.0,
     ) -> None:
+        """``timeout_s`` bounds each wait for audio; ``dial_timeout_s`` how long a sentence (or ``warm``) waits for
+        the socket to open before going ahead: the SDK reports no failed dial, but a request fails at once."""
         if sample_rate not in _FORMATS:
             raise ValueError(f"unsupported sample rate {sample_rate}; use one of {sorted(_FORMATS)}")
         if not (endpoint or region):
@@ -137,7 +140,10 @@ class AzureTextToSpeech:
         self.voice = voice
         self.voice_en = voice_en
         self.timeout_s = timeout_s
+        self.dial_timeout_s = dial_timeout_s
         self.last_ttfb_s: float | None = None  # time to first audio byte of the latest sentence
+        # Why the service cannot be used ("auth refused", "unreachable"), or None while it works (or is untried).
+        self.problem: str | None = None
         self._key = key
         self._config = (
             speechsdk.SpeechConfig(subscription=key, endpoint=endpoint)  # endpoint wins over region
@@ -157,15 +163,18 @@ class AzureTextToSpeech:
         return f"AzureTextToSpeech(voice={self.voice!r}, sample_rate={self.sample_rate})"
 
     async def warm(self) -> None:
-        """Create the synthesizer and open its socket; waits (up to ``timeout_s``) until it is open.
+        """Create the synthesizer and open its socket, waiting up to ``dial_timeout_s`` for it.
 
-        A failure here is only logged: the SDK dials again on the first sentence, which then reports the cause.
+        If it does not open in time, a probe request with no text (nothing billable) finds out why within about a
+        second: a refused key or an unreachable service sets ``problem`` (shown in the bot's status), where the SDK
+        itself would report nothing at all.
         """
         async with self._lock:
-            await self._settle()
+            synth = await self._settle()
             if not self._connected.is_set():
                 self._open()
-            await self._dialled()
+            if not await self._dialled():
+                await self._probe(synth)
 
     async def synthesize(self, text: str) -> AsyncIterator[bytes | Usage]:
         if not text.strip():
@@ -215,7 +224,11 @@ class AzureTextToSpeech:
                 continue
             call.ended = True
             if event.details is not None:
-                raise self._error(event.details)
+                error = self._error(event.details)
+                if error.reason in ("auth refused", "unreachable"):
+                    self.problem = error.reason
+                raise error
+            self.problem = None
             return
 
     def _stop(self, synth: speechsdk.SpeechSynthesizer) -> None:
@@ -254,19 +267,39 @@ class AzureTextToSpeech:
         self._dialling = True
         _off_loop(lambda: connection.open(True))
 
-    async def _dialled(self) -> None:
+    async def _dialled(self) -> bool:
         """Let a dial in flight finish: speaking meanwhile makes the SDK abandon it and dial a second socket.
 
-        A failed dial raises no event at all, hence the bound; the sentence then dials (and reports) itself.
+        A failed dial raises no event at all, hence the short bound; the sentence then dials (and reports) itself.
+        False if the socket did not open in time.
         """
         if not self._dialling:
-            return
+            return True
         try:
-            await asyncio.wait_for(self._connected.wait(), self.timeout_s)
+            await asyncio.wait_for(self._connected.wait(), self.dial_timeout_s)
+            return True
         except TimeoutError:
-            log.warning("tts.not_connected", provider=self.name, timeout_s=self.timeout_s)
+            log.warning("tts.not_connected", provider=self.name, waited_s=self.dial_timeout_s)
+            return False
         finally:
             self._dialling = False
+
+    async def _probe(self, synth: speechsdk.SpeechSynthesizer) -> None:
+        """Speak nothing, to learn whether the service takes our requests at all (auth, network)."""
+        call = self._call = _Call()
+        ssml = build_ssml("", self.voice)
+        _off_loop(lambda: synth.speak_ssml_async(ssml).get())
+        try:
+            async for _ in self._chunks(call):
+                pass
+            self.problem = None
+        except ProviderError as exc:
+            if exc.reason in ("auth refused", "unreachable", "timeout"):
+                self.problem = exc.reason
+            log.warning("tts.probe_failed", provider=self.name, reason=exc.reason)
+        finally:
+            if not call.ended:
+                self._stop(synth)
 
     def _wire(self, synth: speechsdk.SpeechSynthesizer, connection: speechsdk.Connection) -> None:
         """Hand SDK-thread callbacks to the loop, each tagged (on the SDK thread) with the call current then."""

@@ -28,11 +28,15 @@ PIPELINE_RATE = CAPTURE_RATE  # Hz, what the page sends and STT consumes (the br
 class ProviderError(Exception):
     """A provider call failed; ``reason`` is short and safe to show (no secrets)."""
 
-    def __init__(self, provider: str, reason: str, *, retry_after: float | None = None) -> None:
+    def __init__(
+        self, provider: str, reason: str, *, retry_after: float | None = None, usage: Usage | None = None
+    ) -> None:
+        """``usage``: what the failed call was billed for all the same (e.g. audio a streaming model heard)."""
         super().__init__(f"{provider}: {reason}")
         self.provider = provider
         self.reason = reason
         self.retry_after = retry_after
+        self.usage = usage
 
 
 class RateLimited(ProviderError):

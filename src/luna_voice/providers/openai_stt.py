@@ -199,6 +199,7 @@ class OpenAISTT:
             language=self._language,
             finish_timeout_s=self._finish_timeout_s,
             connect_timeout_s=self._connect_timeout_s,
+            bills_streamed_audio=self._info is None or self._info.streams_while_speaking,
         )
 
     async def warm(self) -> None:
@@ -254,9 +255,13 @@ class RealtimeStream:
         language: str | None,
         finish_timeout_s: float,
         connect_timeout_s: float,
+        bills_streamed_audio: bool = True,
     ) -> None:
+        """``bills_streamed_audio``: the model transcribes (and bills) audio as it arrives, so audio sent to a
+        session that dropped or failed was paid for; a committed-turn model only bills what it transcribed."""
         self._client = client
         self._session = session
+        self._bills_streamed = bills_streamed_audio
         self._language = language
         self._finish_timeout_s = finish_timeout_s
         # open_timeout/close_timeout/logger are passed through to websockets.connect.
@@ -266,7 +271,7 @@ class RealtimeStream:
         )
         self._resampler = soxr.ResampleStream(PIPELINE_RATE, REALTIME_RATE, 1, dtype="int16")
         self._audio = bytearray()  # the utterance at 24 kHz
-        self._resent_s = 0.0  # audio sent to sessions that dropped: billed too, so counted
+        self._resent_s = 0.0  # audio sent to sessions that dropped: billed too for streaming models, so counted
         self._finishing = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[Transcript] | None = None
@@ -292,8 +297,17 @@ class RealtimeStream:
             async with asyncio.timeout(self._finish_timeout_s):
                 transcript = await self._task  # a timeout cancels the task, which closes its socket
         except TimeoutError:
-            raise ProviderError(PROVIDER, "timeout") from None
+            raise ProviderError(PROVIDER, "timeout", usage=self._heard()) from None
+        except ProviderError as exc:
+            exc.usage = self._heard()
+            raise
         return self._timing.final("realtime", transcript)
+
+    def _heard(self) -> Usage | None:
+        """What a failed utterance was billed for: all audio a streaming model received (resends included)."""
+        if not self._bills_streamed:
+            return None
+        return Usage(stt_seconds=self._resent_s + _seconds(self._sent, REALTIME_RATE))
 
     async def cancel(self) -> None:
         self._finishing = True
@@ -309,9 +323,10 @@ class RealtimeStream:
                 return await self._session_once()
             except ConnectionClosed:
                 drops += 1
-                self._resent_s += _seconds(self._sent, REALTIME_RATE)
                 if drops > RECONNECTS:
                     raise ProviderError(PROVIDER, "connection lost") from None
+                if self._bills_streamed:
+                    self._resent_s += _seconds(self._sent, REALTIME_RATE)
                 log.warning(
                     "stt.reconnecting", provider=PROVIDER, resend_s=round(_seconds(len(self._audio), REALTIME_RATE), 3)
                 )

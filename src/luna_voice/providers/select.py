@@ -8,6 +8,7 @@ Azure synthesizer is kept warm per bot); heavy offline models are loaded once pe
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -120,6 +121,11 @@ def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]
         else:
             choice = "demo"
             notes.append("replies: no LUNA_BOTSESSION_URL or LUNA_LLM_BASE_URL, using the demo responder (not an AI)")
+    if choice in ("botsession", "openai_chat") and s.prices.llm_input_per_mtok == s.prices.llm_output_per_mtok == 0:
+        notes.append(
+            "cost: replies are priced as Z.ai lists glm-4.7-flash (free, a changed default); set LUNA_PRICE_LLM_* "
+            "for a reseller or a paid model"
+        )
     if choice == "botsession":
         from luna_voice.providers.botsession import BotSessionEngine
 
@@ -136,6 +142,9 @@ def _llm(s: Settings, notes: list[str]) -> tuple[str, Callable[[], ReplyEngine]]
     if choice == "openai_chat":
         from luna_voice.providers.openai_chat import OpenAIChatEngine
 
+        if "thinking" in s.llm_extra_body:
+            extra = json.dumps(s.llm_extra_body)
+            notes.append(f"replies: every request carries {extra} (LUNA_LLM_EXTRA_BODY; set {{}} to send nothing)")
         return "openai_chat", lambda: OpenAIChatEngine(
             base_url=s.llm_base_url,
             api_key=secret(s.llm_api_key) or "",
