@@ -215,9 +215,8 @@ class OpenAIChatEngine:
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]:
         messages = self._messages(self._history(request.room_id), request)
-        # Kept pending until record_spoken closes the turn: history holds only what the room heard.
-        exchange = _Exchange(request.turn_id, f"{request.speaker_name}: {request.text}")
-        self._remember_pending(request.room_id, exchange)
+        # Kept pending until record_spoken closes the turn with what the room heard of the answer.
+        self._remember_pending(request.room_id, _Exchange(request.turn_id, f"{request.speaker_name}: {request.text}"))
         think, gate, meter = ThinkFilter(), SilenceGate(request.may_stay_silent), UsageMeter()
         exact: Usage | None = None
         reasoned = False
@@ -237,14 +236,12 @@ class OpenAIChatEngine:
                         continue
                     meter.add(output_text=text)
                     if spoken := gate.feed(think.feed(text)):
-                        exchange.assistant += spoken
                         if usage := meter.take():
                             yield usage
                         yield spoken
                 if usage := meter.take(METER_STEP_TOKENS):
                     yield usage
             if spoken := gate.feed(think.flush()):
-                exchange.assistant += spoken
                 yield spoken
         except openai.OpenAIError as err:
             log.warning("openai_chat.failed", room_id=request.room_id, error=type(err).__name__)
@@ -255,7 +252,6 @@ class OpenAIChatEngine:
         if reasoned:
             log.warning("openai_chat.reasoning", model=self._model, hint="thinking is on: check LUNA_LLM_EXTRA_BODY")
         if gate.silent:
-            exchange.assistant = ""
             log.info("openai_chat.silent", room_id=request.room_id, turn_id=request.turn_id)
         if exact is None:
             log.warning("openai_chat.no_usage", model=self._model)
