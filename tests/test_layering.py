@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import luna_voice.api
 import luna_voice.bridge
 import luna_voice.conversation
 
@@ -53,3 +54,12 @@ def test_the_scan_sees_a_backwards_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from luna_voice.providers.base import ProviderError\n    from ..bots import bot\n")
     assert _our_imports(bad) == {"luna_voice.providers.base", "luna_voice.bots"}
+
+
+def test_the_api_reaches_bots_only_through_the_service_interface() -> None:
+    """Routes see ``api.port.LunaService``: no import of the service that assembles them, nor of bots/."""
+    api = Path(luna_voice.api.__file__).parent
+    imports = {module for path in api.glob("*.py") for module in _our_imports(path, "luna_voice.api")}
+    assert "luna_voice.api.port" in imports  # the scan really sees the routes' imports
+    reaching = sorted(m for m in imports if m == "luna_voice.service" or m.startswith("luna_voice.bots"))
+    assert not reaching, f"the api must not import these: {reaching}"
