@@ -209,7 +209,9 @@ class Rig:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        # No greeting: it would be the first thing Luna says, and the scenarios time her answers.
         base: dict[str, Any] = {"host": "127.0.0.1", "port": port, "local_ice": "loopback", "max_bots": 8}
+        base["greeting"] = ""
         service = BenchService(Settings(_env_file=None, **{**base, **overrides}), audio)  # type: ignore[call-arg]
         runner = AppRunner(service.app())
         started = time.perf_counter()

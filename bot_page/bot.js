@@ -76,6 +76,7 @@ function openBridge() {
         if (msg.type === "clear") playback.port.postMessage({ type: "clear" });
         else if (msg.type === "leave") leave();
         else if (msg.type === "unmute" && room && room.unmute) room.unmute();
+        else if (msg.type === "chat") chat(msg.text);
         return;
       }
       const view = new DataView(data);
@@ -158,6 +159,16 @@ function dropParticipant(id) {
   stopCapture(p);
   participants.delete(id);
   send({ type: "participant_left", index: p.index, id });
+}
+
+// The chat mirror (LUNA_CHAT_MIRROR): a room that refuses the message (preset, length) costs a warning, no more.
+async function chat(text) {
+  try {
+    if (!room || !room.chat) throw new Error(`the ${cfg.backend} room has no chat`);
+    await room.chat(text);
+  } catch (err) {
+    log("warn", `chat message not posted: ${err && err.message ? err.message : err}`);
+  }
 }
 
 async function leave() {

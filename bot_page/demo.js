@@ -4,7 +4,8 @@
 //   window.lunaDemo.join() / leave() / participants() -> [{id, name}] / summon(body) / dismiss()
 //   window.lunaDemo.startRecording([name]) / stopRecording() -> {sampleRate, pcm}  (pcm: base64 int16 LE mono;
 //     with a name, only that participant is recorded — e.g. "Luna")
-//   window.lunaDemo.captions() -> the caption lines shown
+//   window.lunaDemo.captions() -> the caption lines shown (Luna's chat messages, if mirrored, as "Luna (chat): …")
+//   window.lunaDemo.say(text, interrupt) -> {say_id, state}  (the "Say…" box)
 // When the service has an API token (LUNA_API_TOKEN), open the page as /demo/rooms/ID#token=TOKEN (the fragment
 // never reaches a server or its logs) or paste the token when asked. The page then does what an app's browser
 // client does: it calls the API with the token and joins the room with a single-use ticket it minted.
@@ -118,6 +119,7 @@ async function join() {
   });
   room.addEventListener("participant-joined", ({ detail }) => tile(detail.id, detail.name, detail.kind));
   room.addEventListener("participant-left", ({ detail }) => dropTile(detail.id));
+  room.addEventListener("chat", ({ detail }) => chatCaption(detail.from, detail.text));
   room.addEventListener("track", async ({ detail }) => {
     const { participant, stream } = detail;
     await attachSink(stream, { muted: false }); // you hear everyone through this element
@@ -158,8 +160,8 @@ function participants() {
 }
 
 // --- Luna: summon, dismiss, captions ------------------------------------------------------------------------
-async function api(method, body) {
-  const resp = await authorizedFetch(`/rooms/${encodeURIComponent(roomId)}/luna`, {
+async function api(method, body, path = "") {
+  const resp = await authorizedFetch(`/rooms/${encodeURIComponent(roomId)}/luna${path}`, {
     method,
     headers: { "Content-Type": "application/json" },
     body: body ? JSON.stringify(body) : undefined,
@@ -180,6 +182,12 @@ async function summon(body = { backend: "local" }) {
 }
 
 const dismiss = () => api("DELETE");
+
+async function say(text, interrupt = false) {
+  const data = await api("POST", { text, interrupt }, "/say");
+  status(`Luna will say it (${data.say_id}, ${data.state}).`);
+  return data;
+}
 
 // The event stream, read with fetch rather than EventSource, which cannot send the Authorization header.
 let watching = false;
@@ -218,6 +226,7 @@ function onEvent(ev) {
   else if (ev.type === "status") ev.status.turns.forEach(caption);
   else if (ev.type === "state") status(`Luna is ${ev.state}${ev.sub_code ? ` (${ev.sub_code})` : ""}.`);
   else if (ev.type === "closed") status(`Luna's events stopped: ${ev.reason}.`);
+  else if (ev.type === "listen_only") status(ev.listen_only ? "Luna only listens until you say her name." : "Luna is back.");
 }
 
 function line(key) {
@@ -229,7 +238,18 @@ function line(key) {
   return captions.get(key);
 }
 
+function chatCaption(from, text) {
+  const li = document.createElement("li");
+  li.className = "chat";
+  li.innerHTML = `<span class="who"></span>: <span class="text"></span>`;
+  li.querySelector(".who").textContent = `${from.name} (chat)`;
+  li.querySelector(".who").classList.toggle("luna", from.kind === "bot");
+  li.querySelector(".text").textContent = text;
+  $("captions").append(li);
+}
+
 function caption(turn) {
+  if (turn.kind && turn.kind !== "utterance") return speechCaption(turn);
   if (!turn.heard_text) return;
   const heard = line(`${turn.id}:heard`);
   heard.innerHTML = `<span class="who"></span>: <span class="text"></span> <span class="why"></span>`;
@@ -244,6 +264,17 @@ function caption(turn) {
     reply.classList.toggle("interrupted", turn.interrupted);
     if (turn.interrupted) reply.title = "interrupted: only the part before the cut was heard";
   }
+}
+
+// Something Luna was given to say (greeting, say, goodbye): her line only, marked with its kind.
+function speechCaption(turn) {
+  const said = turn.state === "done" || turn.interrupted ? turn.spoken_text : turn.reply_text;
+  if (!said) return;
+  const li = line(`${turn.id}:reply`);
+  li.innerHTML = `<span class="who luna">Luna</span> <span class="why"></span>: <span class="text"></span>`;
+  li.querySelector(".why").textContent = `(${turn.kind})`;
+  li.querySelector(".text").textContent = said;
+  li.classList.toggle("interrupted", turn.interrupted);
 }
 
 // --- recorder: what this participant hears, mixed, 16 kHz -----------------------------------------------
@@ -304,9 +335,14 @@ $("leave").onclick = leave;
 $("summon").onclick = () => summon().catch(() => {});
 $("dismiss").onclick = () => dismiss().catch(() => {});
 $("rec").onclick = () => (recorder ? stopRecording() : startRecording());
+$("say-form").onsubmit = (ev) => {
+  ev.preventDefault();
+  const text = $("say-text").value.trim();
+  if (text) say(text, $("say-interrupt").checked).then(() => ($("say-text").value = "")).catch(() => {});
+};
 
 window.lunaDemo = {
-  join, leave, participants, summon, dismiss, startRecording, stopRecording,
+  join, leave, participants, summon, dismiss, say, startRecording, stopRecording,
   captions: () => [...$("captions").querySelectorAll("li")].map((li) => li.textContent),
 };
 async function showEngines() {

@@ -59,6 +59,7 @@ async def start_service() -> AsyncIterator[StartService]:
             "stt_provider": "whisper",
             "llm_provider": "demo",
             "tts_provider": "offline",
+            "greeting": "",  # tests that want it (test_participant_*) turn it on; others count Luna's turns
         }
         settings = Settings(_env_file=None, **{**base, **overrides})
         service = Service(settings, providers=providers, host=host, audio_tap=audio_tap)

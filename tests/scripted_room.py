@@ -14,6 +14,7 @@ from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
 from luna_voice.conversation.domain import Usage
+from luna_voice.conversation.requests import RequestDetector
 
 FRAME = 0.02
 RATE = 48_000
@@ -23,12 +24,14 @@ SAMPLES_PER_CHAR = 2400  # 50 ms of speech per character
 class Room:
     def __init__(self, policy: str = "auto", **cfg) -> None:  # type: ignore[no-untyped-def]
         self.now = 1000.0
+        names = AddressDetector()
         self.core = Conversation(
             CoreConfig(room_id="r1", playback_rate=RATE, policy=policy, **cfg),  # type: ignore[arg-type]
-            is_addressed=AddressDetector().is_addressed,
+            is_addressed=names.is_addressed,
             is_backchannel=is_backchannel,
             new_chunker=SentenceChunker,
             price=lambda u: u.stt_seconds * 0.1,
+            find_request=RequestDetector(names.is_addressed, names.without_names),
         )
         self.log: list[act.Action] = []
         self.transcripts: dict[str, str | list[str]] = {}  # speaker -> text for their next utterance(s)

@@ -15,7 +15,8 @@ from scripted_room import GROUP, Room
 
 
 def test_terminal_states_are_the_ones_with_no_way_out() -> None:
-    assert {str(s) for s in TERMINAL} == {"skipped", "silent", "done", "interrupted", "failed", "merged", "stale"}
+    terminal = {"skipped", "silent", "done", "interrupted", "failed", "merged", "stale", "handled", "cancelled"}
+    assert {str(s) for s in TERMINAL} == terminal
     assert "empty" not in {str(s) for s in TurnState}  # never produced, so not a state
 
 

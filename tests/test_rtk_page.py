@@ -10,8 +10,9 @@ microphones, cameras and screen shares, a peer joining or leaving later (also on
 end-for-all ("kickAll"), a waiting-room answer and its denial, a dropped socket and the SDK's reconnect, a receive
 transport whose ICE drops and which the SDK rebuilds, a host muting Luna (the media node's producer-toggle
 broadcast), MANUAL subscriptions, the consume requests the SDK then sends and the consumers it builds from the
-tracks it receives (the harness plays the media server: a tone per microphone), and enableAudio publishing Luna's
-track through a producer.
+tracks it receives (the harness plays the media server: a tone per microphone), enableAudio publishing Luna's
+track through a producer, and public text chat (the chat mirror), refused by the SDK itself when the preset may
+not send it.
 
 What the mock cannot do, so the test drives the SDK's documented emitters instead (each place says so): replace
 a live consumer's track (``audioUpdate`` with a track made in the page), the SDK giving up on reconnecting
@@ -755,6 +756,61 @@ async def test_failed_during_the_first_join_does_not_start_a_second_client(open_
     assert python.states() == [("joining", None), ("joined", None)]
     s = await snapshot(page)
     assert s["meetings"] == 1 and s["audioEnabled"] is True
+
+
+# --- the chat mirror (LUNA_CHAT_MIRROR): Luna's words as public text chat, within the SDK's limit -------------
+CHATS = "() => window.__rtkHarness.chats"
+
+
+async def open_with_chat(python: Python, cloudflare: FakeCloudflareRtk, browser: Browser, *, chat: bool) -> Page:
+    token = await mint_token(cloudflare)
+    params = mock_params(token)
+    preset = params["rest"]["/v2/internals/participant-details"]["data"]["preset"]
+    preset["permissions"]["chat"]["public"]["can_send"] = chat
+    context = await browser.new_context()
+    await install_mock(context, params)
+    page = await context.new_page()
+    await page.goto(python.page_url({"authToken": token, "name": "Luna"}))
+    return page
+
+
+@page_test
+async def test_mirrored_words_are_posted_as_public_text_chat_within_the_limit(python, cloudflare, browser):
+    page = await open_with_chat(python, cloudflare, browser, chat=True)
+    try:
+        await joined(python, page)
+        assert python.ws is not None
+        await python.ws.send_str(bp.chat("The meeting moves to three. 会议改到三点。"))
+        await python.ws.send_str(bp.chat("x" * 2500))
+        chats = await soon(lambda: _chats(page, 2), "the SDK to send both chat messages")
+        assert chats[0] == {"payloadType": 0, "text": "The meeting moves to three. 会议改到三点。"}
+        assert chats[1]["text"] == "x" * 2000  # the SDK's maxTextLimit; longer would throw
+        assert python.last_state() == bp.RoomState("joined", None, None)
+    finally:
+        await page.context.close()
+
+
+@page_test
+async def test_a_preset_without_chat_costs_a_warning_not_the_stay(python, cloudflare, browser):
+    page = await open_with_chat(python, cloudflare, browser, chat=False)
+    try:
+        await joined(python, page)
+        assert python.ws is not None
+        await python.ws.send_str(bp.chat("Hello"))
+
+        def warned() -> bool:
+            return any(isinstance(m, bp.PageLog) and "chat message not posted" in m.message for m in python.messages)
+
+        await soon(warned, "the page to report the refused chat")
+        assert await page.evaluate(CHATS) == []
+        assert python.last_state() == bp.RoomState("joined", None, None)
+    finally:
+        await page.context.close()
+
+
+async def _chats(page: Page, n: int) -> list[dict[str, Any]] | None:
+    chats = await page.evaluate(CHATS)
+    return chats if len(chats) >= n else None
 
 
 # --- through the real service ----------------------------------------------------------------------------------

@@ -6,6 +6,8 @@
 // {type:"signal", from, data}. The newcomer makes the offer to every peer already there, so a pair never
 // negotiates from both ends at once. When the service has an API token, `ticket` (a single-use room ticket from
 // POST /local/rooms/{id}/tickets) is required, and the hub closes with 4401 without one.
+// Chat: we send {type:"chat", text}; everyone else gets {type:"chat", from, text} and this emits a "chat" event
+// {from: {id, name, kind}, text}.
 
 export class LocalRoom extends EventTarget {
   constructor({ signalUrl, name, kind = "human", iceFilter = null, ticket = null }) {
@@ -66,9 +68,16 @@ export class LocalRoom extends EventTarget {
           this.dropPeer(msg.peer.id);
         } else if (msg.type === "signal") {
           await this.onSignal(msg.from, msg.data);
+        } else if (msg.type === "chat") {
+          this.emit("chat", { from: msg.from, text: msg.text });
         }
       };
     });
+  }
+
+  chat(text) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) throw new Error("not in the local room");
+    this.ws.send(JSON.stringify({ type: "chat", text }));
   }
 
   leave() {

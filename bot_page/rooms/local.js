@@ -1,5 +1,5 @@
 // Room adapter for the local room (our WebRTC mesh on loopback). Same interface as rooms/rtk.js:
-//   createRoom(config, handlers) -> {join(micTrack), leave()}
+//   createRoom(config, handlers) -> {join(micTrack), leave(), chat(text)}
 //   handlers: participantJoined({id,name}), participantLeft({id}), audioTrack({id,name,track}),
 //             state(state, subCode, reason), log(level, message)
 import { LocalRoom } from "../lib/local-room.js";
@@ -19,5 +19,6 @@ export async function createRoom(config, handlers) {
   return {
     join: (micTrack) => room.join(micTrack),
     leave: async () => room.leave(),
+    chat: async (text) => room.chat(text),
   };
 }

@@ -1,5 +1,5 @@
 // Room adapter for Cloudflare RealtimeKit (web SDK 2.0.2). Same interface as rooms/local.js:
-//   createRoom(config, handlers) -> {join(track), leave(), unmute()}
+//   createRoom(config, handlers) -> {join(track), leave(), unmute(), chat(text)}
 //   config: {authToken, name?, baseURI?, watchdogMs?}
 //   handlers: participantJoined, participantLeft, audioTrack, state, log, muted({muted, reason}), lastAudio(id)
 // The SDK traps this adapter is shaped by (line numbers: dist/index.es.js 2.0.2):
@@ -275,6 +275,11 @@ export async function createRoom(config, handlers) {
       } catch (err) {
         handlers.log("warn", `Luna could not unmute herself: ${describe(err)}`);
       }
+    },
+    // The SDK refuses (throws) when the preset may not send public text chat or the text is over its limit.
+    async chat(text) {
+      if (!meeting) throw new Error("not in the meeting");
+      await meeting.chat.sendTextMessage(text.slice(0, meeting.chat.maxTextLimit));
     },
     async leave() {
       if (leaving) return;

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from luna_voice.conversation.policy import PolicyName
@@ -102,6 +102,23 @@ class Settings(BaseSettings):
         "name ('unmute_when_addressed') or stays muted for the rest of the stay ('stay_muted').",
     )
 
+    # --- Luna as a participant ----------------------------------------------------------------------
+    greeting: str = Field(
+        default="Hi, I'm Luna, an AI assistant. Say my name when you want to talk to me.",
+        description="Said once after Luna joins, when someone is there; empty = no greeting.",
+    )
+    goodbye: str = Field(default="Okay, goodbye everyone!", description="Said before leaving when asked to.")
+    goodbye_zh: str = Field(default="好的，大家再见！", description="The goodbye when she was asked in Chinese.")
+    transcript: bool = Field(default=True, description="Keep the meeting transcript (GET .../luna/transcript).")
+    transcript_max_lines: int = Field(default=5000, ge=1, description="Lines kept per stay; the oldest go first.")
+    webhook_url: str | None = Field(default=None, description="Where signed webhook events are POSTed; unset = none.")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC-SHA256 key for webhook signatures.")
+    webhook_queue: int = Field(default=1000, ge=1, description="Webhook events waiting at most; overflow is counted.")
+    webhook_retry_for_s: float = Field(
+        default=3600.0, gt=0, description="How long a webhook event is retried (with backoff) before it is dropped."
+    )
+    chat_mirror: bool = Field(default=False, description="Also post each spoken reply as a chat message (RTK).")
+
     # --- providers ----------------------------------------------------------------------------------
     stt_provider: Literal["auto", "openai", "whisper"] = "auto"
     llm_provider: Literal["auto", "botsession", "openai_chat", "demo"] = "auto"
@@ -168,6 +185,12 @@ class Settings(BaseSettings):
     rtk_api_base: str = "https://api.cloudflare.com/client/v4"
 
     prices: Prices = Field(default_factory=Prices)
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> Settings:
+        if self.webhook_url and not (self.webhook_secret and self.webhook_secret.get_secret_value()):
+            raise ValueError("LUNA_WEBHOOK_URL needs LUNA_WEBHOOK_SECRET: webhook events are always signed")
+        return self
 
     @property
     def rtk_configured(self) -> bool:

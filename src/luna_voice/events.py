@@ -14,9 +14,12 @@ from typing import Any
 from luna_voice.conversation.events import (
     CoreEvent,
     LateUsage,
+    ListenOnlyChanged,
     MutedChanged,
     ParticipantsChanged,
+    SpeakChanged,
     SpeakingChanged,
+    SpeakPhase,
     TurnChanged,
 )
 
@@ -62,6 +65,14 @@ def to_wire(event: Event, *, room_id: str, bot_id: str) -> dict[str, Any]:
             body = {"type": "late_usage", "turn_id": turn_id, "usage": dict(usage), "cost_usd": cost_usd}
         case MutedChanged(muted=muted, reason=reason, at=at):
             body = {"type": "muted", "muted": muted, "reason": reason, "at": at}
+        case SpeakChanged(phase=phase, say_id=say_id, kind=kind, text=text, at=at):
+            body = {"type": f"speak.{phase}", "say_id": say_id, "kind": kind, "text": text, "at": at}
+            if phase is not SpeakPhase.STARTED:
+                body |= {"spoken_text": event.spoken_text, "played_audio_s": event.played_audio_s}
+                if event.error:
+                    body["error"] = event.error
+        case ListenOnlyChanged(listen_only=listen_only, at=at):
+            body = {"type": "listen_only", "listen_only": listen_only, "at": at}
         case StateChanged(state=state, sub_code=sub_code, reason=reason):
             body = {"type": "state", "state": str(state), "sub_code": sub_code, "reason": reason}
         case StatusSnapshot(status=status, final=final):

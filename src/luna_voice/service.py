@@ -15,24 +15,31 @@ from aiohttp import web
 from luna_voice import logs
 from luna_voice.api.errors import ApiError, AppRunner, json_errors, require_token
 from luna_voice.api.models import SummonRequest
-from luna_voice.api.port import SERVICE, EventStream
+from luna_voice.api.participant import participant_routes
+from luna_voice.api.port import SERVICE, EventStream, TranscriptDoc
 from luna_voice.api.routes import routes
+from luna_voice.bots import states as sc
 from luna_voice.bots.host import ChromiumHost, PageHost, PageUrls
 from luna_voice.bots.lifecycle import Bot, BotTimings
 from luna_voice.bots.manager import BotManager, CapacityReached, Retention, RoomSetup, StillLeaving
 from luna_voice.bots.pipeline import Pipeline
+from luna_voice.bots.states import BotState
 from luna_voice.bridge import protocol as bp
 from luna_voice.config import Settings, secret
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
 from luna_voice.conversation.endpointing import EndpointConfig
+from luna_voice.conversation.events import TurnChanged
+from luna_voice.conversation.requests import RequestDetector, SayRefused
+from luna_voice.events import Event, StateChanged
 from luna_voice.metrics import Metrics
 from luna_voice.providers.select import ProviderSet, select_providers
 from luna_voice.rooms.local_hub import LocalRoomHub
 from luna_voice.rooms.rtk_api import RtkApi, RtkApiError
 from luna_voice.rooms.tickets import RoomTickets
 from luna_voice.usage import price
+from luna_voice.webhooks import WebhookSender
 
 log = structlog.get_logger(__name__)
 
@@ -71,10 +78,21 @@ class Service:
             timings=BotTimings(s.join_timeout_s, s.alone_timeout_s, s.max_duration_s, s.rejoin_max, s.rejoin_window_s),
             urls=self.urls,
             make_pipeline=self._make_pipeline,
-            on_event=lambda event: self._metrics.observe(event),
+            on_event=self._on_event,
             retention=Retention(s.ended_retention_s, s.ended_retention_count),
         )
         self._metrics = Metrics(lambda: (str(b.state) for b in self.manager.all()))
+        self.webhooks = (
+            WebhookSender(
+                settings.webhook_url,
+                secret(settings.webhook_secret) or "",
+                registry=self._metrics.registry,
+                max_queue=settings.webhook_queue,
+                retry_for_s=settings.webhook_retry_for_s,
+            )
+            if settings.webhook_url
+            else None
+        )
         self.rtk = (
             RtkApi(
                 account_id=settings.rtk_account_id or "",
@@ -146,6 +164,29 @@ class Service:
     def watch(self, room_id: str, *, follow: bool) -> EventStream | None:
         return self.manager.watch(room_id, follow=follow)
 
+    def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
+        bot = self.manager.get(room_id)
+        if bot is None or not bot.state.live:
+            raise ApiError(404, "not_found", f"Luna is not in room '{room_id}'")
+        if bot.state is not BotState.JOINED:
+            raise ApiError(409, "not_joined", f"Luna is {bot.state}; she can speak once she has joined")
+        try:
+            turn = bot.pipeline.say(text, interrupt=interrupt)
+        except SayRefused as exc:
+            raise ApiError(409, exc.code, str(exc)) from None
+        return {"say_id": turn.id, "state": str(turn.state)}
+
+    def transcript(self, room_id: str) -> TranscriptDoc | None:
+        bot = self.manager.get(room_id)
+        if bot is None:
+            return None
+        record = bot.pipeline.core.transcript_record
+        if record is None:
+            raise ApiError(404, "transcript_disabled", "the meeting transcript is turned off (LUNA_TRANSCRIPT=false)")
+        head = {"room_id": bot.room_id, "bot_id": bot.id, "state": str(bot.state)}
+        to_wall = bot.created_at - bot.started  # the core's clock is monotonic; the document shows Unix seconds
+        return TranscriptDoc({**head, **record.to_json(bot.started, to_wall)}, record.to_vtt(bot.started))
+
     def rooms(self) -> list[dict[str, Any]]:
         return [
             {"room_id": b.room_id, "bot_id": b.id, "backend": b.backend, "state": str(b.state), "sub_code": b.sub_code}
@@ -200,6 +241,7 @@ class Service:
     def _make_pipeline(self, bot: Bot) -> Pipeline:
         s = self.settings
         name = bot.options.get("name", s.bot_name)
+        names = AddressDetector(name)
         core = Conversation(
             CoreConfig(
                 room_id=bot.room_id,
@@ -213,11 +255,16 @@ class Service:
                 barge_in_min_ms=s.barge_in_min_ms,
                 rate_limited_line=s.rate_limited_line,
                 unmute_when_addressed=s.host_mute == "unmute_when_addressed",
+                greeting=s.greeting,
+                goodbye=s.goodbye,
+                goodbye_zh=s.goodbye_zh,
+                transcript_lines=s.transcript_max_lines if s.transcript else 0,
             ),
-            is_addressed=AddressDetector(name).is_addressed,
+            is_addressed=names.is_addressed,
             is_backchannel=is_backchannel,
             new_chunker=SentenceChunker,
             price=lambda usage: price(usage, self.prices),
+            find_request=RequestDetector(names.is_addressed, names.without_names),
         )
         return Pipeline(
             core,
@@ -229,9 +276,23 @@ class Service:
             clear_playback=bot.clear_playback,
             publish=bot.publish,
             unmute=bot.unmute,
+            leave=lambda reason: bot.request_end(sc.ASKED_TO_LEAVE, reason),
             vad_aggressiveness=s.vad_aggressiveness,
             audio_tap=functools.partial(self.audio_tap, bot.room_id) if self.audio_tap is not None else None,
         )
+
+    def _on_event(self, bot: Bot, event: Event) -> None:
+        """Every event any bot publishes: metrics, the chat mirror, webhooks, and the end of a stay."""
+        self._metrics.observe(event)
+        if self.settings.chat_mirror and (text := _mirrored_text(event)):
+            bot.send_chat(text)
+        if self.webhooks is None:
+            return
+        self.webhooks.observe(event, room_id=bot.room_id, bot_id=bot.id)
+        record = bot.pipeline.core.transcript_record
+        if isinstance(event, StateChanged) and not BotState(event.state).live and record is not None:
+            data = {"lines": len(record), "transcript": record.to_json(bot.started, bot.created_at - bot.started)}
+            self.webhooks.submit("transcript.ready", data, room_id=bot.room_id, bot_id=bot.id)
 
     def readiness(self) -> dict[str, Any]:
         browser = self.host.ready
@@ -271,6 +332,8 @@ class Service:
     async def _on_startup(self, _app: web.Application) -> None:
         log.info("providers", **self.providers.names, offline=self.providers.offline)
         self._log_access()
+        if self.webhooks is not None:
+            self.webhooks.start()
         for note in self.providers.notes:
             log.warning("providers.note", note=note)
         if self.rtk is not None:  # in the background: the API answers (and /readyz says "checking") meanwhile
@@ -329,6 +392,8 @@ class Service:
         await self.stop()
         if self._preset_check is not None:
             self._preset_check.cancel()
+        if self.webhooks is not None:  # after the bots left: their last states and transcripts go out
+            await self.webhooks.aclose()
         if self.rtk is not None:
             try:
                 await asyncio.wait_for(self.rtk.aclose(), CLOSE_TIMEOUT_S)
@@ -340,9 +405,17 @@ class Service:
         app = web.Application(middlewares=[json_errors, require_token(token)], client_max_size=1024**2)
         app[SERVICE] = self
         app.add_routes(routes)
+        app.add_routes(participant_routes)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
+
+
+def _mirrored_text(event: Event) -> str | None:
+    """What the chat mirror posts for an event: the words of a finished turn the room heard, or None."""
+    if not isinstance(event, TurnChanged) or not event.state.terminal or not event.turn["spoken_text"]:
+        return None
+    return str(event.turn["spoken_text"]) + ("…" if event.turn["interrupted"] else "")
 
 
 async def _run(service: Service) -> None:

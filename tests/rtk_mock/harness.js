@@ -29,6 +29,7 @@
     consumes: [], // producers the SDK asked the media server to consume: {peerId, producerId}
     pcs: [], // every (stub) RTCPeerConnection the SDK made, oldest first; `recv` marks receive transports
     delivered: [], // tracks the harness delivered to receive transports: {producerId, kind, trackId}
+    chats: [], // the SDK's public chat messages, decoded: {payloadType (0 = text), text}
     getUserMedia: 0,
   });
 
@@ -47,6 +48,7 @@
   const EVENTS = { joinRoom: 3, leaveRoom: 4, kick: 30, kickAll: 31, waitingRoomRequestDenied: 37 };
   const MEDIA = { consume: 0x03000000 | 3, joinRoom: 0x03000000 | 16, peerProducerToggleBroadcast: 0x03000000 | 28 };
   const KIND = { audio: 0, video: 1 }; // media.ProducerKind
+  const CHAT_TO_ROOM = (1 << 16) + 1; // chat events are (1 << 16) + n; sendMessageToRoom is 1
   let pb; // @protobuf-ts/runtime, loaded with the mock
 
   function fields(bytes) {
@@ -205,6 +207,10 @@
       socket.on("message", (data) => {
         if (typeof data === "string") return;
         const message = fields(new Uint8Array(data));
+        if (message[1] === CHAT_TO_ROOM && message[3]) {
+          const chat = fields(first(message[3])); // socket.chat.SendChatMessageToRoomRequest {payload_type=1, payload=2}
+          record.chats.push({ payloadType: chat[1] ?? 0, text: text(first(chat[2])) });
+        }
         if (message[1] !== EVENTS.joinRoom || !message[3]) return;
         const peer = fields(first(fields(first(message[3]))[1])); // socket.room.JoinRoomRequest {peer=1}
         record.joins.push({ peerId: text(first(peer[1])), displayName: text(first(peer[3])) });

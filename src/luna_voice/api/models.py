@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from luna_voice.conversation.policy import PolicyName
 
 ROOM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")  # use with fullmatch
+MAX_SAY_CHARS = 1000  # about a minute of speech; longer texts belong in the chat
 
 
 class SummonRequest(BaseModel):
@@ -25,3 +26,21 @@ class SummonRequest(BaseModel):
     )
     policy: PolicyName | None = Field(default=None, description="When Luna answers; default from LUNA_TURN_POLICY.")
     name: str | None = Field(default=None, min_length=1, max_length=64, description="Luna's display name.")
+
+
+class SayRequest(BaseModel):
+    """Body of ``POST /rooms/{room_id}/luna/say``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=MAX_SAY_CHARS, description="What Luna says, in her voice.")
+    interrupt: bool = Field(
+        default=False, description="Cut what she is saying now (as a barge-in does) instead of queueing after it."
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("text is blank")
+        return text.strip()

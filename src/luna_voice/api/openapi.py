@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from luna_voice.api.models import ROOM_ID, SummonRequest
+from luna_voice.api.models import ROOM_ID, SayRequest, SummonRequest
 
 _ERROR = {
     "type": "object",
@@ -36,6 +36,11 @@ _STATUS = {
         "usage": {"type": "object"},
         "cost_usd": {"type": "number"},
     },
+}
+_SAY_ACCEPTED = {
+    "type": "object",
+    "required": ["say_id", "state"],
+    "properties": {"say_id": {"type": "string"}, "state": {"type": "string", "enum": ["thinking", "queued"]}},
 }
 _ROOM_ID = {
     "name": "room_id",
@@ -86,6 +91,36 @@ def document() -> dict[str, Any]:
                     "responses": {"200": {"description": "text/event-stream"}, **_errors(400, 404)},
                 },
             },
+            "/rooms/{room_id}/luna/say": {
+                "parameters": [_ROOM_ID],
+                "post": {
+                    "summary": "Luna says a text, queued after what she is saying or interrupting it",
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SayRequest"}}},
+                    },
+                    "responses": {
+                        "202": _json(_SAY_ACCEPTED, "accepted; follow speak.* events with this say_id"),
+                        **_errors(400, 404, 409, 413, 415),
+                    },
+                },
+            },
+            "/rooms/{room_id}/luna/transcript": {
+                "parameters": [
+                    _ROOM_ID,
+                    {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "vtt"]}},
+                ],
+                "get": {
+                    "summary": "The meeting transcript of Luna's latest stay (JSON, or WebVTT with Accept: text/vtt)",
+                    "responses": {
+                        "200": {
+                            "description": "the transcript",
+                            "content": {"application/json": {"schema": {"type": "object"}}, "text/vtt": {}},
+                        },
+                        **_errors(400, 404),
+                    },
+                },
+            },
             "/rooms": {"get": {"summary": "Rooms and their bots", "responses": {"200": {"description": "list"}}}},
             "/healthz": {"get": {"summary": "Liveness", "responses": {"200": {"description": "ok"}}}},
             "/readyz": {
@@ -127,6 +162,7 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": {
                 "SummonRequest": SummonRequest.model_json_schema(),
+                "SayRequest": SayRequest.model_json_schema(),
                 "BotStatus": _STATUS,
                 "Error": _ERROR,
             }

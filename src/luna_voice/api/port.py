@@ -6,6 +6,7 @@ A dispatcher that runs each bot on its own machine implements the same interface
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -19,6 +20,14 @@ class EventStream(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class TranscriptDoc:
+    """A stay's meeting transcript in both forms ``GET .../luna/transcript`` serves."""
+
+    json: dict[str, Any]
+    vtt: str
 
 
 class LunaService(Protocol):
@@ -36,6 +45,14 @@ class LunaService(Protocol):
         ...
 
     def watch(self, room_id: str, *, follow: bool) -> EventStream | None: ...
+
+    def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
+        """Luna says ``text`` in the room: ``{say_id, state}`` (raises ApiError 404, or 409 when she cannot)."""
+        ...
+
+    def transcript(self, room_id: str) -> TranscriptDoc | None:
+        """The meeting transcript of her latest stay in the room (raises ApiError when it is turned off)."""
+        ...
 
     def rooms(self) -> list[dict[str, Any]]: ...
 

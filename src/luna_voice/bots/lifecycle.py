@@ -309,6 +309,11 @@ class Bot:
         if self.session is not None:
             self.session.unmute()
 
+    def send_chat(self, text: str) -> None:
+        """A chat message in the room from Luna (the chat mirror)."""
+        if self.session is not None:
+            self.session.send_chat(text)
+
     # ------------------------------------------------------------------ events and status
     def publish(self, event: Event) -> None:
         if isinstance(event, TurnChanged) and event.state.terminal:

@@ -64,7 +64,7 @@ class BotManager:
         timings: BotTimings,
         urls: PageUrls,
         make_pipeline: Callable[[Bot], Pipeline],
-        on_event: Callable[[Event], None] | None = None,
+        on_event: Callable[[Bot, Event], None] | None = None,
         retention: Retention | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -180,7 +180,7 @@ class BotManager:
         try:
             self.events.publish(event, room_id=bot.room_id, bot_id=bot.id)
             if self.on_event is not None:
-                self.on_event(event)
+                self.on_event(bot, event)
         except Exception:  # a watcher or metric must never break the bot that published
             log.exception("bot.event_failed", event=type(event).__name__)
 

@@ -23,6 +23,7 @@ from luna_voice.conversation import actions as act
 from luna_voice.conversation.core import Conversation
 from luna_voice.conversation.domain import Usage
 from luna_voice.conversation.events import CoreEvent
+from luna_voice.conversation.turns import Turn
 from luna_voice.providers.base import (
     PIPELINE_RATE,
     ProviderError,
@@ -51,6 +52,7 @@ class Pipeline:
         clear_playback: Callable[[], None],
         publish: Callable[[CoreEvent], None],
         unmute: Callable[[], None] = lambda: None,
+        leave: Callable[[str], None] = lambda reason: None,
         vad_aggressiveness: int = 2,
         clock: Callable[[], float] = time.monotonic,
         audio_tap: Callable[[str, float, bytes], None] | None = None,
@@ -61,6 +63,7 @@ class Pipeline:
         self._clear_playback = clear_playback
         self._publish = publish
         self._unmute = unmute
+        self._leave = leave
         self._vad = webrtcvad.Vad(vad_aggressiveness)
         self._playback_rate = core.cfg.playback_rate
         self._clock = clock  # monotonic: a wall-clock step must not stall or burst playback
@@ -87,6 +90,8 @@ class Pipeline:
     def start(self) -> None:
         self._ticker = asyncio.create_task(self._tick_loop(), name="pipeline-ticker")
         self._spawn(self._warm())
+        self.core.arrived(self._clock())
+        self._run()
 
     async def _warm(self) -> None:
         """Open connections and load models when Luna joins, not when she first hears or speaks."""
@@ -150,6 +155,12 @@ class Pipeline:
         self.core.set_muted(muted, reason, self._clock())
         self._run()
 
+    def say(self, text: str, *, interrupt: bool = False) -> Turn:
+        """Luna says ``text`` (``POST /rooms/{id}/luna/say``); raises ``SayRefused`` when she cannot."""
+        turn = self.core.say(text, self._clock(), interrupt=interrupt)
+        self._run()
+        return turn
+
     # ------------------------------------------------------------------ actions
     def _run(self) -> None:
         for action in self.core.drain():
@@ -189,6 +200,8 @@ class Pipeline:
             self._unmute()
         elif isinstance(a, act.RecordSpoken):
             self._spawn(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.reason))
+        elif isinstance(a, act.Leave):
+            self._leave(a.reason)
         elif isinstance(a, act.Publish):
             self._publish(a.event)
 

@@ -171,6 +171,9 @@ class PageSession:
     def unmute(self) -> None:
         self._outbox.put_nowait(bp.control("unmute"))
 
+    def send_chat(self, text: str) -> None:
+        self._outbox.put_nowait(bp.chat(text))
+
     def leave(self) -> bool:
         """Ask the page to leave the room; False when it cannot hear us (no bridge)."""
         if self._ws is None or self._ws.closed:

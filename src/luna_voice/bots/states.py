@@ -25,6 +25,7 @@ class BotState(StrEnum):
 
 # Why a bot ended (sub_code of ``ended``/``failed``).
 DISMISSED = "dismissed"
+ASKED_TO_LEAVE = "asked_to_leave"  # someone in the room said "Luna, you can leave"
 ROOM_ENDED = "room_ended"
 KICKED = "kicked"
 REJECTED = "rejected"

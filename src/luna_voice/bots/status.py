@@ -61,6 +61,7 @@ def describe(bot: Bot) -> dict[str, Any]:
         "provider_problems": bot.pipeline.provider_problems(),
         "policy": core.cfg.policy,
         "muted_by_host": core.muted,
+        "listen_only": core.listen_only,
         "stats": {**core.stats, **bot.stats},
         "page": page,
     }

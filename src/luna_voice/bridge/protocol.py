@@ -27,7 +27,8 @@ JSON text messages, page → Python: ``hello {token, backend, audio_context, cap
 first; ``idle`` when the buffer ran empty), ``cleared {dropped_ms}``, ``log {level, message}``, ``muted {muted,
 reason?}`` (someone else turned Luna's audio in the room off, or she is audible again).
 Python → page: ``clear`` (drop all queued playback now), ``leave`` (leave the room, then close), ``unmute``
-(publish Luna's voice again after someone else muted her).
+(publish Luna's voice again after someone else muted her), ``chat {text}`` (post a chat message in the room, for
+``LUNA_CHAT_MIRROR``; the page logs a warning if the room refuses it).
 Every field is checked for type and range (pydantic); a message that fails is junk: the bot logs the reason
 once per socket and drops it, so nothing malformed reaches the lifecycle.
 
@@ -235,6 +236,10 @@ def decode_hello(text: str, token: str) -> Hello:
 
 def control(kind: Literal["clear", "leave", "unmute"]) -> str:
     return json.dumps({"type": kind})
+
+
+def chat(text: str) -> str:
+    return json.dumps({"type": "chat", "text": text}, ensure_ascii=False)
 
 
 def javascript() -> str:

@@ -77,6 +77,13 @@ class RecordSpoken:
 
 
 @dataclass(frozen=True)
+class Leave:
+    """Someone asked Luna to leave and her goodbye is over: end the stay (sub-code ``asked_to_leave``)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Publish:
     """An event for captions and status watchers (``GET /rooms/{id}/luna/events``)."""
 
@@ -95,5 +102,6 @@ Action = (
     | ClearPlayback
     | Unmute
     | RecordSpoken
+    | Leave
     | Publish
 )

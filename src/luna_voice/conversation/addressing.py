@@ -6,6 +6,9 @@ the list includes what speech-to-text really writes when someone says "Luna" (se
 
 A backchannel ("mhm", "嗯嗯", "ok ok") carries no content: it is not a barge-in and not a turn worth answering.
 Whether a bare "yes" answers a question Luna just asked is the turn policy's call, not this module's.
+
+Requests to Luna herself ("Luna, stop", "露娜，安静") are listed here too (``REQUEST_PHRASES``), next to the names
+they must come with; ``conversation/requests.py`` recognises them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,32 @@ DEFAULT_NAMES: Final[tuple[str, ...]] = (
     "盧娜",  # traditional-script forms: Whisper-family models often answer Mandarin in traditional characters
     "魯娜",
 )
+# What people say to make Luna stop, hush or leave, once her name and politeness words are taken out (see
+# ``conversation/requests.py``). An utterance is a request only if, after that, it is exactly one of these: "Luna,
+# please stop" is; "I asked Luna to stop" and "Luna, don't stop" are not. Keys are ``VoiceRequest`` values.
+# Not "bye Luna" / "再见露娜": someone who leaves says that to her, and it must not send her away from the others.
+REQUEST_PHRASES: Final[dict[str, tuple[str, ...]]] = {
+    "stop": (
+        "stop", "stop it", "stop talking", "stop there", "that's enough", "enough", "cut it",
+        "停", "停下", "停一下", "停下来", "停止", "别说了", "不要说了", "够了",
+    ),
+    "quiet": (
+        "be quiet", "quiet", "keep quiet", "stay quiet", "hush", "shush", "shut up", "mute yourself",
+        "安静", "安静一下", "安静点", "保持安静", "别说话", "不要说话", "闭嘴",
+    ),
+    "leave": (
+        "you can leave", "you can go", "you may leave", "you may go", "please leave", "leave", "leave the meeting",
+        "you can leave the meeting",
+        "你可以走了", "你可以离开了", "你走吧", "你可以退出了", "离开", "退出",
+    ),
+}  # fmt: skip
+# Words that make a request polite without changing it, dropped (from utterances and phrases alike) before
+# matching. The articles are here because STT swaps them ("leave the meeting" comes back as "leave that meeting").
+REQUEST_FILLERS: Final[tuple[str, ...]] = (
+    "please", "now", "ok", "okay", "hey", "thanks", "thank you", "right now", "for now", "the", "this", "that",
+    "请", "现在", "好了", "麻烦",
+)  # fmt: skip
+
 # Not listed: "Lune" (French for moon, not a spelling STT produces for an English "Luna") and real names that sound
 # close ("Lena", "Lina", "Nina"): another person in the room may carry them.
 
@@ -69,6 +98,10 @@ class AddressDetector:
     def is_addressed(self, text: str) -> bool:
         """True if the utterance names the bot anywhere."""
         return self._pattern.search(_FALSE_FRIENDS.sub(" ", text)) is not None
+
+    def without_names(self, text: str) -> str:
+        """The utterance with every name of the bot blanked out (what is left is what was said *to* her)."""
+        return self._pattern.sub(" ", _FALSE_FRIENDS.sub(" ", text))
 
 
 # Acknowledgements and fillers. English tokens must stand as whole words (so "ohm" or "mum" are not "oh" + "m");

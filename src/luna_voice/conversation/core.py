@@ -19,6 +19,11 @@ Rules that are easy to get wrong, in one place:
 * Muted by someone else (a host's mute, a preset without audio): she stops speaking at once and drops what is
   queued, but keeps listening and captioning. With ``unmute_when_addressed`` she asks the room to unmute her
   when someone addresses her by name afterwards, and answers that turn; otherwise she stays silent.
+* Luna as a participant (see ``requests.py``): a greeting once after she joins, when someone is there to hear
+  it; texts the app asks her to say, queued or cutting her off; voice requests to stop, hush (listen only until
+  she is addressed again) or leave (a goodbye, then the ``Leave`` action). Speech turns publish
+  ``speak.started`` and ``speak.completed``/``speak.interrupted``/``speak.failed`` with what the room heard.
+* The meeting transcript (``transcript.py``) gets every utterance heard and every reply as the room heard it.
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from luna_voice.conversation import actions as act
+from luna_voice.conversation.chunking import is_cjk
 from luna_voice.conversation.domain import ReplyRequest, RoomLine, SpokenReason, Usage
 from luna_voice.conversation.endpointing import (
     EndpointConfig,
@@ -41,15 +47,20 @@ from luna_voice.conversation.endpointing import (
 )
 from luna_voice.conversation.events import (
     LateUsage,
+    ListenOnlyChanged,
     MutedChanged,
     Participant,
     ParticipantsChanged,
+    SpeakChanged,
     SpeakingChanged,
+    SpeakPhase,
     TurnChanged,
 )
 from luna_voice.conversation.pacing import Pacer
 from luna_voice.conversation.policy import PolicyName, TurnPolicy
-from luna_voice.conversation.turns import Sentence, Turn, TurnState
+from luna_voice.conversation.requests import RequestOutcome, RequestRecord, SayRefused, VoiceRequest
+from luna_voice.conversation.transcript import Line, MeetingTranscript
+from luna_voice.conversation.turns import Sentence, Turn, TurnKind, TurnState
 
 
 class Chunker(Protocol):
@@ -74,6 +85,10 @@ class CoreConfig:
     unmute_when_addressed: bool = True  # after a host's mute: speak again only when addressed by name
     lead_s: float = 0.6
     max_turns_kept: int = 200
+    greeting: str = ""  # said once after joining; empty: none
+    goodbye: str = "Okay, goodbye everyone!"  # before leaving when asked in English (or another Latin script)
+    goodbye_zh: str = "好的，大家再见！"  # ... and when asked in Chinese
+    transcript_lines: int = 5000  # lines of the meeting transcript kept; 0 turns it off
 
 
 @dataclass(frozen=True)
@@ -93,6 +108,7 @@ class Conversation:
         is_backchannel: Callable[[str], bool],
         new_chunker: Callable[[], Chunker],
         price: Callable[[Usage], float] = lambda usage: 0.0,
+        find_request: Callable[[str], VoiceRequest | None] = lambda text: None,
     ) -> None:
         self.cfg = config
         self.policy = TurnPolicy(config.policy, is_addressed, config.follow_up_window_s)
@@ -100,6 +116,8 @@ class Conversation:
         self._is_backchannel = is_backchannel
         self._new_chunker = new_chunker
         self._price = price
+        self._find_request = find_request
+        self.transcript_record = MeetingTranscript(config.transcript_lines) if config.transcript_lines else None
         self.participants: dict[str, str] = {}
         self.turns: dict[str, Turn] = {}
         self.usage = Usage()
@@ -115,15 +133,21 @@ class Conversation:
         self._inflight: deque[_InFlight] = deque()
         self._context: deque[RoomLine] = deque()
         self._ids = itertools.count(1)
+        self._leave_reasons: dict[str, str] = {}  # goodbye turn id -> why she leaves after it
         self._llm_cooldown_until = 0.0
         self._out: list[act.Action] = []
         self._speaking = False
         self.muted = False  # someone else turned Luna's audio in the room off
+        self._in_room = False  # joined at least once (the greeting waits for this and for a listener)
+        self._greeted = False
+        self._quiet = False  # asked to be quiet: listen only until addressed by name
+        self._leaving = False  # asked to leave: nothing more but the goodbye
 
     # ------------------------------------------------------------------ inputs: room
     def participant_joined(self, pid: str, name: str, now: float) -> None:
         self.participants[pid] = name
         self._publish_participants()
+        self._maybe_greet(now)
 
     def participant_left(self, pid: str, now: float) -> None:
         ep = self._endpointers.pop(pid, None)
@@ -144,6 +168,33 @@ class Conversation:
             self._settle(self._queue.popleft(), TurnState.SKIPPED, now, decision="listen", reason="muted")
         if self._active is not None:
             self._interrupt(self._active, now)
+
+    def arrived(self, now: float) -> None:
+        """Luna is in the room (first join only: a rejoin must not greet again)."""
+        self._in_room = True
+        self._maybe_greet(now)
+
+    @property
+    def listen_only(self) -> bool:
+        """She only listens: the ``never`` policy, or someone asked her to be quiet."""
+        return self.policy.name == "never" or self._quiet
+
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
+
+    def say(self, text: str, now: float, *, interrupt: bool = False) -> Turn:
+        """Speak ``text`` after what she is saying, or at once with ``interrupt`` (her reply is cut as by a
+        barge-in). Raises ``SayRefused`` while a host has muted her, she only listens or she is leaving."""
+        if self._leaving:
+            raise SayRefused("leaving", "Luna is leaving the room")
+        if self.muted:
+            raise SayRefused("muted_by_host", "someone else muted Luna in the room")
+        if self.listen_only:
+            raise SayRefused("listen_only", "Luna is in listen-only mode")
+        turn = self._speech_turn(TurnKind.SAY, text, now)
+        self._speak(turn, now, interrupt=interrupt)
+        return turn
 
     @property
     def cost_usd(self) -> float:
@@ -195,8 +246,21 @@ class Conversation:
             return
         turn.heard_text, turn.language = text, language
         self._remember(turn.speaker_name, text, turn.timings["end_of_speech"])
-        if not self._is_addressed(text) and self._is_backchannel(text):
+        self._record_line(
+            Line(turn.speaker_id, turn.speaker_name, turn.timings["speech_started"], turn.timings["end_of_speech"],
+                 text, language)
+        )  # fmt: skip
+        if (request := self._find_request(text)) is not None:
+            return self._on_request(turn, request, now)
+        addressed = self._is_addressed(text)
+        if self._leaving:
+            return self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="leaving")
+        if self._quiet and addressed:
+            self._set_quiet(False, now)
+        if not addressed and self._is_backchannel(text):
             return self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="backchannel")
+        if self._quiet:
+            return self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="asked_to_be_quiet")
         d = self.policy.decide(
             speaker_id=turn.speaker_id,
             text=text,
@@ -213,7 +277,12 @@ class Conversation:
         active = self._active
         if active is None:
             self._start(turn, d.may_stay_silent, now)
-        elif active.state is TurnState.THINKING and active.speaker_id == turn.speaker_id and not active.sentences:
+        elif (
+            active.state is TurnState.THINKING
+            and active.speaker_id == turn.speaker_id
+            and not active.sentences
+            and not active.kind.speech
+        ):
             turn.heard_text = f"{active.heard_text} {text}"
             self._cancel_generation(active)
             self._close(active, SpokenReason.MERGED)
@@ -394,8 +463,102 @@ class Conversation:
                 turn.mark("end_of_speech", ev.end_of_speech)
                 self._by_utterance[uid] = turn
                 self.turns[turn.id] = turn
-                while len(self.turns) > self.cfg.max_turns_kept:
-                    self.turns.pop(next(iter(self.turns)))
+                self._prune_turns()
+
+    # ------------------------------------------------------------------ Luna as a participant
+    def _maybe_greet(self, now: float) -> None:
+        if self._greeted or not (self._in_room and self.participants and self.cfg.greeting.strip()):
+            return
+        self._greeted = True
+        if not (self.listen_only or self._leaving or self.muted):
+            self._speak(self._speech_turn(TurnKind.GREETING, self.cfg.greeting, now), now)
+
+    def _on_request(self, turn: Turn, request: VoiceRequest, now: float) -> None:
+        """Act on a voice request and record it, with what it did, on the turn that made it."""
+        turn.decision, turn.reason = "request", str(request)
+        if self._leaving:  # the goodbye is under way; nothing else to do
+            outcome = RequestOutcome.LEAVING
+        else:
+            cut = self._silence(now)
+            if request is VoiceRequest.STOP:
+                outcome = RequestOutcome.STOPPED if cut else RequestOutcome.NOTHING_TO_STOP
+            elif request is VoiceRequest.QUIET:
+                self._set_quiet(True, now)
+                outcome = RequestOutcome.LISTEN_ONLY
+            else:
+                self._leaving = True
+                outcome = RequestOutcome.LEAVING
+                goodbye = self.cfg.goodbye_zh if any(is_cjk(c) for c in turn.heard_text) else self.cfg.goodbye
+                reason = f"{turn.speaker_name} asked Luna to leave"
+                if goodbye.strip() and not (self.policy.name == "never" or self.muted):
+                    self._speak(self._speech_turn(TurnKind.GOODBYE, goodbye, now, leave_reason=reason), now)
+                else:
+                    self._out.append(act.Leave(reason))
+        turn.request = RequestRecord(request, outcome)
+        self._settle(turn, TurnState.HANDLED, now)
+
+    def _silence(self, now: float) -> bool:
+        """Cut what she is saying or preparing and drop what was queued; True if anything was cut."""
+        cut = bool(self._queue)
+        while self._queue:
+            self._settle(self._queue.popleft(), TurnState.CANCELLED, now)
+        if self._active is not None:
+            self._interrupt(self._active, now)
+            cut = True
+        return cut
+
+    def _set_quiet(self, quiet: bool, now: float) -> None:
+        self._quiet = quiet
+        self._out.append(act.Publish(ListenOnlyChanged(self.listen_only, now)))
+
+    def _speech_turn(self, kind: TurnKind, text: str, now: float, *, leave_reason: str = "") -> Turn:
+        turn = Turn(f"t{next(self._ids)}", "", "luna", self.cfg.bot_name, self.cfg.playback_rate, kind=kind)
+        turn.decision, turn.reason, turn.reply_text = "speak", str(kind), text
+        turn.mark("requested", now)
+        if leave_reason:
+            self._leave_reasons[turn.id] = leave_reason
+        self.turns[turn.id] = turn
+        self._prune_turns()
+        return turn
+
+    def _speak(self, turn: Turn, now: float, *, interrupt: bool = False) -> None:
+        if self._active is None:
+            self._start_speech(turn, now)
+        elif interrupt:
+            self._queue.appendleft(turn)  # ending the cut turn starts the next in the queue: this one
+            self._interrupt(self._active, now)
+        else:
+            turn.move(TurnState.QUEUED)
+            self._queue.append(turn)
+            self._publish_turn(turn)
+
+    def _start_speech(self, turn: Turn, now: float) -> None:
+        """Speak a given text with her voice and the usual chunking; no reply engine involved."""
+        self._active = turn
+        turn.move(TurnState.THINKING)
+        chunker = self._new_chunker()
+        for sentence in [*chunker.feed(turn.reply_text), *chunker.flush()]:
+            self._add_sentence(turn, sentence)
+        turn.reply_done = True
+        self._publish_turn(turn)
+        self._publish_speak(SpeakPhase.STARTED, turn, now)
+        if not turn.sentences:  # nothing speakable (only markdown, say): done at once
+            self._finish(turn, TurnState.DONE, now)
+
+    def _publish_speak(self, phase: SpeakPhase, turn: Turn, now: float) -> None:
+        event = SpeakChanged(phase, turn.id, str(turn.kind), turn.reply_text, now)
+        if phase is not SpeakPhase.STARTED:
+            played = round(sum(s.played for s in turn.sentences) / turn.playback_rate, 3)
+            event = replace(event, spoken_text=turn.spoken_text, played_audio_s=played, error=turn.error)
+        self._out.append(act.Publish(event))
+
+    def _record_line(self, line: Line) -> None:
+        if self.transcript_record is not None:
+            self.transcript_record.add(line)
+
+    def _prune_turns(self) -> None:
+        while len(self.turns) > self.cfg.max_turns_kept:
+            self.turns.pop(next(iter(self.turns)))
 
     def _names(self) -> tuple[str, ...]:
         """Her names and everyone's display names: the STT prompt and keywords, so names are spelled right."""
@@ -489,14 +652,22 @@ class Conversation:
             self._close(turn, SpokenReason.FAILED if state is TurnState.FAILED else SpokenReason.DONE)
         if spoken:
             self._remember(self.cfg.bot_name, spoken + ("…" if turn.interrupted else ""), now)
-            if not turn.interrupted:
+            start = turn.timings.get("first_audio_played", turn.timings.get("first_audio_sent", now))
+            kind = "reply" if turn.kind is TurnKind.UTTERANCE else str(turn.kind)
+            self._record_line(Line("luna", self.cfg.bot_name, start, now, spoken, None, True, kind, turn.interrupted))
+            if not turn.interrupted and not turn.kind.speech:
                 self.policy.answered(turn.speaker_id, now)
         self._settle(turn, state, now)
         self._active = None
         self._chunker = None
         self._set_speaking(False, now)
+        if turn.kind is TurnKind.GOODBYE:
+            self._out.append(act.Leave(self._leave_reasons.pop(turn.id, "")))
         while self._queue:
             nxt = self._queue.popleft()
+            if nxt.kind.speech:
+                self._start_speech(nxt, now)
+                break
             if now - nxt.timings["end_of_speech"] > self.cfg.stale_after_s:
                 self._settle(nxt, TurnState.STALE, now)
                 continue
@@ -518,6 +689,9 @@ class Conversation:
         turn.move(state)
         turn.mark("finished", now)
         self._publish_turn(turn)
+        if turn.kind.speech:
+            ended = {TurnState.DONE: SpeakPhase.COMPLETED, TurnState.FAILED: SpeakPhase.FAILED}
+            self._publish_speak(ended.get(state, SpeakPhase.INTERRUPTED), turn, now)
 
     def _current(self, turn_id: str) -> Turn | None:
         """The active turn if ``turn_id`` names it; late events of cancelled turns are ignored."""

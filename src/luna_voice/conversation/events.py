@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from luna_voice.conversation.turns import TurnState
@@ -64,4 +65,37 @@ class MutedChanged:
     at: float
 
 
-CoreEvent = ParticipantsChanged | SpeakingChanged | TurnChanged | LateUsage | MutedChanged
+class SpeakPhase(StrEnum):
+    STARTED = "started"
+    COMPLETED = "completed"
+    INTERRUPTED = "interrupted"  # cut off (barge-in, a say that cut in, "Luna, stop"), or dropped from the queue
+    FAILED = "failed"  # speech synthesis failed
+
+
+@dataclass(frozen=True)
+class SpeakChanged:
+    """Luna began or stopped speaking a given text (greeting, say, goodbye); ``speak.<phase>`` on the wire.
+
+    The ended phases say what the room heard: ``spoken_text`` and ``played_audio_s``."""
+
+    phase: SpeakPhase
+    say_id: str
+    kind: str
+    text: str
+    at: float
+    spoken_text: str | None = None
+    played_audio_s: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ListenOnlyChanged:
+    """Someone asked Luna to be quiet (True), or addressed her again afterwards (False)."""
+
+    listen_only: bool
+    at: float
+
+
+CoreEvent = (
+    ParticipantsChanged | SpeakingChanged | TurnChanged | LateUsage | MutedChanged | SpeakChanged | ListenOnlyChanged
+)

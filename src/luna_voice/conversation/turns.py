@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from luna_voice.conversation.chunking import is_cjk
 from luna_voice.conversation.domain import Usage
+
+if TYPE_CHECKING:
+    from luna_voice.conversation.requests import RequestRecord
 
 
 class TurnState(StrEnum):
@@ -21,10 +24,12 @@ class TurnState(StrEnum):
     SKIPPED = "skipped"  # heard, not answered (policy or backchannel)
     SILENT = "silent"  # the ``llm`` policy's model chose not to answer
     DONE = "done"
-    INTERRUPTED = "interrupted"  # barge-in
+    INTERRUPTED = "interrupted"  # barge-in, a say that cut in, or someone asking her to stop
     FAILED = "failed"
     MERGED = "merged"  # folded into the same speaker's follow-on
     STALE = "stale"  # queued too long to be worth answering
+    HANDLED = "handled"  # a request to Luna herself ("Luna, stop"), acted on (``Turn.request``)
+    CANCELLED = "cancelled"  # queued, then dropped because someone asked her to stop, hush or leave
 
     @property
     def terminal(self) -> bool:
@@ -33,18 +38,38 @@ class TurnState(StrEnum):
 
 _S = TurnState
 _NEXT: dict[TurnState, frozenset[TurnState]] = {
-    _S.TRANSCRIBING: frozenset({_S.QUEUED, _S.THINKING, _S.SKIPPED, _S.FAILED}),
-    _S.QUEUED: frozenset({_S.THINKING, _S.STALE, _S.FAILED, _S.SKIPPED}),  # skipped: muted by a host
-    # A reply whose sentences all come back without audio ends done/failed without ever speaking.
-    _S.THINKING: frozenset({_S.SPEAKING, _S.SILENT, _S.MERGED, _S.DONE, _S.FAILED}),
+    _S.TRANSCRIBING: frozenset({_S.QUEUED, _S.THINKING, _S.SKIPPED, _S.FAILED, _S.HANDLED}),
+    # skipped: muted by a host; cancelled: someone asked her to stop, hush or leave
+    _S.QUEUED: frozenset({_S.THINKING, _S.STALE, _S.FAILED, _S.SKIPPED, _S.CANCELLED}),
+    # A reply whose sentences all come back without audio ends done/failed without ever speaking; a stop
+    # request or a say that cuts in can interrupt a reply that has no audio yet.
+    _S.THINKING: frozenset({_S.SPEAKING, _S.SILENT, _S.MERGED, _S.DONE, _S.FAILED, _S.INTERRUPTED}),
     _S.SPEAKING: frozenset({_S.DONE, _S.INTERRUPTED, _S.FAILED}),
-    **{s: frozenset() for s in (_S.SKIPPED, _S.SILENT, _S.DONE, _S.INTERRUPTED, _S.FAILED, _S.MERGED, _S.STALE)},
+    **{
+        s: frozenset()
+        for s in (_S.SKIPPED, _S.SILENT, _S.DONE, _S.INTERRUPTED, _S.FAILED, _S.MERGED, _S.STALE, _S.HANDLED)
+    },
+    _S.CANCELLED: frozenset(),
 }
 TERMINAL = frozenset(s for s in TurnState if s.terminal)
 
 
 class InvalidTransition(RuntimeError):
     """The core tried a move the turn state machine forbids: a bug, never an input error."""
+
+
+class TurnKind(StrEnum):
+    """What started a turn: someone spoke (``utterance``), or Luna speaks a given text (the rest)."""
+
+    UTTERANCE = "utterance"
+    GREETING = "greeting"  # once after she joins (LUNA_GREETING)
+    SAY = "say"  # POST /rooms/{id}/luna/say
+    GOODBYE = "goodbye"  # before she leaves because someone asked her to
+
+    @property
+    def speech(self) -> bool:
+        """Luna speaks a fixed text: no transcript, no reply engine."""
+        return self is not TurnKind.UTTERANCE
 
 
 def join_sentences(parts: Iterable[str]) -> str:
@@ -97,6 +122,8 @@ class Turn:
     # The STT service's own part of ``transcript_ready``: from the end of the audio sent to the final text. Near 0
     # for a model that transcribes while people speak; the rest of ``transcript_ready`` is our endpointing.
     stt_final_after_s: float | None = None
+    kind: TurnKind = TurnKind.UTTERANCE
+    request: RequestRecord | None = None  # a voice request this utterance made, with its outcome
 
     def move(self, to: TurnState) -> None:
         """The only way a turn changes state; a forbidden move raises instead of corrupting the history."""
@@ -112,8 +139,8 @@ class Turn:
         self.timings.setdefault(key, at)
 
     def latency_ms(self) -> dict[str, float]:
-        """Durations from the end of speech, the numbers an operator tunes against."""
-        base = self.timings.get("end_of_speech")
+        """Durations from the end of speech (a speech turn: from its request), the numbers an operator tunes against."""
+        base = self.timings.get("end_of_speech", self.timings.get("requested"))
         if base is None:
             return {}
         return {f"{k}_ms": round((v - base) * 1000, 1) for k, v in self.timings.items() if k != "speech_started"}
@@ -121,12 +148,14 @@ class Turn:
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
+            "kind": str(self.kind),
             "speaker": {"id": self.speaker_id, "name": self.speaker_name},
             "state": str(self.state),
             "heard_text": self.heard_text,
             "language": self.language,
             "decision": self.decision,
             "reason": self.reason,
+            "request": self.request.to_dict() if self.request is not None else None,
             "reply_text": self.reply_text,
             "spoken_text": self.spoken_text,
             "interrupted": self.interrupted,

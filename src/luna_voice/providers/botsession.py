@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -31,21 +29,13 @@ from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.providers.base import ProviderError, RateLimited
 from luna_voice.providers.replies import SAFE_CODE, SilenceGate, ThinkFilter, UsageMeter, status_error
 from luna_voice.retry_after import parse_retry_after
+from luna_voice.signing import SIGNATURE_HEADER, signature
 
 log = structlog.get_logger(__name__)
 
 NAME = "botsession"
-SIGNATURE_HEADER = "X-Luna-Signature"
 VERSION_HEADER = "X-Luna-BotSession-Version"
 CONTRACT_VERSION = "2"
-
-
-def signature(secret: bytes, ts: str, method: str, path: str, body: bytes) -> str:
-    """The header value: ``v2`` signs method, path (with query), timestamp and body, so a signed body cannot be
-    replayed to the other route; ``v1`` (timestamp and body only) is kept for apps still on contract version 1."""
-    v1 = hmac.new(secret, ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-    v2 = hmac.new(secret, f"{ts}.{method.upper()}.{path}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={ts},v1={v1},v2={v2}"
 
 
 # ---------------------------------------------------------------------------------------------- the engine

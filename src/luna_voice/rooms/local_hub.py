@@ -14,17 +14,18 @@ import asyncio
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, ValidationError
 
 from luna_voice.rooms.tickets import PeerKind, RoomTickets
 
 log = structlog.get_logger(__name__)
 
 MAX_PEERS_PER_ROOM = 16
+MAX_CHAT_CHARS = 2000  # the limit of RealtimeKit's chat (the SDK's maxTextLimit), so both rooms agree
 MAX_MESSAGE_BYTES = 64 * 1024
 CLOSE_MALFORMED = 4400
 CLOSE_NO_TICKET = 4401
@@ -48,7 +49,18 @@ class Signal(BaseModel):
     data: dict[str, JsonValue]
 
 
-M = TypeVar("M", Join, Signal)
+class Chat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["chat"]
+    text: str  # cut to MAX_CHAT_CHARS when relayed
+
+
+class Relay(RootModel[Annotated[Signal | Chat, Field(discriminator="type")]]):
+    """What a peer sends once in the room: signalling for one peer, or a chat message for everyone."""
+
+
+M = TypeVar("M", Join, Relay)
 
 
 class _Refused(Exception):
@@ -114,10 +126,14 @@ class LocalRoomHub:
                 if peer is None:
                     peer = await self._join(ws, room_id, _parse(msg.data, Join))
                     continue
-                sig = _parse(msg.data, Signal)
-                target = self.rooms.get(room_id, {}).get(sig.to)
+                relayed = _parse(msg.data, Relay).root
+                if isinstance(relayed, Chat):  # everyone else sees it; the demo shows it in the captions
+                    chat = {"type": "chat", "from": peer.public(), "text": relayed.text[:MAX_CHAT_CHARS]}
+                    await self._broadcast(room_id, chat, skip=peer.id)
+                    continue
+                target = self.rooms.get(room_id, {}).get(relayed.to)
                 if target and not target.ws.closed:
-                    await target.ws.send_str(json.dumps({"type": "signal", "from": peer.id, "data": sig.data}))
+                    await target.ws.send_str(json.dumps({"type": "signal", "from": peer.id, "data": relayed.data}))
         except _Refused as exc:
             log.info("local_room.refused", room_id=room_id, code=exc.code, reason=exc.reason)
             await ws.close(code=exc.code, message=exc.reason.encode()[:120])
