@@ -55,6 +55,8 @@ def test_malformed_audio_frames_are_refused(data, message):
         '{"type": "participant_joined", "index": "1", "id": "a"}',
         '{"type": "played", "seq": true}',
         '{"type": "played", "seq": -2}',
+        "[" * 30_000 + "]" * 30_000,  # json.loads overflowed the stack: a RecursionError, not junk
+        '{"type": "log", "message": "x", "extra": ' + "[" * 30_000 + "]" * 30_000 + "}",
         '{"type": "room_state", "state": "failed", "sub_code": 5}',  # reached the bot's shutdown as a TypeError
         '{"type": "room_state", "state": "left", "reason": ["x"]}',
         '{"type": "participant_joined", "index": 0, "id": "a"}',
@@ -73,6 +75,13 @@ def test_malformed_control_messages_are_refused(text):
     with pytest.raises(bp.ProtocolError) as err:
         bp.decode_text(text)
     assert err.value.code == bp.CLOSE_MALFORMED
+
+
+def test_a_deeply_nested_hello_is_refused_not_a_crash():
+    deep = '{"type": "hello", "token": "t", "x": ' + "[" * 30_000 + "]" * 30_000 + "}"
+    with pytest.raises(bp.ProtocolError) as err:
+        bp.decode_hello(deep, "t")
+    assert err.value.code == bp.CLOSE_UNAUTHORIZED
 
 
 def test_control_messages_parse():

@@ -118,6 +118,7 @@ class ScriptedLLM:
 
     def __init__(self, calls: Calls, scripts: list[list[str | Usage | Exception]]) -> None:
         self.calls, self.scripts = calls, scripts
+        self.record_gate: asyncio.Event | None = None
 
     async def reply(self, request: ReplyRequest) -> AsyncIterator[str | Usage]:
         self.calls.requests.append(request)
@@ -134,6 +135,9 @@ class ScriptedLLM:
         yield Usage(llm_output_tokens=3)
 
     async def record_spoken(self, room_id: str, turn_id: str, spoken_text: str, reason: SpokenReason) -> None:
+        if self.record_gate is not None:  # a slow app: the closing call takes a while
+            self.calls.note(self.calls.hanging, "record")
+            await self.record_gate.wait()
         self.calls.note(self.calls.spoken, (spoken_text, reason))
 
     async def aclose(self) -> None:
@@ -387,3 +391,16 @@ async def ticker_survives_close() -> bool:
     feeder.cancel()
     await asyncio.sleep(0)
     return p.pipe.running
+
+
+async def test_close_lets_a_turns_closing_call_reach_the_engine():
+    p = page(["What time is it?"], [["It is noon."]])
+    p.llm.record_gate = asyncio.Event()
+    p.say()
+    assert (await p.play_through())["state"] == "done"
+    await p.calls.until(lambda: "record" in p.calls.hanging, "the closing call to be on its way")
+    closing = asyncio.create_task(p.pipe.aclose())  # the bot leaves right after the answer
+    await asyncio.sleep(0)  # one step: close runs to its first await, having cancelled the pipeline's tasks
+    p.llm.record_gate.set()
+    await closing
+    assert p.calls.spoken == [("It is noon.", SpokenReason.DONE)]  # cancelled with the rest, it was lost

@@ -37,17 +37,20 @@ def room_id(request: web.Request) -> str:
 
 async def read_json(request: web.Request, model: type[M]) -> M:
     """The body as ``model``; an empty body is ``model()`` (every field optional)."""
-    body = await _json_object(request)
+    body = await json_object(request, empty_ok=True)
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         raise ApiError(400, "invalid_body", _validation_message(exc)) from None
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    raw = await _read_bounded(request)
+async def json_object(request: web.Request, *, max_bytes: int = MAX_BODY, empty_ok: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, within ``max_bytes`` and ``MAX_DEPTH`` whatever its framing."""
+    raw = await _read_bounded(request, max_bytes)
     if not raw.strip():
-        return {}
+        if empty_ok:
+            return {}
+        raise ApiError(400, "invalid_json", "request body is empty")
     # Only JSON is JSON: a form or text/plain body is what a cross-site page can send without a CORS preflight.
     if request.content_type != JSON:
         raise ApiError(415, "unsupported_media_type", f"request body must be sent as Content-Type: {JSON}")
@@ -66,21 +69,21 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-async def _read_bounded(request: web.Request) -> bytes:
+async def _read_bounded(request: web.Request, max_bytes: int) -> bytes:
     if not request.can_read_body:
         return b""
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise _too_large()
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise _too_large(max_bytes)
     data = bytearray()
     async for chunk in request.content.iter_any():  # chunked bodies announce no length: count as they come
         data += chunk
-        if len(data) > MAX_BODY:
-            raise _too_large()
+        if len(data) > max_bytes:
+            raise _too_large(max_bytes)
     return bytes(data)
 
 
-def _too_large() -> ApiError:
-    return ApiError(413, "body_too_large", f"request body over {MAX_BODY} bytes")
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"request body over {max_bytes} bytes")
 
 
 def nesting(text: str) -> int:

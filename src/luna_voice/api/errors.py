@@ -63,6 +63,13 @@ async def json_errors(request: web.Request, handler):  # type: ignore[no-untyped
         return _http_error(500, "internal error; see the service log")
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "error"
+
+
 class _JsonErrorHandler(RequestHandler):
     """aiohttp's protocol handler with JSON instead of its text/plain error page (parser errors, timeouts)."""
 
@@ -77,7 +84,7 @@ class _JsonErrorHandler(RequestHandler):
         elif status == 500:
             text = "internal error; see the service log"
         else:
-            text = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "error"
+            text = _phrase(status)
         resp = _http_error(status, text)
         resp.force_close()
         return resp

@@ -38,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 _FINISH = object()
 PROVIDER_CLOSE_S = 3.0
+CLOSING_CALLS_S = 2.0  # turns' closing record_spoken calls still in flight when the bot leaves
 
 
 class Pipeline:
@@ -73,6 +74,7 @@ class Pipeline:
         self._replies: dict[str, asyncio.Task[None]] = {}
         self._speech: dict[str, tuple[asyncio.Queue[tuple[int, str]], asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing: set[asyncio.Future[None]] = set()  # turns' closing record_spoken calls in flight
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
@@ -118,6 +120,12 @@ class Pipeline:
             _done, stuck = await asyncio.wait(tasks, timeout=2.0)
             if stuck:
                 log.warning("pipeline.tasks_stuck", count=len(stuck))
+        if self._closing:  # a turn's one closing call must reach the engine: let it finish, within a bound
+            _done, late = await asyncio.wait(set(self._closing), timeout=CLOSING_CALLS_S)
+            for t in late:
+                t.cancel()
+            if late:
+                log.warning("pipeline.closing_calls_cut", count=len(late))
         for provider in (self.stt, self.llm, self.tts):
             try:
                 await asyncio.wait_for(provider.aclose(), PROVIDER_CLOSE_S)
@@ -199,7 +207,9 @@ class Pipeline:
         elif isinstance(a, act.Unmute):
             self._unmute()
         elif isinstance(a, act.RecordSpoken):
-            self._spawn(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.reason))
+            task = asyncio.ensure_future(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.reason))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         elif isinstance(a, act.Leave):
             self._leave(a.reason)
         elif isinstance(a, act.Publish):

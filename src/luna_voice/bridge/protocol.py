@@ -45,6 +45,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
+from pydantic_core import from_json
 
 VERSION = 1
 KIND_CAPTURE = 1
@@ -170,6 +171,11 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
 }
 
 
+def _json(text: str) -> Any:
+    """Parse JSON with a nesting limit: ``json.loads`` of 64 KB of brackets overflows the stack instead."""
+    return from_json(text)  # ValueError for bad JSON and for nesting over its recursion limit
+
+
 def encode_audio(kind: int, participant: int, seq: int, timestamp_ms: float, pcm: bytes) -> bytes:
     return HEADER.pack(VERSION, kind, participant, seq & 0xFFFFFFFF, timestamp_ms) + pcm
 
@@ -193,7 +199,7 @@ def decode_audio(data: bytes) -> AudioFrame:
 def decode_text(text: str) -> _PageMessage:
     """Parse and check one page → Python JSON message."""
     try:
-        obj = json.loads(text)
+        obj = _json(text)
     except ValueError:
         raise ProtocolError(CLOSE_MALFORMED, "text message is not JSON") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
@@ -217,7 +223,7 @@ def decode_text(text: str) -> _PageMessage:
 def decode_hello(text: str, token: str) -> Hello:
     """The page's first message: the bot's token (else 4401), then a well-formed hello at our rates (else 4400)."""
     try:
-        obj = json.loads(text)
+        obj = _json(text)
     except ValueError:
         obj = None
     given = obj.get("token") if isinstance(obj, dict) and obj.get("type") == "hello" else None

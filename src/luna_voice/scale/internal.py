@@ -6,10 +6,9 @@ boot secret and, once assigned, its stay's secret.
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
+from luna_voice.api import bodies
 from luna_voice.api.errors import ApiError
 from luna_voice.scale.fleet import Fleet, Unauthorized
 
@@ -40,17 +39,9 @@ async def assignment(request: web.Request) -> web.Response:
 @internal_routes.post("/internal/stays/{stay_id}/report")
 async def report(request: web.Request) -> web.Response:
     secret = _bearer(request)
-    if request.content_length is not None and request.content_length > MAX_REPORT:
-        raise ApiError(413, "body_too_large", f"report over {MAX_REPORT} bytes")
-    raw = await request.content.read(MAX_REPORT + 1)
-    if len(raw) > MAX_REPORT:
-        raise ApiError(413, "body_too_large", f"report over {MAX_REPORT} bytes")
-    try:
-        status = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_json", "report is not valid JSON") from None
-    if not isinstance(status, dict):
-        raise ApiError(400, "invalid_body", "report must be a JSON object")
+    # The API's strict body reader: it reads to the end (content.read(n) may stop at whatever is buffered), counts
+    # chunked bodies, and refuses deep nesting before json.loads can overflow the stack.
+    status = await bodies.json_object(request, max_bytes=MAX_REPORT)
     try:
         live = request.app[FLEET].report(request.match_info["stay_id"], secret, status)
     except Unauthorized:
