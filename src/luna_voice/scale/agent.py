@@ -36,6 +36,7 @@ class Assignment:
     room_id: str
     request: dict[str, Any]
     secret: str = field(repr=False)
+    local_room_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,13 @@ class Agent:
                 async with http.post(url, headers=headers) as resp:
                     body = await resp.json(content_type=None)
                     if resp.status == 200 and isinstance(body, dict):
-                        return Assignment(body["stay_id"], body["room_id"], body.get("request") or {}, body["secret"])
+                        return Assignment(
+                            body["stay_id"],
+                            body["room_id"],
+                            body.get("request") or {},
+                            body["secret"],
+                            body.get("local_room_url"),
+                        )
                     if resp.status in (401, 403):
                         raise NoAssignment("the dispatcher refused this machine's boot secret")
                     why = f"dispatcher answered {resp.status}"

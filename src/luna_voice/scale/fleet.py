@@ -50,6 +50,7 @@ class Unauthorized(Exception):
 class FleetConfig:
     app: str  # the Fly app that holds the bot machines
     dispatcher_url: str  # how a bot machine reaches the dispatcher (private network)
+    local_room_url: str | None = None  # where bots find the local demo room's hub; default the dispatcher
     bot_cmd: tuple[str, ...] = ("luna-voice", "bot")
     bot_port: int = 8080
     size: str = "performance-1x"
@@ -147,7 +148,9 @@ class Fleet:
     def assignment(self, machine_id: str, boot_secret: str) -> dict[str, Any] | None:
         """A booted machine asks what to do. ``None``: not assigned (yet); ``Unauthorized``: wrong secret."""
         slot = self.core.slots.get(machine_id)
-        if slot is None or not self.keys.check(self.keys.boot_secret(slot.name), boot_secret):
+        if slot is None:  # booted before its create call returned here: the agent asks again
+            return None
+        if not self.keys.check(self.keys.boot_secret(slot.name), boot_secret):
             raise Unauthorized(machine_id)
         stay = self.core.stays.get(slot.stay_id) if slot.stay_id else None
         if stay is None or not stay.live:
@@ -157,6 +160,7 @@ class Fleet:
             "room_id": stay.room_id,
             "request": stay.request,
             "secret": self.keys.stay_secret(stay.id),
+            "local_room_url": self.cfg.local_room_url or self.cfg.dispatcher_url,
         }
 
     def report(self, stay_id: str, secret: str, status: dict[str, Any]) -> bool:
