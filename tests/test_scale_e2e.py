@@ -210,3 +210,21 @@ async def test_past_the_cap_a_summon_is_503_with_retry_after(fly, start_dispatch
         assert int(headers["Retry-After"]) > 0
         status, _, _ = await call(http, "POST", f"{d.url}/rooms/a/luna", json={})
         assert status == 200  # the room's live stay, not a second one
+
+
+@pytest.mark.browser
+async def test_a_summon_the_bot_refuses_ends_failed_with_its_reason_and_frees_the_machine(fly, start_dispatcher):
+    """The bot machine has no RTK credentials: its own summon fails, and its final word reaches the dispatcher."""
+    d = await start_dispatcher(bot_cmd=("luna-voice", "bot"), pool_size=0)
+    async with aiohttp.ClientSession() as http:
+        status, body, _ = await call(http, "POST", f"{d.url}/rooms/m1/luna", json={"backend": "rtk"})
+        assert status == 201, body
+
+        async def failed() -> dict[str, Any] | None:
+            _, b, _ = await call(http, "GET", f"{d.url}/rooms/m1/luna")
+            return b if b["state"] == "failed" else None
+
+        done = await until(failed, 60, "the bot's refusal")
+        assert done["sub_code"] == "rtk_not_configured" and "LUNA_RTK" in done["reason"]
+        machine = done["machine"]["id"]
+        await until(lambda: _destroyed(fly, machine), 15, "its machine to be destroyed")

@@ -104,10 +104,14 @@ class Agent:
                 log.warning("agent.report_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), HEARTBEAT_S)
+        await self.final(http, assignment, status())
+
+    async def final(self, http: aiohttp.ClientSession, assignment: Assignment, status: dict[str, Any]) -> None:
+        """The stay's last status, retried a few times: GET keeps answering with it after the machine is gone."""
         for attempt in range(1, FINAL_ATTEMPTS + 1):
             try:
-                await self.report(http, assignment, status())
+                await self.report(http, assignment, status)
                 return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("agent.final_report_failed", attempt=attempt, error=type(exc).__name__)
-                await asyncio.sleep(0.5 * attempt)
+                await asyncio.sleep(0.5 * attempt)  # retry backoff

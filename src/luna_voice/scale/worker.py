@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
 
 import aiohttp
 import structlog
@@ -62,9 +61,8 @@ async def _stay(service: Service, agent: Agent, http: aiohttp.ClientSession, ass
         await service.summon(room_id, SummonRequest.model_validate(assignment.request))
     except (ApiError, ValidationError) as exc:
         code, message = (exc.code, exc.message) if isinstance(exc, ApiError) else ("invalid_body", str(exc))
-        final: dict[str, Any] = {"state": "failed", "sub_code": code, "reason": message}
         log.error("bot.summon_failed", code=code, reason=message)
-        await agent.heartbeat(http, assignment, lambda: final, _set(asyncio.Event()))
+        await agent.final(http, assignment, {"state": "failed", "sub_code": code, "reason": message})
         return 1
     bot = service.manager.get(room_id)
     assert bot is not None
@@ -79,14 +77,9 @@ async def _stay(service: Service, agent: Agent, http: aiohttp.ClientSession, ass
     return 0
 
 
-async def _when_done(waiting: Any, ended: asyncio.Event) -> None:
+async def _when_done(waiting: Awaitable[bool], ended: asyncio.Event) -> None:
     await waiting
     ended.set()
-
-
-def _set(event: asyncio.Event) -> asyncio.Event:
-    event.set()
-    return event
 
 
 def main() -> None:
