@@ -26,6 +26,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from fakes.fly_machines import FakeFlyMachines, free_port
+from luna_voice.api.port import LunaService
 from luna_voice.config import Settings
 from luna_voice.providers.base import PIPELINE_RATE
 from luna_voice.scale.service import DispatcherService
@@ -228,3 +229,10 @@ async def test_a_summon_the_bot_refuses_ends_failed_with_its_reason_and_frees_th
         assert done["sub_code"] == "rtk_not_configured" and "LUNA_RTK" in done["reason"]
         machine = done["machine"]["id"]
         await until(lambda: _destroyed(fly, machine), 15, "its machine to be destroyed")
+
+
+def test_the_dispatcher_implements_every_call_of_the_api_port():
+    """A call added to LunaService must be added here too, or the dispatcher would answer it with a 500."""
+    wanted = {name for name in dir(LunaService) if not name.startswith("_")}
+    missing = {name for name in wanted if not callable(getattr(DispatcherService, name, None))} - {"local_rooms"}
+    assert not missing and isinstance(DispatcherService.local_rooms, property)

@@ -19,7 +19,8 @@ from pydantic import SecretStr
 
 from luna_voice.api.errors import ApiError, json_errors, require_token
 from luna_voice.api.models import SummonRequest
-from luna_voice.api.port import SERVICE
+from luna_voice.api.participant import participant_routes
+from luna_voice.api.port import SERVICE, TranscriptDoc
 from luna_voice.api.routes import routes
 from luna_voice.bridge import protocol as bp
 from luna_voice.config import Settings, secret
@@ -186,6 +187,12 @@ class DispatcherService:
         stay = self.fleet.core.stay_in(room_id)
         return RelayStream(stay, self.fleet.events(stay)) if stay is not None else None
 
+    def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
+        raise ApiError(501, "not_in_dispatcher_mode", "POST .../luna/say is not relayed to bot machines yet")
+
+    def transcript(self, room_id: str) -> TranscriptDoc | None:
+        raise ApiError(501, "not_in_dispatcher_mode", "GET .../luna/transcript is not relayed to bot machines yet")
+
     def rooms(self) -> list[dict[str, Any]]:
         return [
             {
@@ -254,6 +261,7 @@ class DispatcherService:
         app[SERVICE] = self
         app[FLEET] = self.fleet
         app.add_routes(routes)
+        app.add_routes(participant_routes)
         app.add_routes(internal_routes)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
