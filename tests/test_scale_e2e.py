@@ -154,6 +154,16 @@ async def test_luna_on_her_own_machine_hears_answers_survives_a_crash_and_a_disp
         heard = np.frombuffer(base64.b64decode(rec["pcm"]), dtype=np.int16)
         assert active_seconds(heard, PIPELINE_RATE) >= 0.5 * turn["reply_audio_s"]
 
+        # Say and the transcript go through the dispatcher to the bot's machine.
+        status, said, _ = await call(http, "POST", f"{d.url}/rooms/e2e/luna/say", json={"text": "Welcome, Alice."})
+        assert status == 202 and said["say_id"], said
+        status, doc, _ = await call(http, "GET", f"{d.url}/rooms/e2e/luna/transcript")
+        assert status == 200, doc
+        assert any(line["speaker"] == "Alice" and not line["luna"] for line in doc["lines"]), doc
+        assert any(line["luna"] and line["kind"] == "reply" for line in doc["lines"]), doc
+        async with http.get(f"{d.url}/rooms/e2e/luna/transcript?format=vtt") as resp:
+            assert resp.status == 200 and (await resp.text()).startswith("WEBVTT")
+
         # Events come through the dispatcher, from the bot's machine.
         async with http.get(f"{d.url}/rooms/e2e/luna/events") as resp:
             line = await resp.content.readline()
@@ -231,7 +241,7 @@ async def test_a_summon_the_bot_refuses_ends_failed_with_its_reason_and_frees_th
         await until(lambda: _destroyed(fly, machine), 15, "its machine to be destroyed")
 
 
-def test_the_dispatcher_implements_every_call_of_the_api_port():
+def test_the_dispatcher_implements_every_call_of_the_api_port() -> None:
     """A call added to LunaService must be added here too, or the dispatcher would answer it with a 500."""
     wanted = {name for name in dir(LunaService) if not name.startswith("_")}
     missing = {name for name in wanted if not callable(getattr(DispatcherService, name, None))} - {"local_rooms"}

@@ -166,7 +166,7 @@ class Service:
     def watch(self, room_id: str, *, follow: bool) -> EventStream | None:
         return self.manager.watch(room_id, follow=follow)
 
-    def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
+    async def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
         bot = self.manager.get(room_id)
         if bot is None or not bot.state.live:
             raise ApiError(404, "not_found", f"Luna is not in room '{room_id}'")
@@ -178,7 +178,7 @@ class Service:
             raise ApiError(409, exc.code, str(exc)) from None
         return {"say_id": turn.id, "state": str(turn.state)}
 
-    def transcript(self, room_id: str) -> TranscriptDoc | None:
+    async def transcript(self, room_id: str) -> TranscriptDoc | None:
         bot = self.manager.get(room_id)
         if bot is None:
             return None

@@ -241,14 +241,23 @@ class Fleet:
         self.run(self.core.report(stay.id, body, self.clock()))
 
     async def _control(self, method: str, stay: Stay) -> dict[str, Any]:
-        assert stay.machine_id is not None
-        url = f"{self.address(stay.machine_id)}/rooms/{stay.room_id}/luna"
+        status, body = await self.relay(method, stay)
+        if status >= 400 or not isinstance(body, dict):
+            raise ValueError(f"bot answered {status}")
+        return body
+
+    async def relay(
+        self, method: str, stay: Stay, path: str = "", *, json: Any = None, params: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """Call the bot's own ``/rooms/{room}/luna{path}`` with the stay's secret: (status, JSON or text body)."""
+        if stay.machine_id is None:
+            raise ValueError("the stay has no machine yet")
+        url = f"{self.address(stay.machine_id)}/rooms/{stay.room_id}/luna{path}"
         headers = {"Authorization": f"Bearer {self.keys.stay_secret(stay.id)}"}
-        async with self.http().request(method, url, headers=headers) as resp:
-            body = await resp.json(content_type=None)
-            if resp.status >= 400 or not isinstance(body, dict):
-                raise ValueError(f"bot answered {resp.status}")
-            return body
+        async with self.http().request(method, url, headers=headers, json=json, params=params) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.text()
 
     def machine_config(self, action: CreateMachine) -> dict[str, Any]:
         """A bot machine: the dispatcher's image, our metadata, no restart (a crash moves to a fresh machine)."""

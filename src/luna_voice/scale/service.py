@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
+import aiohttp
 import structlog
 from aiohttp import web
 from pydantic import SecretStr
@@ -187,11 +188,36 @@ class DispatcherService:
         stay = self.fleet.core.stay_in(room_id)
         return RelayStream(stay, self.fleet.events(stay)) if stay is not None else None
 
-    def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
-        raise ApiError(501, "not_in_dispatcher_mode", "POST .../luna/say is not relayed to bot machines yet")
+    async def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
+        stay = self._live(room_id)
+        return dict(await self._relay("POST", stay, "/say", json={"text": text, "interrupt": interrupt}))
 
-    def transcript(self, room_id: str) -> TranscriptDoc | None:
-        raise ApiError(501, "not_in_dispatcher_mode", "GET .../luna/transcript is not relayed to bot machines yet")
+    async def transcript(self, room_id: str) -> TranscriptDoc | None:
+        stay = self.fleet.core.stay_in(room_id)
+        if stay is None:
+            return None
+        if not stay.live:
+            raise ApiError(410, "transcript_gone", "the transcript lived on the bot's machine, which is gone")
+        doc = await self._relay("GET", stay, "/transcript", params={"format": "json"})
+        vtt = await self._relay("GET", stay, "/transcript", params={"format": "vtt"})
+        return TranscriptDoc(dict(doc), str(vtt))
+
+    def _live(self, room_id: str) -> Stay:
+        stay = self.fleet.core.stay_in(room_id)
+        if stay is None or not stay.live:
+            raise ApiError(404, "not_found", f"Luna is not in room '{room_id}'")
+        return stay
+
+    async def _relay(self, method: str, stay: Stay, path: str, **kw: Any) -> Any:
+        """The bot's answer as ours; its errors keep their status, code and message."""
+        try:
+            status, body = await self.fleet.relay(method, stay, path, **kw)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise ApiError(502, "bot_unreachable", f"the bot machine did not answer ({type(exc).__name__})") from None
+        if status >= 400:
+            error = body.get("error", {}) if isinstance(body, dict) else {}
+            raise ApiError(status, str(error.get("code", "bot_error")), str(error.get("message", body)))
+        return body
 
     def rooms(self) -> list[dict[str, Any]]:
         return [
