@@ -92,7 +92,7 @@ async def _summon(http: aiohttp.ClientSession, url: str, room: str) -> tuple[flo
 async def run() -> dict[str, Any]:
     logs.configure("warning")
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="luna-bench-", dir=os.environ.get("LUNA_BENCH_TMP")) as tmp:
+    with tempfile.TemporaryDirectory(prefix="luna-bench-") as tmp:
         env = {
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
             "PYTHONPATH": f"{ROOT / 'src'}",
@@ -106,7 +106,6 @@ async def run() -> dict[str, Any]:
         }
         fly = FakeFlyMachines(images={IMAGE: ["luna-voice", "serve"]}, base_env=env, log_dir=Path(tmp))
         await fly.start()
-        print(f"[bench] machine logs in {tmp}", file=sys.stderr, flush=True)
         async with Rig() as rig, aiohttp.ClientSession() as http:
             room = await rig.service(ReplyAudio())  # the local room's host, and the in-process floor
             port = free_port()
@@ -127,7 +126,7 @@ async def run() -> dict[str, Any]:
             url, service, runner = await _dispatcher(fly, room.url, pool=1, port=port)
             warm = []
             for i in range(SUMMONS):
-                await until(lambda: _async(len(service.fleet.core.warm()) >= 1), 60, "a warm machine")
+                await until(lambda: _warm(service), 60, "a warm machine")
                 posted, status = await _summon(http, url, f"warm{i}")
                 warm.append(status["joined_at"] - posted)
                 async with http.delete(f"{url}/rooms/warm{i}/luna"):
@@ -136,7 +135,7 @@ async def run() -> dict[str, Any]:
             # Bots-only cost: one bot machine, one person asking every 6 s.
             speech = _loop(sg.speech("Luna, what time is it?", sg.MIC_RATE), 6.0)
             browser = await rig.browser(_wav(Path(tmp), "cost", speech), loop=True)
-            await until(lambda: _async(len(service.fleet.core.warm()) >= 1), 60, "a warm machine")
+            await until(lambda: _warm(service), 60, "a warm machine")
             _, status = await _summon(http, url, "cost")
             # The offline engines load when Luna joins (~10 s here); speech before that is left for another day
             # (turns that arrive while Whisper loads stay "transcribing"), so the person comes in after it.
@@ -170,8 +169,8 @@ async def run() -> dict[str, Any]:
     return results
 
 
-async def _async(value: bool) -> bool:
-    return value
+async def _warm(service: DispatcherService) -> bool:
+    return len(service.fleet.core.warm()) >= 1
 
 
 def report(r: dict[str, Any]) -> str:
