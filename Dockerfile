@@ -3,7 +3,8 @@
 # `luna-voice bot` (one stay on a Fly Machine the dispatcher started).
 FROM python:3.11-slim-bookworm
 
-ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LUNA_HOST=0.0.0.0 LUNA_PORT=8080 DEBIAN_FRONTEND=noninteractive
+ENV PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 LUNA_HOST=0.0.0.0 LUNA_PORT=8080 DEBIAN_FRONTEND=noninteractive \
+    PATH=/app/.venv/bin:$PATH
 WORKDIR /app
 COPY pyproject.toml README.md dev ./
 COPY scripts ./scripts
@@ -17,4 +18,4 @@ USER 10001:10001
 EXPOSE 8080
 # Chromium needs shared memory; the flags already avoid /dev/shm, and `docker run --shm-size=1g` is still wise.
 STOPSIGNAL SIGTERM
-CMD [".venv/bin/luna-voice", "serve"]
+CMD ["luna-voice", "serve"]

@@ -196,6 +196,7 @@ def test_final_report_ends_the_stay_and_its_status_outlives_the_machine_until_re
     d.destroyed(m.id)
     status = public_status(d.stay_in("a"))
     assert status["state"] == "ended" and status["sub_code"] == "dismissed" and status["bot_id"] == stay.id
+    assert status["machine"]["id"] == m.id and m.id not in d.slots  # which machine hosted it, after it is gone
     assert d.report(stay.id, joined(), 3.0) == [] and stay.state is BotState.ENDED  # late heartbeat ignored
     d.tick(50.0)
     assert d.stay_in("a") is stay

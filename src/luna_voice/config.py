@@ -80,6 +80,11 @@ class Settings(BaseSettings):
         description="Base URL Luna's browser reaches this service at (bridge, page, local room); "
         "default http://127.0.0.1:<port>.",
     )
+    local_room_url: str | None = Field(
+        default=None,
+        description="Base URL of the local demo room's hub when it runs elsewhere (a bot machine uses its "
+        "dispatcher's); default this service.",
+    )
     local_ice: Literal["any", "loopback"] = Field(
         default="any", description="Local room: 'loopback' keeps only 127.0.0.1 ICE candidates (tests)."
     )

@@ -7,7 +7,7 @@ import functools
 import secrets
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from aiohttp import web
@@ -124,13 +124,15 @@ class Service:
         name = req.name or self.settings.bot_name
         options: dict[str, Any] = {"policy": req.policy or self.settings.turn_policy, "name": name}
         if backend == "local":
-            if not self.settings.local_rooms:
+            hub = PageUrls(self.settings.local_room_url) if self.settings.local_room_url else self.urls
+            if not (self.settings.local_rooms or self.settings.local_room_url):
                 raise ApiError(400, "local_rooms_disabled", "backend 'local' is turned off (LUNA_LOCAL_ROOMS=false)")
-            signal_url = self.urls.ws(f"/local/rooms/{room_id}/signal")
+            signal_url = hub.ws(f"/local/rooms/{room_id}/signal")
             ice = self.settings.local_ice
+            own_hub = self.settings.local_room_url is None
 
             def local_page() -> dict[str, Any]:  # every page opened (a rejoin too) gets a fresh single-use ticket
-                ticket = self.tickets.mint(room_id, "bot")
+                ticket = self.tickets.mint(room_id, "bot") if own_hub else None  # another hub mints its own
                 return {"roomId": room_id, "signalUrl": signal_url, "name": name, "iceFilter": ice, "ticket": ticket}
 
             async def setup() -> RoomSetup:
@@ -164,7 +166,7 @@ class Service:
     def watch(self, room_id: str, *, follow: bool) -> EventStream | None:
         return self.manager.watch(room_id, follow=follow)
 
-    def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
+    async def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
         bot = self.manager.get(room_id)
         if bot is None or not bot.state.live:
             raise ApiError(404, "not_found", f"Luna is not in room '{room_id}'")
@@ -176,7 +178,7 @@ class Service:
             raise ApiError(409, exc.code, str(exc)) from None
         return {"say_id": turn.id, "state": str(turn.state)}
 
-    def transcript(self, room_id: str) -> TranscriptDoc | None:
+    async def transcript(self, room_id: str) -> TranscriptDoc | None:
         bot = self.manager.get(room_id)
         if bot is None:
             return None
@@ -418,7 +420,27 @@ def _mirrored_text(event: Event) -> str | None:
     return str(event.turn["spoken_text"]) + ("…" if event.turn["interrupted"] else "")
 
 
-async def _run(service: Service) -> None:
+class Servable(Protocol):
+    settings: Settings
+
+    def app(self) -> web.Application: ...
+
+    async def stop(self) -> None: ...
+
+
+def assemble(settings: Settings) -> Servable:
+    """The all-in-one service, or with ``LUNA_BOT_HOST=fly`` the dispatcher (``scale/service.py``)."""
+    from luna_voice.scale.settings import FlySettings
+
+    fly = FlySettings()
+    if fly.bot_host == "fly":
+        from luna_voice.scale.service import DispatcherService
+
+        return DispatcherService(settings, fly)
+    return Service(settings)
+
+
+async def _run(service: Servable) -> None:
     s = service.settings
     # Streams and sockets are closed by service.stop(); the runner only waits briefly for in-flight requests.
     runner = AppRunner(service.app(), handle_signals=False, shutdown_timeout=2)
@@ -444,4 +466,4 @@ def serve(host: str | None = None, port: int | None = None) -> None:
     if port is not None:
         settings.port = port
     logs.configure(settings.log_level, json=settings.log_json)
-    asyncio.run(_run(Service(settings)))
+    asyncio.run(_run(assemble(settings)))

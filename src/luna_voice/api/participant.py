@@ -19,7 +19,7 @@ async def say(request: web.Request) -> web.Response:
     """Queue a text for Luna to say (``202`` with its ``say_id``); follow it on the events stream (``speak.*``)."""
     room_id = bodies.room_id(request)
     req = await bodies.read_json(request, SayRequest)
-    accepted = _service(request).say(room_id, req.text, interrupt=req.interrupt)
+    accepted = await _service(request).say(room_id, req.text, interrupt=req.interrupt)
     return web.json_response(accepted, status=202)
 
 
@@ -30,7 +30,7 @@ async def transcript(request: web.Request) -> web.Response:
     fmt = request.query.get("format")
     if fmt not in (None, "json", "vtt"):
         raise ApiError(400, "invalid_format", "format must be 'json' or 'vtt'")
-    doc = _service(request).transcript(room_id)
+    doc = await _service(request).transcript(room_id)
     if doc is None:
         raise ApiError(404, "not_found", f"Luna has not been summoned to room '{room_id}'")
     if fmt == "vtt" or (fmt is None and VTT in request.headers.get("Accept", "")):

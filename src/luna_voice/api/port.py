@@ -46,11 +46,11 @@ class LunaService(Protocol):
 
     def watch(self, room_id: str, *, follow: bool) -> EventStream | None: ...
 
-    def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
+    async def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
         """Luna says ``text`` in the room: ``{say_id, state}`` (raises ApiError 404, or 409 when she cannot)."""
         ...
 
-    def transcript(self, room_id: str) -> TranscriptDoc | None:
+    async def transcript(self, room_id: str) -> TranscriptDoc | None:
         """The meeting transcript of her latest stay in the room (raises ApiError when it is turned off)."""
         ...
 

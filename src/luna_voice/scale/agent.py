@@ -36,6 +36,7 @@ class Assignment:
     room_id: str
     request: dict[str, Any]
     secret: str = field(repr=False)
+    local_room_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,13 @@ class Agent:
                 async with http.post(url, headers=headers) as resp:
                     body = await resp.json(content_type=None)
                     if resp.status == 200 and isinstance(body, dict):
-                        return Assignment(body["stay_id"], body["room_id"], body.get("request") or {}, body["secret"])
+                        return Assignment(
+                            body["stay_id"],
+                            body["room_id"],
+                            body.get("request") or {},
+                            body["secret"],
+                            body.get("local_room_url"),
+                        )
                     if resp.status in (401, 403):
                         raise NoAssignment("the dispatcher refused this machine's boot secret")
                     why = f"dispatcher answered {resp.status}"
@@ -97,10 +104,14 @@ class Agent:
                 log.warning("agent.report_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), HEARTBEAT_S)
+        await self.final(http, assignment, status())
+
+    async def final(self, http: aiohttp.ClientSession, assignment: Assignment, status: dict[str, Any]) -> None:
+        """The stay's last status, retried a few times: GET keeps answering with it after the machine is gone."""
         for attempt in range(1, FINAL_ATTEMPTS + 1):
             try:
-                await self.report(http, assignment, status())
+                await self.report(http, assignment, status)
                 return
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("agent.final_report_failed", attempt=attempt, error=type(exc).__name__)
-                await asyncio.sleep(0.5 * attempt)
+                await asyncio.sleep(0.5 * attempt)  # retry backoff

@@ -303,11 +303,8 @@ class Dispatcher:
         self._drop(machine_id)
 
     def _drop(self, machine_id: str) -> None:
-        slot = self.slots.pop(machine_id, None)
-        if slot is not None and slot.stay_id is not None:
-            stay = self.stays.get(slot.stay_id)
-            if stay is not None and stay.machine_id == machine_id and not stay.live:
-                stay.machine_id = None
+        """Forget a machine; a stay that ran on it keeps its id in its status (which machine hosted it)."""
+        self.slots.pop(machine_id, None)
 
     # ------------------------------------------------------------------ what bots and Fly tell us
     def report(self, stay_id: str, status: dict[str, Any], now: float) -> list[Action]:

@@ -50,6 +50,7 @@ class Unauthorized(Exception):
 class FleetConfig:
     app: str  # the Fly app that holds the bot machines
     dispatcher_url: str  # how a bot machine reaches the dispatcher (private network)
+    local_room_url: str | None = None  # where bots find the local demo room's hub; default the dispatcher
     bot_cmd: tuple[str, ...] = ("luna-voice", "bot")
     bot_port: int = 8080
     size: str = "performance-1x"
@@ -147,7 +148,9 @@ class Fleet:
     def assignment(self, machine_id: str, boot_secret: str) -> dict[str, Any] | None:
         """A booted machine asks what to do. ``None``: not assigned (yet); ``Unauthorized``: wrong secret."""
         slot = self.core.slots.get(machine_id)
-        if slot is None or not self.keys.check(self.keys.boot_secret(slot.name), boot_secret):
+        if slot is None:  # booted before its create call returned here: the agent asks again
+            return None
+        if not self.keys.check(self.keys.boot_secret(slot.name), boot_secret):
             raise Unauthorized(machine_id)
         stay = self.core.stays.get(slot.stay_id) if slot.stay_id else None
         if stay is None or not stay.live:
@@ -157,6 +160,7 @@ class Fleet:
             "room_id": stay.room_id,
             "request": stay.request,
             "secret": self.keys.stay_secret(stay.id),
+            "local_room_url": self.cfg.local_room_url or self.cfg.dispatcher_url,
         }
 
     def report(self, stay_id: str, secret: str, status: dict[str, Any]) -> bool:
@@ -237,14 +241,23 @@ class Fleet:
         self.run(self.core.report(stay.id, body, self.clock()))
 
     async def _control(self, method: str, stay: Stay) -> dict[str, Any]:
-        assert stay.machine_id is not None
-        url = f"{self.address(stay.machine_id)}/rooms/{stay.room_id}/luna"
+        status, body = await self.relay(method, stay)
+        if status >= 400 or not isinstance(body, dict):
+            raise ValueError(f"bot answered {status}")
+        return body
+
+    async def relay(
+        self, method: str, stay: Stay, path: str = "", *, json: Any = None, params: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """Call the bot's own ``/rooms/{room}/luna{path}`` with the stay's secret: (status, JSON or text body)."""
+        if stay.machine_id is None:
+            raise ValueError("the stay has no machine yet")
+        url = f"{self.address(stay.machine_id)}/rooms/{stay.room_id}/luna{path}"
         headers = {"Authorization": f"Bearer {self.keys.stay_secret(stay.id)}"}
-        async with self.http().request(method, url, headers=headers) as resp:
-            body = await resp.json(content_type=None)
-            if resp.status >= 400 or not isinstance(body, dict):
-                raise ValueError(f"bot answered {resp.status}")
-            return body
+        async with self.http().request(method, url, headers=headers, json=json, params=params) as resp:
+            if resp.content_type == "application/json":
+                return resp.status, await resp.json()
+            return resp.status, await resp.text()
 
     def machine_config(self, action: CreateMachine) -> dict[str, Any]:
         """A bot machine: the dispatcher's image, our metadata, no restart (a crash moves to a fresh machine)."""

@@ -26,6 +26,9 @@ class FlySettings(BaseSettings):
     own_region: str = Field(default="", validation_alias=AliasChoices("FLY_REGION"))
     own_app: str = Field(default="", validation_alias=AliasChoices("FLY_APP_NAME"))
     dispatcher_url: str | None = None
+    local_room_url: str | None = Field(
+        default=None, description="Where bot machines find the local demo room's hub; default the dispatcher."
+    )
     pool_size: int = Field(default=2, ge=0)
     max_machines: int = Field(default=20, ge=1)
     size: str = "performance-1x"

@@ -1,0 +1,93 @@
+"""``luna-voice bot``: one stay on one machine that a dispatcher started.
+
+It asks the dispatcher for its assignment, runs the ordinary service with one bot (its control API behind the
+stay's secret, no local room of its own: the dispatcher hosts it), summons Luna into the room, reports her status
+every second, and when the stay ends sends the final status and exits. SIGTERM (Fly stopping the machine) makes
+her leave the room first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Mapping
+
+import aiohttp
+import structlog
+from aiohttp import web
+from pydantic import SecretStr, ValidationError
+
+from luna_voice import logs
+from luna_voice.api.errors import ApiError
+from luna_voice.api.models import SummonRequest
+from luna_voice.bots import states as sc
+from luna_voice.config import Settings
+from luna_voice.scale.agent import Agent, Assignment, NoAssignment
+from luna_voice.service import Service
+
+log = structlog.get_logger(__name__)
+
+STAY_FOREVER_S = 365 * 24 * 3600.0
+
+
+async def run(settings: Settings, env: Mapping[str, str] = os.environ) -> int:
+    agent = Agent.from_env(env)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        assignment = await agent.assignment(http)
+        log.info("bot.assigned", stay=assignment.stay_id, room_id=assignment.room_id)
+        settings = settings.model_copy(
+            update={
+                "api_token": SecretStr(assignment.secret),  # only the dispatcher can call this bot's API
+                "local_rooms": False,
+                "local_room_url": assignment.local_room_url or agent.dispatcher_url,
+                "max_bots": 1,
+            }
+        )
+        service = Service(settings)
+        runner = web.AppRunner(service.app(), handle_signals=False, shutdown_timeout=2)
+        await runner.setup()
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        try:
+            return await _stay(service, agent, http, assignment)
+        finally:
+            await service.stop()
+            await runner.cleanup()
+
+
+async def _stay(service: Service, agent: Agent, http: aiohttp.ClientSession, assignment: Assignment) -> int:
+    room_id = assignment.room_id
+    try:
+        await service.summon(room_id, SummonRequest.model_validate(assignment.request))
+    except (ApiError, ValidationError) as exc:
+        code, message = (exc.code, exc.message) if isinstance(exc, ApiError) else ("invalid_body", str(exc))
+        log.error("bot.summon_failed", code=code, reason=message)
+        await agent.final(http, assignment, {"state": "failed", "sub_code": code, "reason": message})
+        return 1
+    bot = service.manager.get(room_id)
+    assert bot is not None
+    ended = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: bot.request_end(sc.SHUTDOWN, "the bot machine is stopping"))
+    watcher = asyncio.create_task(_when_done(bot.wait_ended(STAY_FOREVER_S), ended))
+    try:
+        await agent.heartbeat(http, assignment, lambda: service.status(room_id) or {}, ended)
+    finally:
+        watcher.cancel()
+    return 0
+
+
+async def _when_done(waiting: Awaitable[bool], ended: asyncio.Event) -> None:
+    await waiting
+    ended.set()
+
+
+def main() -> None:
+    settings = Settings()
+    logs.configure(settings.log_level, json=settings.log_json)
+    try:
+        code = asyncio.run(run(settings))
+    except NoAssignment as exc:
+        log.error("bot.no_assignment", reason=str(exc))
+        code = 2
+    raise SystemExit(code)
