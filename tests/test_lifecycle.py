@@ -51,7 +51,11 @@ async def test_leaves_when_alone(start_service):
     ws = await attach(svc, bot, cfg)
     await ws.send_str(json.dumps({"type": "room_state", "state": "joined"}))
     await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Ann"}))
-    await asyncio.sleep(1.5)  # someone is here: she stays
+    # Someone is here: she stays past the alone timeout. This wait is deliberate, not synchronisation: what is
+    # tested is that time passing with someone present does NOT end the stay, and no event marks "the supervisor
+    # looked and kept her" (it re-checks at least once a second on the monotonic clock). Waiting out the timeout
+    # plus that period lets at least one check see the expired timeout; a wrong decision shows below.
+    await asyncio.sleep(1.5)
     assert (await svc.call("GET", "/rooms/life/luna"))[1]["state"] == "joined"
     await ws.send_str(json.dumps({"type": "participant_left", "index": 1, "id": "p1"}))
     msg = await ws.receive(timeout=5)
