@@ -46,18 +46,52 @@ async def attach(svc, bot, cfg):  # type: ignore[no-untyped-def]
     return ws
 
 
+class HandClock:
+    """The stay's monotonic clock, moved by the test. ``looked`` waits until the bot's own task (whose only clock
+    reads while it stays are its supervisor's checks) has read the clock since the last move: the decision for the
+    new time is then made."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._read = asyncio.Event()
+
+    def __call__(self) -> float:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith("bot-"):
+            self._read.set()
+        return self.now
+
+    def move(self, seconds: float) -> None:
+        self.now += seconds
+        self._read.clear()
+
+    async def looked(self) -> None:
+        async with asyncio.timeout(5):
+            await self._read.wait()
+
+
 async def test_leaves_when_alone(start_service):
-    svc, bot, cfg, _ = await summon(start_service, alone_timeout_s=1.0)
-    ws = await attach(svc, bot, cfg)
-    await ws.send_str(json.dumps({"type": "room_state", "state": "joined"}))
-    await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Ann"}))
-    # Someone is here: she stays past the alone timeout. This wait is deliberate, not synchronisation: what is
-    # tested is that time passing with someone present does NOT end the stay, and no event marks "the supervisor
-    # looked and kept her" (it re-checks at least once a second on the monotonic clock). Waiting out the timeout
-    # plus that period lets at least one check see the expired timeout; a wrong decision shows below.
-    await asyncio.sleep(1.5)
-    assert (await svc.call("GET", "/rooms/life/luna"))[1]["state"] == "joined"
+    clock = HandClock()
+    host = PagelessHost()
+    svc = await start_service(host=host, alone_timeout_s=1.0)
+    svc.service.manager.clock = clock  # bots summoned from now on run on it
+    assert (await svc.call("POST", "/rooms/life/luna"))[0] == 201
+    await until(lambda: asyncio.sleep(0, bool(host.urls)), 5, "the page to open")
+    bot = (await svc.call("GET", "/rooms/life/luna"))[1]
+    ws = await _joined_with(svc, bot, page_config(host.urls[0]), "Ann")
+    clock.move(60)  # a minute with Ann in the room, far past the alone timeout
+    await clock.looked()
+    assert (await svc.call("GET", "/rooms/life/luna"))[1]["state"] == "joined"  # someone is here: she stays
     await ws.send_str(json.dumps({"type": "participant_left", "index": 1, "id": "p1"}))
+
+    async def alone() -> bool:
+        return (await svc.call("GET", "/rooms/life/luna"))[1]["participants"] == []
+
+    await until(alone, 5, "Ann to have left")
+    clock.move(0.5)
+    await clock.looked()
+    assert (await svc.call("GET", "/rooms/life/luna"))[1]["state"] == "joined"  # alone, but not for long enough
+    clock.move(0.6)
     msg = await ws.receive(timeout=5)
     assert json.loads(msg.data) == {"type": "leave"}  # the page is told to leave the room
     await ws.send_str(json.dumps({"type": "room_state", "state": "left", "sub_code": "dismissed"}))
