@@ -16,6 +16,7 @@ from luna_voice.conversation.domain import Usage
 from luna_voice.providers.azure_tts import AzureTextToSpeech, billable_characters
 from luna_voice.providers.base import ProviderError, RateLimited
 from pageless import PagelessHost
+from roomtools import until
 
 ZH = "你好，我是 Luna。"
 EN = "Hello, I am Luna, nice to meet you."
@@ -380,8 +381,10 @@ async def test_readyz_shows_a_refused_azure_key_from_the_startup_probe(fake: Fak
     svc = await start_service(
         host=PagelessHost(), tts_provider="azure", azure_speech_key="wrong-key", azure_speech_endpoint=fake.endpoint
     )
-    async with asyncio.timeout(10):
-        assert svc.service._probe is not None
-        await svc.service._probe  # the probe's own end, not a sleep
-    status, ready = await svc.call("GET", "/readyz")
+
+    async def flagged():  # type: ignore[no-untyped-def]
+        status, ready = await svc.call("GET", "/readyz")
+        return (status, ready) if ready["provider_problems"] else None
+
+    status, ready = await until(flagged, 10, "the startup probe to report the refused key")
     assert status == 200 and ready["provider_problems"] == {"tts": "auth refused"}

@@ -239,6 +239,71 @@ def test_a_turn_that_never_reached_the_engine_gets_no_closing_call():
     assert list(closing_calls(room)) == [first]
 
 
+def test_leaving_mid_answer_closes_the_turn_with_what_was_heard():
+    """Contract v2 when the stay ends mid-turn (dismissed, kicked, room ended ...): the answer being spoken closes
+    as interrupted with the part the room heard; a queued turn never reached the engine and gets no call."""
+    room = Room(policy="always", barge_in_min_ms=60_000)  # Alice talking on does not cut Luna off here
+    room.join(*GROUP)
+    room.auto_reply = False
+    room.say("a", "Luna, tell me something.")
+    room.say("b", "Luna, and me?")  # queued behind Alice's answer
+    first = room.turn_by("a")["id"]
+    room.core.reply_delta(
+        first, "The first sentence is here. The second sentence is longer and nobody will hear it.", room.now
+    )
+    room.core.reply_done(first, Usage(), room.now)
+    room.run()
+    room.wait(1.0)
+    a = room.turn_by("a")
+    assert a["state"] == "speaking" and 0 < a["played_audio_s"] < a["reply_audio_s"]
+    assert room.turn_by("b")["state"] == "queued"
+    room.transcripts["a"] = "Luna, one more?"
+    room.talk(0.6, a=True)  # still talking when Luna leaves: transcribed afterwards
+
+    room.core.stay_ended(room.now)
+    room.run()
+    room.talk(0.7, a=False)
+    room.core.stay_ended(room.now)  # the driver's close says it again: nothing more happens
+    room.run()
+
+    a, b, late = room.turn_by("a"), room.turn_by("b"), room.turn_by("a", 1)
+    assert a["state"] == "interrupted" and a["spoken_text"] and "nobody will hear it" not in a["spoken_text"]
+    assert closing_calls(room) == {a["id"]: [(a["spoken_text"], SpokenReason.INTERRUPTED)]}
+    assert b["state"] == "cancelled"
+    assert (late["state"], late["reason"]) == ("skipped", "leaving")  # heard, never sent to the engine
+    assert len(room.of(act.RequestReply)) == 1 and room.of(act.ClearPlayback)  # she stops talking at once
+
+
+def test_leaving_while_thinking_closes_the_turn_with_nothing_heard():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.auto_reply = False
+    room.say("a", "What is the weather?")
+    turn = room.turn_by("a")
+    assert turn["state"] == "thinking"
+
+    room.core.stay_ended(room.now)
+    room.run()
+    room.core.reply_delta(turn["id"], "Sunny.", room.now)  # the cancelled reply's late words are dropped
+    room.run()
+
+    assert room.turn_by("a")["state"] == "interrupted"
+    assert closing_calls(room) == {turn["id"]: [("", SpokenReason.INTERRUPTED)]}
+    assert act.CancelReply(turn["id"]) in room.log and room.of(act.Synthesize) == []
+
+
+def test_a_goodbye_cut_by_the_end_of_the_stay_asks_for_no_second_leave():
+    room = Room(policy="always")
+    room.join(("a", "Alice"))
+    room.say("a", "Luna, you can leave.")
+    room.wait(0.3)  # the goodbye is playing when the room ends
+    room.core.stay_ended(room.now)
+    room.run()
+    (bye,) = [t for t in room.turns() if t["kind"] == "goodbye"]
+    assert bye["state"] == "interrupted"
+    assert room.of(act.Leave) == [] and room.of(act.RecordSpoken) == []  # no reply engine in a goodbye
+
+
 def test_turn_records_how_long_the_final_transcript_took():
     room = Room()
     room.join(("a", "Alice"))

@@ -8,9 +8,16 @@ import json
 import time
 
 import aiohttp
+import numpy as np
 import pytest
 
+from fakes.botsession import Reply, fake_botsession
+from luna_voice.bridge import protocol as bp
 from luna_voice.conversation import actions as act
+from luna_voice.conversation.domain import Usage
+from luna_voice.providers.base import Transcript
+from luna_voice.providers.botsession import BotSessionEngine
+from luna_voice.providers.select import ProviderSet
 from pageless import PagelessHost, page_config, page_hello
 from roomtools import until
 from scripted_room import Room
@@ -39,14 +46,52 @@ async def attach(svc, bot, cfg):  # type: ignore[no-untyped-def]
     return ws
 
 
+class HandClock:
+    """The stay's monotonic clock, moved by the test. ``looked`` waits until the bot's own task (whose only clock
+    reads while it stays are its supervisor's checks) has read the clock since the last move: the decision for the
+    new time is then made."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self._read = asyncio.Event()
+
+    def __call__(self) -> float:
+        task = asyncio.current_task()
+        if task is not None and task.get_name().startswith("bot-"):
+            self._read.set()
+        return self.now
+
+    def move(self, seconds: float) -> None:
+        self.now += seconds
+        self._read.clear()
+
+    async def looked(self) -> None:
+        async with asyncio.timeout(5):
+            await self._read.wait()
+
+
 async def test_leaves_when_alone(start_service):
-    svc, bot, cfg, _ = await summon(start_service, alone_timeout_s=1.0)
-    ws = await attach(svc, bot, cfg)
-    await ws.send_str(json.dumps({"type": "room_state", "state": "joined"}))
-    await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Ann"}))
-    await asyncio.sleep(1.5)  # someone is here: she stays
-    assert (await svc.call("GET", "/rooms/life/luna"))[1]["state"] == "joined"
+    clock = HandClock()
+    host = PagelessHost()
+    svc = await start_service(host=host, alone_timeout_s=1.0)
+    svc.service.manager.clock = clock  # bots summoned from now on run on it
+    assert (await svc.call("POST", "/rooms/life/luna"))[0] == 201
+    await until(lambda: asyncio.sleep(0, bool(host.urls)), 5, "the page to open")
+    bot = (await svc.call("GET", "/rooms/life/luna"))[1]
+    ws = await _joined_with(svc, bot, page_config(host.urls[0]), "Ann")
+    clock.move(60)  # a minute with Ann in the room, far past the alone timeout
+    await clock.looked()
+    assert (await svc.call("GET", "/rooms/life/luna"))[1]["state"] == "joined"  # someone is here: she stays
     await ws.send_str(json.dumps({"type": "participant_left", "index": 1, "id": "p1"}))
+
+    async def alone() -> bool:
+        return (await svc.call("GET", "/rooms/life/luna"))[1]["participants"] == []
+
+    await until(alone, 5, "Ann to have left")
+    clock.move(0.5)
+    await clock.looked()
+    assert (await svc.call("GET", "/rooms/life/luna"))[1]["state"] == "joined"  # alone, but not for long enough
+    clock.move(0.6)
     msg = await ws.receive(timeout=5)
     assert json.loads(msg.data) == {"type": "leave"}  # the page is told to leave the room
     await ws.send_str(json.dumps({"type": "room_state", "state": "left", "sub_code": "dismissed"}))
@@ -367,3 +412,90 @@ async def test_every_url_the_page_gets_is_built_from_the_configured_base(start_s
     assert host.urls[0].startswith("https://luna-bots.internal:9443/bot/bot.html#")
     assert cfg["bridgeUrl"] == f"wss://luna-bots.internal:9443/bridge/{bot['bot_id']}"
     assert cfg["room"]["signalUrl"] == "wss://luna-bots.internal:9443/local/rooms/life/signal"
+
+
+_t = np.arange(bp.CAPTURE_FRAME_SAMPLES) / bp.CAPTURE_RATE
+_buzz = sum(np.sin(2 * np.pi * 150 * k * _t) / k for k in range(1, 12))
+VOICED = (_buzz / np.abs(_buzz).max() * 8000).astype(np.int16).tobytes()  # webrtcvad takes it for speech
+
+
+class HeardAnn:
+    """STT that hears every utterance as one fixed question."""
+
+    name = "heard-ann"
+
+    def open_stream(self, *, prompt=None, keywords=()):  # type: ignore[no-untyped-def]
+        return self
+
+    async def push(self, pcm: bytes) -> None:
+        pass
+
+    async def finish(self) -> Transcript:
+        return Transcript("Luna, are you there?", "en")
+
+    async def cancel(self) -> None:
+        pass
+
+    async def warm(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+class SecondPerSentence:
+    """TTS whose every sentence is one second of (silent) voice at the playback rate."""
+
+    name = "second-per-sentence"
+    sample_rate = bp.PLAYBACK_RATE
+
+    async def warm(self) -> None:
+        pass
+
+    async def synthesize(self, text: str):  # type: ignore[no-untyped-def]
+        yield Usage(tts_characters=len(text))
+        yield bytes(2 * bp.PLAYBACK_RATE)
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_dismissed_mid_answer_the_app_is_told_what_the_room_heard(start_service):
+    """BotSession contract v2 at the end of a stay: the turn Luna is speaking when she is dismissed gets its one
+    closing ``spoken`` call (interrupted, with what was heard), so the app does not keep an answer nobody heard."""
+    async with fake_botsession(token="t0k") as app:
+        rest = asyncio.Event()  # the answer's last part never comes: she is still answering when dismissed
+        app.script(Reply(deltas=("Yes, I am here. ", "And there is much more to say."), hold_last=rest))
+        providers = ProviderSet(
+            make_stt=HeardAnn,
+            make_llm=lambda: BotSessionEngine(app.url, "t0k", None),
+            make_tts=SecondPerSentence,
+            names={"stt": "scripted", "llm": "botsession", "tts": "scripted"},
+        )
+        host = PagelessHost()
+        svc = await start_service(providers=providers, host=host)
+        assert (await svc.call("POST", "/rooms/life/luna"))[0] == 201
+        await until(lambda: asyncio.sleep(0, bool(host.urls)), 5, "the page to open")
+        bot = (await svc.call("GET", "/rooms/life/luna"))[1]
+        ws = await _joined_with(svc, bot, page_config(host.urls[0]), "Ann")
+        for seq in range(30):  # Ann speaks for 0.6 s, in real time as a page captures, then stops
+            await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, seq, seq * 20.0, VOICED))
+            await asyncio.sleep(bp.FRAME_MS / 1000)
+
+        async def speaking():  # type: ignore[no-untyped-def]
+            turns = (await svc.call("GET", "/rooms/life/luna"))[1]["turns"]
+            return turns[0] if turns and turns[0]["state"] == "speaking" else None
+
+        turn = await until(speaking, 10, "Luna to answer out loud")
+        heard = [bp.decode_audio(msg.data).seq for msg in [await ws.receive(timeout=5) for _ in range(10)]]
+        await ws.send_str(json.dumps({"type": "played", "seq": heard[-1], "idle": False}))  # the room heard 0.2 s
+        await _sync(svc, ws, "marker")
+        leave = asyncio.create_task(_answer_leave(ws))
+        status, body = await svc.call("DELETE", "/rooms/life/luna")
+        await leave
+        assert (status, body["state"]) == (200, "ended")
+        (spoken,) = app.closing_calls()[turn["id"]]
+        assert spoken[1] == "interrupted" and 0 < len(spoken[0]) < len("Yes, I am here.")
+        assert list(app.closing_calls()) == [turn["id"]]
+        rest.set()
+        await ws.close()

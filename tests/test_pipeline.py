@@ -404,3 +404,31 @@ async def test_close_lets_a_turns_closing_call_reach_the_engine():
     p.llm.record_gate.set()
     await closing
     assert p.calls.spoken == [("It is noon.", SpokenReason.DONE)]  # cancelled with the rest, it was lost
+
+
+async def test_closing_mid_answer_closes_the_turn_with_what_the_room_heard():
+    """The bot leaves while Luna speaks: the turn's one closing call still reaches the engine, as interrupted with
+    the played part only (on main the answer stayed in the app's history as if heard in full)."""
+    p = page(["Tell me a story."], [["Once upon a time. ", Hang()]], seconds=3.0)
+    p.say()
+    await p.speaking()
+    await p.until_sent()
+    p.now += 1.0  # a second on: the ticker releases more audio, and the room hears it
+    await p.calls.until(lambda: len(p.sent) >= 50, "a second of audio sent")
+    p.pipe.played(p.sent[49], False)
+    p.pipe.stay_ended()  # what the lifecycle does as the stay ends
+    async with asyncio.timeout(5):
+        await p.pipe.aclose()
+    (spoken,) = p.calls.spoken
+    assert spoken[1] is SpokenReason.INTERRUPTED and 0 < len(spoken[0]) < len("Once upon a time.")
+    assert p.clears == 1  # she stops talking at once, before the page leaves
+    assert "llm" in p.calls.cancelled
+
+
+async def test_closing_while_thinking_closes_the_turn_with_nothing_heard():
+    p = page(["What is the weather?"], [[Hang()]])
+    p.say()
+    await p.calls.until(lambda: "llm" in p.calls.hanging, "the reply to be on its way")
+    async with asyncio.timeout(5):
+        await p.pipe.aclose()  # closing alone is enough (the bench, or a driver without a lifecycle)
+    assert p.calls.spoken == [("", SpokenReason.INTERRUPTED)]

@@ -43,7 +43,7 @@ from playwright.async_api import Browser, BrowserContext, Page, Route, async_pla
 
 from conftest import CHROMIUM, free_port
 from fakes.cloudflare_rtk import FakeCloudflareRtk, decode_token_payload
-from luna_voice.bots.host import CHROMIUM_ARGS, BotPage, ChromiumHost
+from luna_voice.bots.host import CHROMIUM_ARGS, ChromiumHost
 from luna_voice.bridge import protocol as bp
 from luna_voice.rooms.rtk_api import RtkApi
 from pageless import page_config
@@ -821,49 +821,48 @@ def _serve_file(path: Path, content_type: str) -> Callable[[Route], Awaitable[No
     return serve
 
 
-class MockedRtkHost(ChromiumHost):
-    """The service's Chromium host, with the RTK mock installed in each bot context before the page opens."""
+class MockedRtk:
+    """The RTK mock for the service's own Chromium host, installed through its public ``prepare_context`` hook in
+    each bot context before the page opens; ``host`` is a plain ``ChromiumHost``."""
 
     def __init__(self, speech: dict[str, Path] | None = None, **mock: Any) -> None:
         """``speech``: peer id → a WAV their microphone loops; ``mock``: more ``mock_params``."""
-        super().__init__(CHROMIUM)
-        self.pages: list[Page] = []
         self.speech = speech or {}
         self.mock = mock
+        self.contexts: list[BrowserContext] = []
+        self.host = ChromiumHost(CHROMIUM, prepare_context=self._prepare)
 
-    async def open(self, url: str, *, on_crash: Callable[[], None]) -> BotPage:
-        await self.start()
-        assert self._browser is not None
+    async def _prepare(self, context: BrowserContext, url: str) -> None:
         room = page_config(url)["room"]
-        context = await self._browser.new_context()
         urls = {pid: f"/speech-test/{pid}.wav" for pid in self.speech}  # same origin as the page
         await install_mock(context, mock_params(room["authToken"], speech=urls, **self.mock))
         for pid, wav in self.speech.items():
             await context.route(f"**{urls[pid]}", _serve_file(wav, "audio/wav"))
-        page = await context.new_page()
-        page.on("crash", lambda _page: on_crash())
-        await page.goto(url)
-        self.pages.append(page)
-        return BotPage(context, page)
+        self.contexts.append(context)
+
+    @property
+    def pages(self) -> list[Page]:
+        """Bot pages opened so far, oldest first (the host opens one page per context)."""
+        return [c.pages[0] for c in self.contexts if c.pages]
 
 
 async def test_summoned_through_the_service_luna_joins_the_meeting_and_is_kicked(start_service):
-    host = MockedRtkHost()
+    rtk = MockedRtk()
     async with FakeCloudflareRtk() as cloudflare:
         svc = await start_service(
-            host=host,
+            host=rtk.host,
             rtk_account_id=cloudflare.account_id,
             rtk_app_id=cloudflare.app_id,
             rtk_api_token=cloudflare.api_token,
             rtk_api_base=cloudflare.base_url,
         )
         try:
-            await summon_and_kick(svc, cloudflare, host)
+            await summon_and_kick(svc, cloudflare, rtk)
         finally:
-            await host.close()
+            await rtk.host.close()
 
 
-async def summon_and_kick(svc: Any, cloudflare: FakeCloudflareRtk, host: MockedRtkHost) -> None:
+async def summon_and_kick(svc: Any, cloudflare: FakeCloudflareRtk, rtk: MockedRtk) -> None:
     meeting = cloudflare.add_meeting()
     status, bot = await svc.call("POST", f"/rooms/{meeting}/luna")
     assert status == 201 and bot["backend"] == "rtk"
@@ -876,20 +875,20 @@ async def summon_and_kick(svc: Any, cloudflare: FakeCloudflareRtk, host: MockedR
 
     await until(is_joined, 20, "the service to see Luna joined")
     assert sorted(p["name"] for p in (await state())["participants"]) == ["Alice", "Bob"]
-    assert (await snapshot(host.pages[0]))["inits"][0]["authToken"] == cloudflare.minted_tokens[0]
+    assert (await snapshot(rtk.pages[0]))["inits"][0]["authToken"] == cloudflare.minted_tokens[0]
     assert (await state())["muted_by_host"] is False
 
     # a host mutes her: the status, the event stream and the metrics say so
     async with svc.http.get(f"{svc.url}/rooms/{meeting}/luna/events") as stream:
         await stream.content.readline()  # the stream is open (its first event is the status)
-        await host.pages[0].evaluate("window.__rtkHarness.server.hostMutes()")
+        await rtk.pages[0].evaluate("window.__rtkHarness.server.hostMutes()")
         event = await asyncio.wait_for(_next_event(stream, "muted"), 10)
     assert (event["muted"], event["reason"]) == (True, "a host muted Luna")
     assert (await state())["muted_by_host"] is True
     async with svc.http.get(f"{svc.url}/metrics") as resp:
         assert "luna_muted_by_host_total 1.0" in await resp.text()
 
-    await host.pages[0].evaluate("window.__rtkHarness.server.kick()")
+    await rtk.pages[0].evaluate("window.__rtkHarness.server.kick()")
 
     async def ended() -> dict[str, Any] | None:
         s = await state()
@@ -904,10 +903,10 @@ async def test_muted_by_a_host_luna_unmutes_when_addressed_by_name_and_is_heard_
     on her microphone, heard through the SDK's consumer and the offline STT); the core asks for an unmute, the page
     publishes a fresh clone, and Luna's answer reaches the room on it."""
     wav = speech_file(tmp_path, "Luna, what is the weather like today?", lead_silence_s=0.5)
-    host = MockedRtkHost(speech={"peer-alice": wav}, silent=("peer-bob",))  # Bob listens
+    rtk = MockedRtk(speech={"peer-alice": wav}, silent=("peer-bob",))  # Bob listens
     async with FakeCloudflareRtk() as cloudflare:
         svc = await start_service(
-            host=host,
+            host=rtk.host,
             rtk_account_id=cloudflare.account_id,
             rtk_app_id=cloudflare.app_id,
             rtk_api_token=cloudflare.api_token,
@@ -924,9 +923,14 @@ async def test_muted_by_a_host_luna_unmutes_when_addressed_by_name_and_is_heard_
                 return (await state())["state"] == "joined"
 
             await until(is_joined, 30, "Luna to join")
-            page = host.pages[0]
+            page = rtk.pages[0]
             first = (await snapshot(page))["publishedTrack"]
             await page.evaluate(MONITOR_PUBLISHED)
+
+            async def monitored() -> Any:
+                return await page.evaluate("(id) => id in window.__publishedPeaks", first)
+
+            await soon(monitored, "the monitor to watch her first track")  # before the mute stops it
             await page.evaluate("window.__rtkHarness.server.hostMutes()")
 
             async def muted() -> bool:
@@ -953,7 +957,7 @@ async def test_muted_by_a_host_luna_unmutes_when_addressed_by_name_and_is_heard_
             assert peaks[first] < 0.01  # muted: nothing went out on the old track
             assert peaks[after["publishedTrack"]] > 0.05  # her answer went out on the new one
         finally:
-            await host.close()
+            await rtk.host.close()
 
 
 # Watches whatever track the SDK publishes as Luna's microphone, and keeps each one's peak level.

@@ -46,7 +46,10 @@ async def sender() -> AsyncIterator[Callable[..., WebhookSender]]:
 
 
 def count(s: WebhookSender, outcome: str) -> float:
-    return s.outcomes.labels(outcome)._value.get()
+    """The ``outcome`` counter as a scrape would read it (prometheus-client's public ``collect``)."""
+    (family,) = s.outcomes.collect()
+    found = [x.value for x in family.samples if x.name.endswith("_total") and x.labels == {"outcome": outcome}]
+    return found[0] if found else 0.0
 
 
 def submit(s: WebhookSender, n: int, kind: str = "bot.state") -> None:

@@ -235,6 +235,8 @@ class Bot:
         session = self.session
         try:
             self._set_state(BotState.LEAVING, sub_code, reason)
+            # Before the page leaves: she stops talking now, and the turn in progress is closed with what was heard.
+            self.pipeline.stay_ended()
             if session is not None and not session.retired and session.room_state in LIVE_PAGE_STATES:
                 await self._leave_room(session)
             await asyncio.wait_for(self.pipeline.aclose(), PIPELINE_CLOSE_S)

@@ -109,7 +109,15 @@ class Pipeline:
         self.core.playback_reset(self._clock())
         self._run()
 
+    def stay_ended(self) -> None:
+        """Luna is leaving for good: the core closes the turn in progress (its closing call starts now; ``aclose``
+        lets it finish) and answers nothing more."""
+        self.core.stay_ended(self._clock())
+        self._run()
+
     async def aclose(self) -> None:
+        if not self._closed:  # whoever closes without saying the stay ended (the bench, a test) still closes turns
+            self.stay_ended()
         self._closed = True
         self._wake.set()
         tasks = [t for t in (self._ticker, *self._tasks, *self._replies.values()) if t is not None]

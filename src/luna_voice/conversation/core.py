@@ -23,6 +23,8 @@ Rules that are easy to get wrong, in one place:
   it; texts the app asks her to say, queued or cutting her off; voice requests to stop, hush (listen only until
   she is addressed again) or leave (a goodbye, then the ``Leave`` action). Speech turns publish
   ``speak.started`` and ``speak.completed``/``speak.interrupted``/``speak.failed`` with what the room heard.
+* Leaving for good (``stay_ended``), whatever the cause, closes the turn in progress as interrupted with what the
+  room heard: every turn that reached the reply engine gets its one closing call, even when Luna is gone.
 * The meeting transcript (``transcript.py``) gets every utterance heard and every reply as the room heard it.
 """
 
@@ -142,6 +144,7 @@ class Conversation:
         self._greeted = False
         self._quiet = False  # asked to be quiet: listen only until addressed by name
         self._leaving = False  # asked to leave: nothing more but the goodbye
+        self._gone = False  # the stay is over: nothing more will be heard or said
 
     # ------------------------------------------------------------------ inputs: room
     def participant_joined(self, pid: str, name: str, now: float) -> None:
@@ -428,6 +431,19 @@ class Conversation:
             self._finish(active, TurnState.INTERRUPTED, now)
         self._set_speaking(False, now)
 
+    def stay_ended(self, now: float) -> None:
+        """Luna is out of the room for good (dismissed, room ended, kicked, a crash not rejoined, shutdown, her
+        goodbye): close the books before the driver stops.
+
+        The turn in progress ends as interrupted and makes its one closing call with what the room heard of it, so
+        the reply engine never keeps an answer nobody heard. Queued turns never reached the engine: cancelled, no
+        call. Transcripts still on their way are heard but not answered (``leaving``). Calling it again is a no-op.
+        """
+        if self._gone:
+            return
+        self._gone = self._leaving = True
+        self._silence(now)
+
     def tick(self, now: float) -> None:
         for pid, ep in list(self._endpointers.items()):
             self._endpoint(pid, ep.check(now), now)
@@ -661,7 +677,7 @@ class Conversation:
         self._active = None
         self._chunker = None
         self._set_speaking(False, now)
-        if turn.kind is TurnKind.GOODBYE:
+        if turn.kind is TurnKind.GOODBYE and not self._gone:  # a goodbye cut by the end of the stay: gone already
             self._out.append(act.Leave(self._leave_reasons.pop(turn.id, "")))
         while self._queue:
             nxt = self._queue.popleft()
