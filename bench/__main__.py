@@ -63,7 +63,8 @@ def machine(isolation: str) -> dict[str, Any]:
     }
 
 
-async def run(quick: bool, isolation: str) -> dict[str, Any]:
+async def run(quick: bool, isolation: str, only: set[str] | None = None) -> dict[str, Any]:
+    from bench import hearing as hr
     from bench import scenarios as sc
     from bench.harness import Rig
     from bench.instant import ReplyAudio
@@ -83,8 +84,12 @@ async def run(quick: bool, isolation: str) -> dict[str, Any]:
                 "barge_in": lambda: sc.barge_in(rig, svc, audio, plan, Path(tmp)),
                 "scale": lambda: sc.scale(rig, svc, audio, plan, Path(tmp)),
                 "summon": lambda: sc.summon(rig, svc, audio, plan),
+                "hearing": lambda: hr.hearing(quick),
+                "ducking": lambda: hr.ducking(rig, svc, audio, quick, Path(tmp)),
             }
             for name, step in steps.items():
+                if only is not None and name not in only:
+                    continue
                 t = time.monotonic()
                 print(f"[bench] {name} …", file=sys.stderr, flush=True)
                 try:
@@ -171,10 +176,8 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
         gaps = f"playback gaps {t['playback_gaps']} in {t['frames_out']} frames"
         out.append(_row("3 speaking: Python → ear one-way, ms", s, f"{s['n']}/{t['clicks_sent']}", floor, gaps))
         split = f"Python {_f(t['overhead_python_ms']['p50'])} + to the ear {_f(t['overhead_ear_ms']['p50'])}"
-        note = f"{split}; the {t['end_of_speech_ms']:.0f} ms end-of-speech window not counted"
-        out.append(
-            _row("4 turn overhead: end of speech → ear, ms", t["overhead_ms"], f"{t['turns']} turns", floor, note)
-        )
+        note = f"{split}; end of turn (p50 {_f(t['end_of_turn_ms']['p50'])} ms) not counted"
+        out.append(_row("4 turn overhead: commit → ear, ms", t["overhead_ms"], f"{t['turns']} turns", floor, note))
     if b := ok("barge_in", "5 barge-in: mouth → silent at ear, ms"):
         m, least = b["barge_in_ms"], b["barge_in_min_ms"]
         label = "5 barge-in: mouth → silent at ear, ms"
@@ -238,28 +241,36 @@ def table(head: list[str], body: list[list[str]]) -> str:
 
 
 def report(data: dict[str, Any]) -> str:
+    from bench import hearing as hr
+
     m, r = data["machine"], data["results"]
     largest = r.get("scale", {}).get("largest_ok", "n/a")
     diag = r.get("diagnostics", {})
-    return "\n\n".join(
-        [
-            f"Luna voice bench ({data['mode']}, {data['took_s']:.0f} s) — {m['nproc']} cores, {m['memory_gb']} GB, "
-            f"{m['chromium']}, {m['date']}, commit {m['commit']}, {m['isolation']}",
-            table(["measurement", "p50", "p95", "n", "floor p50", "ratio", "note"], rows(r)),
-            table(SCALE_HEAD, scale_rows(r)),
-            f"Largest N with underruns under 0.1 %: {largest}",
-            f"Pipeline tickers still running after their bots ended: {diag.get('tickers_left_running', '?')}",
-        ]
-    )
+    floor = r.get("floor_hearing", {}).get("floor_ms", {}).get("p50")
+    ran = set(r)  # with --only, a table none of whose scenarios ran is left out
+    parts = [
+        f"Luna voice bench ({data['mode']}, {data['took_s']:.0f} s) — {m['nproc']} cores, {m['memory_gb']} GB, "
+        f"{m['chromium']}, {m['date']}, commit {m['commit']}, {m['isolation']}"
+    ]
+    if ran & {"floor_hearing", "turns", "barge_in", "summon"}:
+        parts.append(table(["measurement", "p50", "p95", "n", "floor p50", "ratio", "note"], rows(r)))
+    if "scale" in ran:
+        parts += [table(SCALE_HEAD, scale_rows(r)), f"Largest N with underruns under 0.1 %: {largest}"]
+    if ran & {"hearing", "ducking"}:
+        parts.append(table(["hearing", "now", "baseline/floor", "goal", "note"], hr.rows(r, floor)))
+    parts.append(f"Pipeline tickers still running after their bots ended: {diag.get('tickers_left_running', '?')}")
+    return "\n\n".join(parts)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer samples; under 3 minutes on 2 cores")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    parser.add_argument("--only", help="comma-separated scenarios, e.g. floor_hearing,hearing,ducking")
     args = parser.parse_args()
     isolation = isolate()
-    data = asyncio.run(run(args.quick, isolation))
+    only = set(args.only.split(",")) if args.only else None
+    data = asyncio.run(run(args.quick, isolation, only))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(data, indent=2) + "\n")
     print(report(data))

@@ -1,16 +1,21 @@
 """Providers that take no time, so a turn measures the service itself: STT returns a fixed text when the
-utterance ends, the reply engine answers at once, and TTS returns whatever audio the current scenario set."""
+utterance ends (a backchannel when it held under 0.6 s of sound), the reply engine answers at once, and TTS
+returns whatever audio the current scenario set."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.providers.base import Transcript
 from luna_voice.providers.select import ProviderSet
 
 HEARD = "Luna, are you there?"
+BACKCHANNEL = "Okay."
+_LOUD_S = 0.6  # less sound than this is a backchannel
 REPLY = "Yes, I am here."
 
 
@@ -22,11 +27,15 @@ class ReplyAudio:
 
 
 class _Stream:
+    def __init__(self) -> None:
+        self._loud = 0  # 20 ms frames above -40 dBFS
+
     async def push(self, pcm: bytes) -> None:
-        pass
+        x = np.frombuffer(pcm[: len(pcm) // 640 * 640], "<i2").astype(np.float32).reshape(-1, 320) / 32768
+        self._loud += int((np.sqrt((x**2).mean(axis=1)) > 0.01).sum())
 
     async def finish(self) -> Transcript:
-        return Transcript(HEARD, "en")
+        return Transcript(HEARD if self._loud * 0.02 >= _LOUD_S else BACKCHANNEL, "en")
 
     async def cancel(self) -> None:
         pass

@@ -170,10 +170,10 @@ async def turns(rig: Rig, svc: Running, audio: ReplyAudio, plan: Plan, tmp: Path
     first = np.where(np.isfinite(lat[:, 0]), lat[:, 0], np.nanmedian(lat, axis=1))  # the reply's first sample
     timing = {
         k: np.array([t["timings"].get(k, np.nan) for t in done])
-        for k in ("end_of_speech", "first_audio_sent", "first_audio_played")
+        for k in ("end_of_speech", "end_of_turn", "first_audio_sent", "first_audio_played")
     }
-    window = svc.service.settings.end_of_speech_ms / 1000
-    python = timing["first_audio_sent"] - timing["end_of_speech"] - window
+    # From the commit on: how long the end of turn took (semantic, or the silence rule) is row H3's business.
+    python = timing["first_audio_sent"] - timing["end_of_turn"]
     return {
         "speaking_ms": ms(lat.ravel()),
         "speaking_by_turn_ms": [round(float(v) * 1000, 1) for v in np.nanmedian(lat, axis=1)],
@@ -184,7 +184,7 @@ async def turns(rig: Rig, svc: Running, audio: ReplyAudio, plan: Plan, tmp: Path
         "overhead_python_ms": ms(python),
         "overhead_ear_ms": ms(first),
         "first_played_mark_ms": ms(timing["first_audio_played"] - timing["first_audio_sent"]),
-        "end_of_speech_ms": window * 1000,
+        "end_of_turn_ms": ms(timing["end_of_turn"] - timing["end_of_speech"]),
         "turns": len(done),
     }
 

@@ -74,6 +74,7 @@ function openBridge() {
       if (typeof data === "string") {
         const msg = JSON.parse(data);
         if (msg.type === "clear") playback.port.postMessage({ type: "clear" });
+        else if (msg.type === "duck") playback.port.postMessage({ type: "gain", gain: msg.gain });
         else if (msg.type === "leave") leave();
         else if (msg.type === "unmute" && room && room.unmute) room.unmute();
         else if (msg.type === "chat") chat(msg.text);

@@ -24,11 +24,12 @@ if [ ! -x .venv/bin/python ]; then
   say "creating .venv"
   "$PY" -m venv .venv
 fi
-stamp_py=$(cat pyproject.toml | sha256sum | cut -c1-16)
+stamp_py=$(cat pyproject.toml scripts/requirements-no-deps.txt | sha256sum | cut -c1-16)
 if [ "$(cat .venv/.setup-stamp 2>/dev/null)" != "$stamp_py" ]; then
   say "installing Python packages into .venv (first time: a few minutes)"
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e '.[dev]'
+  .venv/bin/pip install -q --no-deps -r scripts/requirements-no-deps.txt
   echo "$stamp_py" > .venv/.setup-stamp
 fi
 

@@ -13,7 +13,7 @@ from luna_voice.conversation import actions as act
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
-from luna_voice.conversation.domain import Usage
+from luna_voice.conversation.domain import Confidence, Usage
 from luna_voice.conversation.requests import RequestDetector
 
 FRAME = 0.02
@@ -35,12 +35,17 @@ class Room:
         )
         self.log: list[act.Action] = []
         self.transcripts: dict[str, str | list[str]] = {}  # speaker -> text for their next utterance(s)
+        self.confidence: dict[str, Confidence] = {}  # speaker -> STT confidence of their next transcript
         self.replies: dict[str, str] = {}  # speaker -> Luna's reply to their next answered turn
         self.auto_reply = True
         self.stt_final_after_s = 0.25  # what the STT provider reports as its own share of the wait
         self.stt_audio: dict[str, int] = {}  # utterance -> bytes received
         self.page: deque[tuple[int, int]] = deque()  # (seq, samples not yet played)
         self.page_played = -1
+        # The turn model's scripted answers per speaker, in order; with none scripted it never answers.
+        self.turn_model: dict[str, list[float | None]] = {}
+        self.gain = 1.0  # Luna's playback gain in the page
+        self.rendered: list[tuple[float, float, int]] = []  # (time, gain, samples) Luna's audio heard by the room
 
     # -- people --------------------------------------------------------------------------------------------
     def join(self, *people: tuple[str, str]) -> None:
@@ -74,6 +79,7 @@ class Room:
             seq, left = self.page[0]
             used = min(left, budget)
             budget -= used
+            self.rendered.append((self.now, self.gain, used))
             if used == left:
                 self.page.popleft()
                 last = seq
@@ -101,7 +107,13 @@ class Room:
                     if rest:
                         self.transcripts[pid] = rest
                 self.core.transcript(
-                    a.utterance_id, text, None, Usage(stt_seconds=1.0), self.now, final_after_s=self.stt_final_after_s
+                    a.utterance_id,
+                    text,
+                    None,
+                    Usage(stt_seconds=1.0),
+                    self.now,
+                    final_after_s=self.stt_final_after_s,
+                    confidence=self.confidence.pop(pid, None),
                 )
             elif isinstance(a, act.RequestReply) and self.auto_reply:
                 reply = self.replies.pop(a.request.speaker_id, f"Hello {a.request.speaker_name}. Nice day.")
@@ -114,6 +126,11 @@ class Room:
                 self.page.append((a.seq, len(a.pcm) // 2))
             elif isinstance(a, act.ClearPlayback):
                 self.page.clear()
+            elif isinstance(a, act.SetPlaybackGain):
+                self.gain = a.gain
+            elif isinstance(a, act.PredictEndOfTurn) and self.turn_model.get(a.speaker_id):
+                p = self.turn_model[a.speaker_id].pop(0)
+                self.core.end_of_turn(a.speaker_id, a.request, p, self.now)
             pending.extend(self.core.drain())
 
     # -- reading the outcome -----------------------------------------------------------------------------------

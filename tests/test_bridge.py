@@ -225,3 +225,9 @@ async def test_the_audio_tap_sees_every_capture_frame_python_receives(start_serv
     assert [(room, pid, ts, pcm[:1]) for room, pid, ts, pcm in tapped] == [
         ("bridge-test", "p1", 1000.0 + seq, bytes([seq])) for seq in range(3)
     ]
+
+
+def test_duck_message_carries_a_gain_in_range():
+    assert json.loads(bp.duck(10 ** (-15 / 20))) == {"type": "duck", "gain": 0.1778}
+    with pytest.raises(ValueError):
+        bp.duck(1.5)

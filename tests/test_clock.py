@@ -10,10 +10,11 @@ import numpy as np
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.bridge.clock import PageClock
 from scripted_room import Room
+from test_pipeline import LoudIsVoiced
 
 TONE = (
     (0.3 * 32767 * np.sin(2 * np.pi * 220 * np.arange(320) / 16000)).astype(np.int16).tobytes()
-)  # webrtcvad calls this speech
+)  # loud: voiced for the level detector that stands in for Silero here
 
 
 def test_page_times_map_onto_ours_never_in_the_future():
@@ -88,6 +89,7 @@ def pipeline(stt, now, *, tts=None):  # type: ignore[no-untyped-def]
         clear_playback=lambda: None,
         publish=lambda _e: None,
         clock=lambda: now[0],
+        new_vad=LoudIsVoiced,
     )
 
 

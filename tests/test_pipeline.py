@@ -1,8 +1,9 @@
 """The asyncio driver (``bots/pipeline.py``) with scripted providers: each provider call is a task whose result,
 error or cancellation reaches the core, and closing stops every task and provider.
 
-The test plays the page: voiced frames (a harmonic buzz webrtcvad takes for speech) and silence on a fake clock,
-and it "renders" what Python sends by reporting playback marks. Every wait is on the published event itself.
+The test plays the page: voiced frames (a harmonic buzz) and silence on a fake clock, and it "renders" what Python
+sends by reporting playback marks. Every wait is on the published event itself. A level detector stands in for
+Silero (``LoudIsVoiced``): these tests are about the driver's tasks; the VAD has tests of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ from luna_voice.conversation.turns import TurnState
 from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
 
 RATE = 48_000
+
+
+class LoudIsVoiced:
+    """A frame louder than -30 dBFS is voiced."""
+
+    def is_speech(self, pcm: bytes) -> bool:
+        x = np.frombuffer(pcm, "<i2").astype(np.float64) / 32768
+        return bool(x.size) and float(np.sqrt(np.mean(x**2))) > 0.03
+
+
 _t = np.arange(320) / PIPELINE_RATE
 _buzz = sum(np.sin(2 * np.pi * 150 * k * _t) / k for k in range(1, 12))
 VOICED = (_buzz / np.abs(_buzz).max() * 8000).astype(np.int16).tobytes()
@@ -196,6 +207,7 @@ class Page:
             clear_playback=self._clear,
             publish=self._publish,
             clock=lambda: self.now,
+            new_vad=LoudIsVoiced,
         )
 
     @property
@@ -343,7 +355,7 @@ async def test_barge_in_cancels_the_reply_and_the_synthesis_tasks():
     await p.speaking()
     await p.until_sent()
     p.pipe.played(p.sent[0], False)  # the room is hearing her
-    p.talk(0.5, VOICED)  # Alice talks over her
+    p.talk(0.7, VOICED)  # Alice talks over her for longer than barge_in_min_ms
     turn = await p.ended()
     assert turn["state"] == "interrupted" and p.clears == 1
     await p.calls.until(lambda: sorted(p.calls.cancelled) == ["llm", "tts"], "both tasks cancelled")

@@ -1,11 +1,14 @@
 // Playback worklet: a ring buffer of PCM from Python, rendered into Luna's microphone track.
 // Python sends speech ahead of real time and this worklet paces it, so `clear` can drop everything queued at
 // once. It reports which frames were actually rendered ("played" marks), so Python knows what the room heard.
+// `gain` ducks the voice while someone may be interrupting her: a short linear ramp (no click), nothing dropped,
+// so the marks still count every sample the room heard, quieter or not.
 
 const SECONDS = 30;
 const PREBUFFER_S = 0.06; // wait for this much audio before starting, or ...
 const START_WAIT_S = 0.1; // ... at most this long after the first sample arrived
 const MARK_EVERY_S = 0.05;
+const GAIN_RAMP_S = 0.01;
 
 class PlaybackProcessor extends AudioWorkletProcessor {
   constructor() {
@@ -20,6 +23,9 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.lastSeq = -1;
     this.lastReport = 0;
     this.overflowed = 0;
+    this.gain = 1;
+    this.targetGain = 1;
+    this.gainStep = 1 / (GAIN_RAMP_S * sampleRate);
     this.port.onmessage = ({ data }) => this.onMessage(data);
   }
 
@@ -33,6 +39,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.write += n;
       this.marks.push([this.write, msg.seq]);
       if (this.firstAt === null) this.firstAt = currentTime;
+    } else if (msg.type === "gain") {
+      this.targetGain = Math.min(1, Math.max(0, Number(msg.gain)));
     } else if (msg.type === "clear") {
       const dropped = this.write - this.read;
       this.read = this.write;
@@ -52,7 +60,13 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     }
     if (this.playing) {
       const n = Math.min(out.length, queued);
-      for (let i = 0; i < n; i++) out[i] = this.buf[(this.read + i) % this.size];
+      for (let i = 0; i < n; i++) {
+        if (this.gain !== this.targetGain) {
+          const d = this.targetGain - this.gain;
+          this.gain = Math.abs(d) <= this.gainStep ? this.targetGain : this.gain + Math.sign(d) * this.gainStep;
+        }
+        out[i] = this.gain * this.buf[(this.read + i) % this.size];
+      }
       out.fill(0, n);
       this.read += n;
       while (this.marks.length && this.marks[0][0] <= this.read) this.lastSeq = this.marks.shift()[1];
@@ -65,6 +79,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       }
     } else {
       out.fill(0);
+      this.gain = this.targetGain; // nothing audible to ramp
     }
     if (this.playing && currentTime - this.lastReport >= MARK_EVERY_S) {
       this.port.postMessage({ type: "played", seq: this.lastSeq, idle: false });

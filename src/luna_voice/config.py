@@ -96,11 +96,25 @@ class Settings(BaseSettings):
     # --- conversation -------------------------------------------------------------------------------
     turn_policy: PolicyName = "auto"
     follow_up_window_s: float = 8.0
-    end_of_speech_ms: int = 500
+    end_of_speech_ms: int = Field(default=500, description="Silence that ends a turn when no turn model answers.")
     max_utterance_s: float = 30.0
     preroll_ms: int = 300
-    barge_in_min_ms: int = 300
-    vad_aggressiveness: int = Field(default=2, ge=0, le=3)
+    barge_in_min_ms: int = Field(
+        default=500, description="Voiced overlap that stops Luna; she is ducked from its first frame meanwhile."
+    )
+    barge_in_duck_db: float = Field(
+        default=-15.0, le=0.0, description="Luna's level while someone starts talking over her (dB)."
+    )
+    vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="Silero speech probability for 'voiced'.")
+    min_speech_ms: int = Field(default=200, ge=0, description="Less voiced audio than this is noise, never a turn.")
+    turn_model: bool = Field(default=True, description="Semantic end of turn (Smart Turn v3.2); off = silence rule.")
+    turn_candidate_ms: int = Field(default=200, description="Silence before asking the turn model.")
+    turn_complete_threshold: float = Field(
+        default=0.5, gt=0.0, lt=1.0, description="Below: the speaker is mid-thought."
+    )
+    turn_confident_threshold: float = Field(default=0.9, gt=0.0, le=1.0, description="At or above: commit at once.")
+    turn_likely_wait_ms: int = Field(default=1000, description="Silence that ends a turn the model called likely done.")
+    turn_max_wait_ms: int = Field(default=2500, description="Silence that ends a turn the model called unfinished.")
     host_mute: Literal["unmute_when_addressed", "stay_muted"] = Field(
         default="unmute_when_addressed",
         description="After someone else mutes Luna she keeps listening; she unmutes herself when next addressed by "

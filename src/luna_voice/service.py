@@ -252,9 +252,19 @@ class Service:
                 policy=bot.options.get("policy", s.turn_policy),
                 follow_up_window_s=s.follow_up_window_s,
                 endpoint=EndpointConfig(
-                    end_of_speech_ms=s.end_of_speech_ms, max_utterance_s=s.max_utterance_s, preroll_ms=s.preroll_ms
+                    end_of_speech_ms=s.end_of_speech_ms,
+                    max_utterance_s=s.max_utterance_s,
+                    preroll_ms=s.preroll_ms,
+                    min_speech_ms=s.min_speech_ms,
+                    semantic=s.turn_model,
+                    candidate_ms=s.turn_candidate_ms,
+                    complete_threshold=s.turn_complete_threshold,
+                    confident_threshold=s.turn_confident_threshold,
+                    likely_wait_ms=s.turn_likely_wait_ms,
+                    max_wait_ms=s.turn_max_wait_ms,
                 ),
                 barge_in_min_ms=s.barge_in_min_ms,
+                duck_gain=10 ** (s.barge_in_duck_db / 20),
                 rate_limited_line=s.rate_limited_line,
                 unmute_when_addressed=s.host_mute == "unmute_when_addressed",
                 greeting=s.greeting,
@@ -279,7 +289,8 @@ class Service:
             publish=bot.publish,
             unmute=bot.unmute,
             leave=lambda reason: bot.request_end(sc.ASKED_TO_LEAVE, reason),
-            vad_aggressiveness=s.vad_aggressiveness,
+            set_playback_gain=bot.set_playback_gain,
+            vad_threshold=s.vad_threshold,
             audio_tap=functools.partial(self.audio_tap, bot.room_id) if self.audio_tap is not None else None,
         )
 

@@ -306,6 +306,10 @@ class Bot:
         if self.session is not None:
             self.session.clear_playback()
 
+    def set_playback_gain(self, gain: float) -> None:
+        if self.session is not None:
+            self.session.set_playback_gain(gain)
+
     def unmute(self) -> None:
         """Ask the page to publish Luna's voice again after someone else muted her."""
         if self.session is not None:

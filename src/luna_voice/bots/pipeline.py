@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import soxr
 import structlog
-import webrtcvad
 
 from luna_voice.bridge.clock import PageClock
 from luna_voice.conversation import actions as act
@@ -24,8 +23,10 @@ from luna_voice.conversation.core import Conversation
 from luna_voice.conversation.domain import Usage
 from luna_voice.conversation.events import CoreEvent
 from luna_voice.conversation.turns import Turn
+from luna_voice.hearing import turn_model
+from luna_voice.hearing.vad import SpeakerVad, VoiceDetector
+from luna_voice.hearing.vad import shared_model as silero_model
 from luna_voice.providers.base import (
-    PIPELINE_RATE,
     ProviderError,
     RateLimited,
     ReplyEngine,
@@ -39,6 +40,7 @@ log = structlog.get_logger(__name__)
 _FINISH = object()
 PROVIDER_CLOSE_S = 3.0
 CLOSING_CALLS_S = 2.0  # turns' closing record_spoken calls still in flight when the bot leaves
+_CANCEL = object()
 
 
 class Pipeline:
@@ -54,7 +56,10 @@ class Pipeline:
         publish: Callable[[CoreEvent], None],
         unmute: Callable[[], None] = lambda: None,
         leave: Callable[[str], None] = lambda reason: None,
-        vad_aggressiveness: int = 2,
+        set_playback_gain: Callable[[float], None] = lambda _gain: None,
+        vad_threshold: float = 0.5,
+        new_vad: Callable[[], VoiceDetector] | None = None,
+        predict_end: Callable[[bytes], Awaitable[float | None]] | None = turn_model.probability_complete,
         clock: Callable[[], float] = time.monotonic,
         audio_tap: Callable[[str, float, bytes], None] | None = None,
     ) -> None:
@@ -65,7 +70,10 @@ class Pipeline:
         self._publish = publish
         self._unmute = unmute
         self._leave = leave
-        self._vad = webrtcvad.Vad(vad_aggressiveness)
+        self._set_playback_gain = set_playback_gain
+        self._new_vad = new_vad or (lambda: SpeakerVad(vad_threshold))
+        self._vads: dict[str, VoiceDetector] = {}  # one Silero state per speaker; the model is shared
+        self._predict_end = predict_end
         self._playback_rate = core.cfg.playback_rate
         self._clock = clock  # monotonic: a wall-clock step must not stall or burst playback
         self._page_clock = PageClock()
@@ -97,6 +105,12 @@ class Pipeline:
 
     async def _warm(self) -> None:
         """Open connections and load models when Luna joins, not when she first hears or speaks."""
+        await asyncio.to_thread(silero_model)
+        if self.core.cfg.endpoint.semantic and self._predict_end is turn_model.probability_complete:
+            try:
+                await turn_model.warm()
+            except Exception as exc:  # each candidate end then fails alone and the silence rule applies
+                log.warning("smart_turn.warm_failed", error=str(exc))
         for provider in (self.tts, self.stt):
             try:
                 await provider.warm()
@@ -151,6 +165,7 @@ class Pipeline:
         self._run()
 
     def participant_left(self, pid: str) -> None:
+        self._vads.pop(pid, None)
         self.core.participant_left(pid, self._clock())
         self._run()
 
@@ -158,7 +173,10 @@ class Pipeline:
         """One capture frame; ``timestamp_ms`` is on the page's clock and is mapped onto ours."""
         if self._audio_tap is not None:
             self._audio_tap(pid, timestamp_ms, pcm)
-        is_speech = len(pcm) == 640 and self._vad.is_speech(pcm, PIPELINE_RATE)
+        vad = self._vads.get(pid)
+        if vad is None:
+            vad = self._vads[pid] = self._new_vad()
+        is_speech = vad.is_speech(pcm)
         now = self._clock()
         self.core.audio(pid, self._page_clock.to_local(timestamp_ms, now), pcm, is_speech, now)
         self._run()
@@ -194,9 +212,14 @@ class Pipeline:
         elif isinstance(a, act.TranscriptionAudio):
             if (q := self._utterances.get(a.utterance_id)) is not None:
                 q.put_nowait(a.pcm)
-        elif isinstance(a, act.FinishTranscription):
+        elif isinstance(a, act.FinishTranscription | act.CancelTranscription):
             if (q := self._utterances.pop(a.utterance_id, None)) is not None:
-                q.put_nowait(_FINISH)
+                q.put_nowait(_FINISH if isinstance(a, act.FinishTranscription) else _CANCEL)
+        elif isinstance(a, act.PredictEndOfTurn):
+            if self._predict_end is None:
+                self.core.end_of_turn(a.speaker_id, a.request, None, self._clock())
+            else:
+                self._spawn(self._end_of_turn(a, self._predict_end))
         elif isinstance(a, act.RequestReply):
             self._replies[a.turn_id] = asyncio.create_task(self._reply(a))
         elif isinstance(a, act.CancelReply):
@@ -214,6 +237,8 @@ class Pipeline:
             self._clear_playback()
         elif isinstance(a, act.Unmute):
             self._unmute()
+        elif isinstance(a, act.SetPlaybackGain):
+            self._set_playback_gain(a.gain)
         elif isinstance(a, act.RecordSpoken):
             task = asyncio.ensure_future(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.reason))
             self._closing.add(task)
@@ -229,9 +254,17 @@ class Pipeline:
         task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ provider tasks
+    async def _end_of_turn(self, a: act.PredictEndOfTurn, predict: Callable[[bytes], Awaitable[float | None]]) -> None:
+        probability = await predict(a.pcm)
+        self.core.end_of_turn(a.speaker_id, a.request, probability, self._clock())
+        self._run()
+
     async def _transcribe(self, uid: str, stream: TranscriptionStream, q: asyncio.Queue[Any]) -> None:
         try:
             while (item := await q.get()) is not _FINISH:
+                if item is _CANCEL:
+                    await stream.cancel()
+                    return
                 await stream.push(item)
             result = await stream.finish()
         except ProviderError as exc:
@@ -246,7 +279,13 @@ class Pipeline:
             self.core.transcript_failed(uid, f"unexpected error: {type(exc).__name__}", self._clock())
         else:
             self.core.transcript(
-                uid, result.text, result.language, result.usage, self._clock(), final_after_s=result.final_after_s
+                uid,
+                result.text,
+                result.language,
+                result.usage,
+                self._clock(),
+                final_after_s=result.final_after_s,
+                confidence=result.confidence,
             )
         self._run()
 

@@ -168,6 +168,9 @@ class PageSession:
     def clear_playback(self) -> None:
         self._outbox.put_nowait(bp.control("clear"))
 
+    def set_playback_gain(self, gain: float) -> None:
+        self._outbox.put_nowait(bp.duck(gain))
+
     def unmute(self) -> None:
         self._outbox.put_nowait(bp.control("unmute"))
 

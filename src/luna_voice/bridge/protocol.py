@@ -18,7 +18,7 @@ Binary audio frames, both directions: a 16-byte little-endian header, then int16
     8      8     timestamp, float64 ms since the Unix epoch (page: ``performance.timeOrigin + performance.now()``)
 
 Capture frames are 16 kHz, 20 ms (320 samples); playback frames are 48 kHz, any length (Python sends 20 ms).
-20 ms matches Opus and webrtcvad; per-frame overhead stays small with several speakers. A frame is at most
+20 ms matches Opus; per-frame overhead stays small with several speakers. A frame is at most
 64 KB; a larger one closes the socket (1009) and the bot logs why.
 
 JSON text messages, page → Python: ``hello {token, backend, audio_context, capture_rate, playback_rate}``,
@@ -26,9 +26,10 @@ JSON text messages, page → Python: ``hello {token, backend, audio_context, cap
 ``participant_left {index, id}``, ``played {seq, idle}`` (the highest playback seq fully rendered, -1 before the
 first; ``idle`` when the buffer ran empty), ``cleared {dropped_ms}``, ``log {level, message}``, ``muted {muted,
 reason?}`` (someone else turned Luna's audio in the room off, or she is audible again).
-Python → page: ``clear`` (drop all queued playback now), ``leave`` (leave the room, then close), ``unmute``
-(publish Luna's voice again after someone else muted her), ``chat {text}`` (post a chat message in the room, for
-``LUNA_CHAT_MIRROR``; the page logs a warning if the room refuses it).
+Python → page: ``clear`` (drop all queued playback now), ``duck {gain}`` (ramp Luna's voice to ``gain``, 1.0 =
+full, over a few ms; nothing is dropped), ``leave`` (leave the room, then close), ``unmute`` (publish Luna's voice
+again after someone else muted her), ``chat {text}`` (post a chat message in the room, for ``LUNA_CHAT_MIRROR``;
+the page logs a warning if the room refuses it).
 Every field is checked for type and range (pydantic); a message that fails is junk: the bot logs the reason
 once per socket and drops it, so nothing malformed reaches the lifecycle.
 
@@ -246,6 +247,12 @@ def control(kind: Literal["clear", "leave", "unmute"]) -> str:
 
 def chat(text: str) -> str:
     return json.dumps({"type": "chat", "text": text}, ensure_ascii=False)
+
+
+def duck(gain: float) -> str:
+    if not 0.0 <= gain <= 1.0:
+        raise ValueError(f"playback gain {gain} is outside 0..1")
+    return json.dumps({"type": "duck", "gain": round(gain, 4)})
 
 
 def javascript() -> str:

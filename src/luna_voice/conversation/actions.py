@@ -29,6 +29,22 @@ class FinishTranscription:
 
 
 @dataclass(frozen=True)
+class CancelTranscription:
+    """The utterance was noise: drop it without a transcript."""
+
+    utterance_id: str
+
+
+@dataclass(frozen=True)
+class PredictEndOfTurn:
+    """Ask the turn model whether ``speaker_id`` finished; answer with ``Conversation.end_of_turn``."""
+
+    speaker_id: str
+    request: int
+    pcm: bytes
+
+
+@dataclass(frozen=True)
 class RequestReply:
     turn_id: str
     request: ReplyRequest
@@ -68,6 +84,13 @@ class Unmute:
 
 
 @dataclass(frozen=True)
+class SetPlaybackGain:
+    """Ramp Luna's voice in the page to ``gain`` (1.0 = full): ducked under a possible interruption."""
+
+    gain: float
+
+
+@dataclass(frozen=True)
 class RecordSpoken:
     """The one closing call of a turn that reached the reply engine."""
 
@@ -94,6 +117,8 @@ Action = (
     StartTranscription
     | TranscriptionAudio
     | FinishTranscription
+    | CancelTranscription
+    | PredictEndOfTurn
     | RequestReply
     | CancelReply
     | Synthesize
@@ -101,6 +126,7 @@ Action = (
     | SendAudio
     | ClearPlayback
     | Unmute
+    | SetPlaybackGain
     | RecordSpoken
     | Leave
     | Publish

@@ -13,8 +13,10 @@ Rules that are easy to get wrong, in one place:
   that a follow-on from the *same* speaker while she is still thinking (no audio yet) is merged into the turn
   being prepared (the reply is restarted with both parts). Queued turns older than ``stale_after_s`` by the
   time she is free are dropped as ``stale`` — answering a question from half a minute ago confuses a room.
-* Barge-in: a human with ``barge_in_min_ms`` of voiced audio while Luna's voice is queued or playing stops her
-  (cancel reply and synthesis, ``clear`` the page). Only the played part of the reply is kept in history, known
+* Barge-in: the frame a human's speech starts while Luna is audible, her voice is ducked in the page (no audio is
+  dropped). ``barge_in_min_ms`` of voiced overlap, or a transcript that is more than a backchannel, stops her
+  (cancel reply and synthesis, ``clear`` the page). A backchannel, a cough or noise restores her volume: a
+  *false interruption*, counted, with nothing lost. Only the played part of the reply is kept in history, known
   from the page's playback marks. Luna never hears herself: the page captures remote participants only.
 * Muted by someone else (a host's mute, a preset without audio): she stops speaking at once and drops what is
   queued, but keeps listening and captioning. With ``unmute_when_addressed`` she asks the room to unmute her
@@ -26,6 +28,9 @@ Rules that are easy to get wrong, in one place:
 * Leaving for good (``stay_ended``), whatever the cause, closes the turn in progress as interrupted with what the
   room heard: every turn that reached the reply engine gets its one closing call, even when Luna is gone.
 * The meeting transcript (``transcript.py``) gets every utterance heard and every reply as the room heard it.
+* No turns from noise: an utterance with less than ``min_speech_ms`` of voice, or whose transcript the filter
+  rejects (STT confidence, punctuation, only names, known hallucinations), is recorded as ``no_speech`` and is
+  never answered nor remembered as something said.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ from typing import Protocol
 
 from luna_voice.conversation import actions as act
 from luna_voice.conversation.chunking import is_cjk
-from luna_voice.conversation.domain import ReplyRequest, RoomLine, SpokenReason, Usage
+from luna_voice.conversation.domain import Confidence, ReplyRequest, RoomLine, SpokenReason, Usage
 from luna_voice.conversation.endpointing import (
+    EndCandidate,
     EndpointConfig,
     Endpointer,
     EndpointEvent,
@@ -62,6 +68,7 @@ from luna_voice.conversation.pacing import Pacer
 from luna_voice.conversation.policy import PolicyName, TurnPolicy
 from luna_voice.conversation.requests import RequestOutcome, RequestRecord, SayRefused, VoiceRequest
 from luna_voice.conversation.transcript import Line, MeetingTranscript
+from luna_voice.conversation.transcript_filter import Drop, no_speech_reason
 from luna_voice.conversation.turns import Sentence, Turn, TurnKind, TurnState
 
 
@@ -79,7 +86,8 @@ class CoreConfig:
     policy: PolicyName = "auto"
     follow_up_window_s: float = 8.0
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-    barge_in_min_ms: int = 300
+    barge_in_min_ms: int = 500  # voiced overlap that stops her; ducked meanwhile, so "okay", "yeah" pass
+    duck_gain: float = 10 ** (-15 / 20)  # Luna's level while someone may be interrupting her (-15 dB)
     context_seconds: float = 300.0
     context_chars: int = 4000
     stale_after_s: float = 20.0
@@ -123,10 +131,22 @@ class Conversation:
         self.participants: dict[str, str] = {}
         self.turns: dict[str, Turn] = {}
         self.usage = Usage()
-        self.stats = {"frames_in": 0, "frames_out": 0, "barge_ins": 0, "playback_gaps": 0}
+        self.stats = {
+            "frames_in": 0,
+            "frames_out": 0,
+            "barge_ins": 0,
+            "ducks": 0,
+            "false_interruptions": 0,
+            "playback_gaps": 0,
+        }
         self._endpointers: dict[str, Endpointer] = {}
         self._open: dict[str, tuple[str, float]] = {}  # speaker -> (utterance id, speech started)
         self._overlap: dict[str, int] = {}  # speaker -> voiced ms while Luna was audible
+        self._ducking: set[str] = set()  # utterances that overlapped Luna and are not resolved yet
+        self._ducked = False
+        # A lone "Luna," (the speaker paused after her name, so it was an utterance of its own): speaker -> (the
+        # name as heard, when). Not answered by itself; it prefixes the same speaker's next words.
+        self._called: dict[str, tuple[str, float]] = {}
         self._by_utterance: dict[str, Turn] = {}
         self._active: Turn | None = None
         self._chunker: Chunker | None = None
@@ -219,6 +239,7 @@ class Conversation:
         if not (self._audible() and ep.speaking):
             self._overlap.pop(pid, None)
         elif is_speech:
+            self._duck(self._open[pid][0])
             self._overlap[pid] = self._overlap.get(pid, 0) + self.cfg.endpoint.frame_ms
             if self._overlap[pid] >= self.cfg.barge_in_min_ms:
                 assert self._active is not None
@@ -227,6 +248,12 @@ class Conversation:
                 self._interrupt(self._active, now)
 
     # ------------------------------------------------------------------ inputs: providers
+    def end_of_turn(self, pid: str, request: int, probability: float | None, now: float) -> None:
+        """The turn model's answer to ``PredictEndOfTurn``: probability the speaker finished, None if unknown."""
+        ep = self._endpointers.get(pid)
+        if ep is not None:
+            self._endpoint(pid, ep.prediction(request, probability), now)
+
     def transcript(
         self,
         utterance_id: str,
@@ -236,6 +263,7 @@ class Conversation:
         now: float,
         *,
         final_after_s: float | None = None,
+        confidence: Confidence | None = None,
     ) -> None:
         turn = self._by_utterance.pop(utterance_id, None)
         if turn is None:
@@ -244,10 +272,14 @@ class Conversation:
         turn.stt_final_after_s = final_after_s
         self._add_usage(turn, usage)
         text = text.strip()
-        if not text:
-            self.turns.pop(turn.id, None)  # noise that the VAD took for speech: not a turn
-            return
         turn.heard_text, turn.language = text, language
+        if (drop := no_speech_reason(text, confidence, self._names())) is not None:
+            if drop is Drop.PROMPT_WORDS and self._is_addressed(text):  # "Luna," then a pause: she was called
+                self._called[turn.speaker_id] = (text, turn.timings["end_of_speech"])
+            return self._no_speech(turn, drop, now)
+        called, at = self._called.pop(turn.speaker_id, ("", 0.0))
+        if called and turn.timings["speech_started"] - at <= self.cfg.follow_up_window_s:
+            text = turn.heard_text = f"{called} {text}"  # what they said to her, in one piece
         self._remember(turn.speaker_name, text, turn.timings["end_of_speech"])
         self._record_line(
             Line(turn.speaker_id, turn.speaker_name, turn.timings["speech_started"], turn.timings["end_of_speech"],
@@ -261,7 +293,11 @@ class Conversation:
         if self._quiet and addressed:
             self._set_quiet(False, now)
         if not addressed and self._is_backchannel(text):
+            self._resolve_duck(utterance_id)
             return self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="backchannel")
+        if utterance_id in self._ducking and self._active is not None:  # more than a backchannel, over her voice
+            self.stats["barge_ins"] += 1
+            self._interrupt(self._active, now)
         if self._quiet:
             return self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="asked_to_be_quiet")
         d = self.policy.decide(
@@ -471,15 +507,23 @@ class Conversation:
                 self._out.append(act.StartTranscription(uid, pid, ", ".join(names), ev.pcm, names))
             elif isinstance(ev, UtteranceAudio):
                 self._out.append(act.TranscriptionAudio(self._open[pid][0], ev.pcm))
+            elif isinstance(ev, EndCandidate):
+                self._out.append(act.PredictEndOfTurn(pid, ev.request, ev.pcm))
             elif isinstance(ev, UtteranceEnded):
                 uid, started = self._open.pop(pid)
-                self._out.append(act.FinishTranscription(uid))
                 turn = Turn(f"t{next(self._ids)}", uid, pid, self.participants.get(pid, pid), self.cfg.playback_rate)
+                turn.end_reason, turn.end_probability = ev.reason.value, ev.probability
                 turn.mark("speech_started", started)
                 turn.mark("end_of_speech", ev.end_of_speech)
-                self._by_utterance[uid] = turn
+                turn.mark("end_of_turn", now)
                 self.turns[turn.id] = turn
                 self._prune_turns()
+                if ev.voiced_ms < self.cfg.endpoint.min_speech_ms:  # a click, a cough: not worth transcribing
+                    self._out.append(act.CancelTranscription(uid))
+                    self._no_speech(turn, Drop.SHORT, now)
+                else:
+                    self._out.append(act.FinishTranscription(uid))
+                    self._by_utterance[uid] = turn
 
     # ------------------------------------------------------------------ Luna as a participant
     def _maybe_greet(self, now: float) -> None:
@@ -577,9 +621,39 @@ class Conversation:
             self.turns.pop(next(iter(self.turns)))
 
     def _names(self) -> tuple[str, ...]:
-        """Her names and everyone's display names: the STT prompt and keywords, so names are spelled right."""
+        """Her names (hers first) and everyone's display names: the STT prompt and keywords, so names are spelled
+        right, and what transcripts of noise are made of."""
         names = [self.cfg.bot_name, "Luna", "露娜", *self.participants.values()]
         return tuple(dict.fromkeys(n for n in names if n))
+
+    def _no_speech(self, turn: Turn, drop: Drop, now: float) -> None:
+        """Record an utterance that was not speech; it is never answered nor remembered."""
+        turn.no_speech = drop.value
+        self._resolve_duck(turn.utterance_id)
+        self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="no_speech")
+
+    def _duck(self, utterance_id: str) -> None:
+        self._ducking.add(utterance_id)
+        if not self._ducked:
+            self._ducked = True
+            self.stats["ducks"] += 1
+            self._out.append(act.SetPlaybackGain(self.cfg.duck_gain))
+
+    def _resolve_duck(self, utterance_id: str) -> None:
+        """An utterance over Luna's voice turned out harmless (a false interruption): once none is left, her
+        volume comes back. A real interruption never gets here: it ends her turn, which restores the volume."""
+        if utterance_id not in self._ducking:
+            return
+        self._ducking.discard(utterance_id)
+        self.stats["false_interruptions"] += 1
+        if not self._ducking:
+            self._restore_volume()
+
+    def _restore_volume(self) -> None:
+        self._ducking.clear()
+        if self._ducked:
+            self._ducked = False
+            self._out.append(act.SetPlaybackGain(1.0))
 
     def _start(self, turn: Turn, may_stay_silent: bool, now: float) -> bool:
         """Ask for a reply to ``turn``; False if the reply engine asked us to wait (the turn fails at once)."""
@@ -676,6 +750,7 @@ class Conversation:
         self._settle(turn, state, now)
         self._active = None
         self._chunker = None
+        self._restore_volume()
         self._set_speaking(False, now)
         if turn.kind is TurnKind.GOODBYE and not self._gone:  # a goodbye cut by the end of the stay: gone already
             self._out.append(act.Leave(self._leave_reasons.pop(turn.id, "")))

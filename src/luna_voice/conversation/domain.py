@@ -36,6 +36,14 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class Confidence:
+    """How sure an STT engine is of a transcript, in probabilities; the transcript filter gates on it."""
+
+    speech: float = 1.0  # that the audio held speech at all (Whisper: 1 - no_speech_prob)
+    words: float = 1.0  # per token, geometric mean (exp of the mean token log-probability)
+
+
+@dataclass(frozen=True)
 class RoomLine:
     """One line of the room transcript given to the LLM as context."""
 

@@ -1,23 +1,56 @@
-"""Per-speaker endpointing: turns a stream of 20 ms frames with a speech/no-speech flag into utterances.
+"""Per-speaker endpointing: turns 20 ms frames with a speech/no-speech flag into utterances.
 
 Each remote participant gets one ``Endpointer``, so people who talk at once are cut separately. Pure state
 machine: the caller supplies the frame's timestamp and the VAD decision, and polls ``check(now)`` so a speaker
 whose frames stop (muted, left, network) is ended rather than stuck "speaking" forever.
+
+End of turn is semantic when a turn model is available: after ``candidate_ms`` of silence the endpointer asks
+(``EndCandidate`` with the utterance's recent audio) whether the turn sounds complete. The caller runs the model
+and answers with ``prediction()``. The wait that follows depends on how sure the model is:
+
+* ``p >= confident_threshold``: the turn ends at once, which beats a fixed silence for a finished question;
+* ``complete_threshold <= p < confident_threshold``: probably finished, but the model also says so after many
+  mid-sentence fragments, so the turn ends after ``likely_wait_ms`` of silence, longer than most pauses;
+* ``p < complete_threshold``: mid-thought, the turn ends after ``max_wait_ms`` of silence.
+
+No answer (model unavailable, failed, or slower than the silence rule) falls back to the plain rule:
+``end_of_speech_ms`` of silence.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from enum import StrEnum
 
 
 @dataclass(frozen=True)
 class EndpointConfig:
     frame_ms: int = 20
     start_ms: int = 60  # consecutive voiced audio before an utterance starts (ignores clicks)
-    end_of_speech_ms: int = 500
+    end_of_speech_ms: int = 500  # the silence rule, used when no turn model answers
     max_utterance_s: float = 30.0
     preroll_ms: int = 300  # audio kept from before the start, so the first syllable is not clipped
+    min_speech_ms: int = 200  # an utterance with less voiced audio is noise (a click, a cough): no_speech
+    semantic: bool = True  # ask a turn model at candidate ends
+    candidate_ms: int = 200  # silence before asking the turn model
+    # Voice before the model is asked at all: after a lone "Luna," it hears a finished turn (p 0.95), and the
+    # question that follows would become a turn of its own. Shorter utterances end by the silence rule.
+    min_semantic_ms: int = 600
+    complete_threshold: float = 0.5  # the model's probability of "complete" below which it means "mid-thought"
+    confident_threshold: float = 0.9  # ... and above which the turn ends at once
+    likely_wait_ms: int = 1000  # silence that ends a turn the model called probably complete
+    max_wait_ms: int = 2500  # silence that ends a turn the model called incomplete
+    model_audio_s: float = 8.0  # the turn model looks at the utterance's last seconds only
+
+
+class EndReason(StrEnum):
+    SEMANTIC = "semantic"  # the turn model said complete
+    SILENCE = "silence"  # the silence rule (no model answer)
+    MAX_WAIT = "max_wait"  # the model said incomplete, and the speaker stayed silent
+    MAX_LENGTH = "max_length"
+    STALLED = "stalled"  # frames stopped arriving
+    LEFT = "left"
 
 
 @dataclass(frozen=True)
@@ -32,19 +65,29 @@ class UtteranceAudio:
 
 
 @dataclass(frozen=True)
+class EndCandidate:
+    """Ask the turn model whether the utterance sounds finished; answer with ``Endpointer.prediction``."""
+
+    request: int
+    pcm: bytes  # the utterance's recent audio, trailing silence included
+
+
+@dataclass(frozen=True)
 class UtteranceEnded:
     end_of_speech: float  # seconds of the last voiced frame's end
-    reason: str  # "silence" | "max_length" | "stalled" | "left"
+    reason: EndReason
     voiced_ms: int
+    probability: float | None = None  # the turn model's "complete" probability, when it was asked
 
 
-EndpointEvent = UtteranceStarted | UtteranceAudio | UtteranceEnded
+EndpointEvent = UtteranceStarted | UtteranceAudio | EndCandidate | UtteranceEnded
 
 
 class Endpointer:
     def __init__(self, config: EndpointConfig) -> None:
         self.cfg = config
         self._preroll: deque[bytes] = deque(maxlen=max(1, config.preroll_ms // config.frame_ms))
+        self._recent: deque[bytes] = deque(maxlen=max(1, round(config.model_audio_s * 1000 / config.frame_ms)))
         self._voiced_run = 0
         self.speaking = False
         self.voiced_ms = 0  # voiced audio in the current utterance
@@ -52,6 +95,9 @@ class Endpointer:
         self._last_voice = 0.0
         self._last_frame = 0.0
         self._silence_ms = 0
+        self._requests = 0
+        self._asked = False  # the model was asked during this silence
+        self._verdict: float | None = None  # its answer for this silence
 
     def feed(self, t_end: float, pcm: bytes, is_speech: bool) -> list[EndpointEvent]:
         """One frame whose last sample was captured at ``t_end`` (seconds on the driver's clock)."""
@@ -62,29 +108,63 @@ class Endpointer:
             if self._voiced_run * self.cfg.frame_ms < self.cfg.start_ms:
                 return []
             return [self._start(t_end, b"".join(self._preroll))]
+        self._recent.append(pcm)
         events: list[EndpointEvent] = [UtteranceAudio(pcm)]
         if is_speech:
             self.voiced_ms += self.cfg.frame_ms
             self._last_voice = t_end
             self._silence_ms = 0
+            self._asked, self._verdict = False, None  # a later answer is about audio that has moved on
         else:
             self._silence_ms += self.cfg.frame_ms
-        if self._silence_ms >= self.cfg.end_of_speech_ms:
-            events.append(self._end("silence"))
+        if (end := self._silence_end()) is not None:
+            events.append(self._end(end))
         elif t_end - self._started_at >= self.cfg.max_utterance_s:
-            events.append(self._end("max_length"))
+            events.append(self._end(EndReason.MAX_LENGTH))
             if is_speech:  # a monologue goes on: keep listening without losing a frame
                 events.append(self._start(t_end, b""))
+        elif self._candidate():
+            self._asked = True
+            self._requests += 1
+            events.append(EndCandidate(self._requests, b"".join(self._recent)))
         return events
+
+    def prediction(self, request: int, probability: float | None) -> list[EndpointEvent]:
+        """The turn model's answer to ``EndCandidate(request)``; None if it could not answer."""
+        if not (self.speaking and self._asked and request == self._requests and self._verdict is None):
+            return []  # stale: speech resumed, or the utterance already ended
+        if probability is None:
+            return []  # the silence rule stays in force
+        self._verdict = probability
+        if (end := self._silence_end()) is not None:
+            return [self._end(end)]
+        return []
 
     def check(self, now: float) -> list[EndpointEvent]:
         """End an utterance whose frames stopped arriving."""
         if self.speaking and now - self._last_frame >= self.cfg.end_of_speech_ms / 1000:
-            return [self._end("stalled")]
+            return [self._end(EndReason.STALLED)]
         return []
 
     def close(self) -> list[EndpointEvent]:
-        return [self._end("left")] if self.speaking else []
+        return [self._end(EndReason.LEFT)] if self.speaking else []
+
+    def _candidate(self) -> bool:
+        return (
+            self.cfg.semantic
+            and not self._asked
+            and self._silence_ms >= self.cfg.candidate_ms
+            and self.voiced_ms >= self.cfg.min_semantic_ms
+        )
+
+    def _silence_end(self) -> EndReason | None:
+        if (p := self._verdict) is not None:
+            if p >= self.cfg.confident_threshold:
+                return EndReason.SEMANTIC
+            if p >= self.cfg.complete_threshold:
+                return EndReason.SEMANTIC if self._silence_ms >= self.cfg.likely_wait_ms else None
+            return EndReason.MAX_WAIT if self._silence_ms >= self.cfg.max_wait_ms else None
+        return EndReason.SILENCE if self._silence_ms >= self.cfg.end_of_speech_ms else None
 
     def _start(self, t_end: float, pcm: bytes) -> UtteranceStarted:
         self.speaking = True
@@ -93,12 +173,19 @@ class Endpointer:
         self._started_at = t_end - voiced / 1000
         self._last_voice = t_end
         self._silence_ms = 0
+        self._recent.clear()
+        self._recent.extend(self._preroll)
         self._preroll.clear()
         self._voiced_run = 0
+        self._asked, self._verdict = False, None
         return UtteranceStarted(at=self._started_at, pcm=pcm)
 
-    def _end(self, reason: str) -> UtteranceEnded:
+    def _end(self, reason: EndReason) -> UtteranceEnded:
         self.speaking = False
-        event = UtteranceEnded(end_of_speech=self._last_voice, reason=reason, voiced_ms=self.voiced_ms)
+        event = UtteranceEnded(
+            end_of_speech=self._last_voice, reason=reason, voiced_ms=self.voiced_ms, probability=self._verdict
+        )
         self.voiced_ms = 0
+        self._recent.clear()
+        self._asked, self._verdict = False, None
         return event

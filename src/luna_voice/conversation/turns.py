@@ -21,7 +21,7 @@ class TurnState(StrEnum):
     QUEUED = "queued"  # answered, waiting for Luna to finish another turn
     THINKING = "thinking"  # reply requested, no audio yet
     SPEAKING = "speaking"
-    SKIPPED = "skipped"  # heard, not answered (policy or backchannel)
+    SKIPPED = "skipped"  # heard, not answered (policy, backchannel, or no speech)
     SILENT = "silent"  # the ``llm`` policy's model chose not to answer
     DONE = "done"
     INTERRUPTED = "interrupted"  # barge-in, a say that cut in, or someone asking her to stop
@@ -116,6 +116,9 @@ class Turn:
     requested: bool = False  # a reply was asked for: the turn owes the reply engine one closing call
     interrupted: bool = False
     error: str | None = None
+    end_reason: str | None = None  # how the utterance ended: semantic, silence, max_wait, max_length, ...
+    end_probability: float | None = None  # the turn model's "complete" probability, when asked
+    no_speech: str | None = None  # why it was dropped as not speech (reason "no_speech")
     timings: dict[str, float] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
@@ -162,6 +165,8 @@ class Turn:
             "reply_audio_s": round(sum(s.samples for s in self.sentences) / self.playback_rate, 3),
             "played_audio_s": round(sum(s.played for s in self.sentences) / self.playback_rate, 3),
             "error": self.error,
+            "end": {"reason": self.end_reason, "probability": self.end_probability},
+            "no_speech": self.no_speech,
             "timings": dict(self.timings),
             "latency": self.latency_ms(),
             "stt_final_after_ms": None if self.stt_final_after_s is None else round(self.stt_final_after_s * 1000, 1),

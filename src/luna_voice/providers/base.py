@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from luna_voice.bridge.protocol import CAPTURE_RATE
-from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
+from luna_voice.conversation.domain import Confidence, ReplyRequest, SpokenReason, Usage
 
 PIPELINE_RATE = CAPTURE_RATE  # Hz, what the page sends and STT consumes (the bridge's wire contract)
 
@@ -50,6 +50,7 @@ class Transcript:
     usage: Usage = field(default_factory=Usage)
     # Seconds from the end of the audio (commit or upload) to the final text; None when nothing was sent.
     final_after_s: float | None = None
+    confidence: Confidence | None = None  # None: the engine gives no scores
 
 
 class TranscriptionStream(Protocol):

@@ -9,6 +9,7 @@ Whisper is not a streaming model: the stream buffers the utterance our own VAD c
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ import numpy as np
 import structlog
 from faster_whisper import WhisperModel
 
-from luna_voice.conversation.domain import Usage
+from luna_voice.conversation.domain import Confidence, Usage
 from luna_voice.providers.base import PIPELINE_RATE, Transcript
 from luna_voice.providers.offline._shared import in_thread, load_once
 
@@ -48,7 +49,18 @@ def _load_model() -> WhisperModel:
 shared_model = load_once(_load_model)
 
 
-def _transcribe(pcm: bytes, prompt: str | None) -> str:
+def hotwords(keywords: Sequence[str]) -> str | None:
+    """Her name, as Whisper's hotwords: the first of the room's names (the core puts hers first).
+
+    Not the whole list as a free-text prompt: given the room's names, Whisper "transcribes" silence and noise as
+    them ("露娜, Alice, Alice, …"). Her name alone keeps "Luna" from coming out as "Lena" or "When a", and tiny.en
+    cannot write a Chinese name anyway.
+    """
+    first = keywords[0].strip() if keywords else ""
+    return first if first and first.isascii() else None
+
+
+def _transcribe(pcm: bytes, keywords: str | None) -> tuple[str, Confidence | None]:
     audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
     segments, _info = shared_model().transcribe(
         audio,
@@ -56,19 +68,26 @@ def _transcribe(pcm: bytes, prompt: str | None) -> str:
         beam_size=_BEAM_SIZE,
         temperature=0.0,  # no sampling fallback: deterministic, and a retry would double the latency
         vad_filter=False,  # our VAD already cut the utterance
-        initial_prompt=prompt,
+        hotwords=keywords,
         condition_on_previous_text=False,
         without_timestamps=True,
     )
-    # ``segments`` is lazy: the decoding happens while joining, so this must stay inside the worker thread.
-    return "".join(segment.text for segment in segments).strip()
+    # ``segments`` is lazy: the decoding happens while listing, so this must stay inside the worker thread.
+    segments = list(segments)
+    text = "".join(segment.text for segment in segments).strip()
+    tokens = sum(len(s.tokens) for s in segments)
+    if not tokens:
+        return text, None
+    mean_logprob = sum(s.avg_logprob * len(s.tokens) for s in segments) / tokens
+    speech = 1.0 - min(s.no_speech_prob for s in segments)  # one segment that sounds like speech is enough
+    return text, Confidence(speech=speech, words=math.exp(mean_logprob))
 
 
 class WhisperStream:
     """One utterance: buffered until ``finish()``."""
 
-    def __init__(self, prompt: str | None) -> None:
-        self._prompt = prompt
+    def __init__(self, keywords: str | None) -> None:
+        self._keywords = keywords
         self._pcm = bytearray()
 
     async def push(self, pcm: bytes) -> None:
@@ -81,8 +100,8 @@ class WhisperStream:
         usage = Usage(stt_seconds=seconds)
         if seconds < _MIN_SECONDS:
             return Transcript("", LANGUAGE, usage)
-        text = await in_thread(NAME, "transcription", _transcribe, pcm, self._prompt)
-        return Transcript(text, LANGUAGE, usage)
+        text, confidence = await in_thread(NAME, "transcription", _transcribe, pcm, self._keywords)
+        return Transcript(text, LANGUAGE, usage, confidence=confidence)
 
     async def cancel(self) -> None:
         self._pcm.clear()
@@ -94,8 +113,9 @@ class WhisperSTT:
     name = NAME
 
     def open_stream(self, *, prompt: str | None = None, keywords: Sequence[str] = ()) -> WhisperStream:
-        """``keywords`` are ignored: tiny.en has no keyword hints, and the names are in ``prompt`` already."""
-        return WhisperStream(prompt)
+        """``keywords`` are the room's names, hers first; only hers is used (see ``hotwords``), and ``prompt``
+        (the same names as free text) not at all."""
+        return WhisperStream(hotwords(keywords))
 
     async def warm(self) -> None:
         """Load the model now (about a second) rather than on the first utterance."""

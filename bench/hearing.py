@@ -1,0 +1,336 @@
+"""Hearing: what the front end (Silero VAD per speaker, Smart Turn, the transcript filter) does with noise,
+questions in noise, finished questions and paused sentences, and how Luna yields to someone talking over her.
+
+``hearing`` replays generated audio (``tests.room_sounds``: Piper speech, sox noise, typing, music) through the
+real models in the bench process, in the audio's own time; Whisper tiny.en transcribes what the front end cuts,
+and the core's transcript filter judges it. Its baseline is the front end on main before this change, run on
+the same audio in the same run: webrtcvad (mode 2), 500 ms of silence, Whisper primed with her names, every
+non-empty transcript a turn. ``ducking`` runs the real service and browsers: a person says "Okay." over her
+answer; time to duck at the person's ear, and whether she carried on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webrtcvad
+from tests.room_sounds import RATE, Heard, hear, keyboard, music, paused_speech, piper_speech, silence, sox_noise
+
+from bench import signals as sg
+from bench.harness import Rig, Running, hears
+from bench.instant import ReplyAudio
+from bench.scenarios import SETTLE_S, ms
+from luna_voice.conversation.addressing import AddressDetector
+from luna_voice.conversation.endpointing import EndpointConfig, Endpointer, UtteranceEnded, UtteranceStarted
+from luna_voice.conversation.transcript_filter import no_speech_reason
+from luna_voice.providers.offline.whisper_stt import WhisperSTT, shared_model
+
+NAMES = ["Luna", "露娜"]
+OLD_PROMPT = "Luna, Luna, 露娜"  # what main gave Whisper as its prompt in a one-to-one room
+PREROLL_S = 0.3
+QUESTIONS = [
+    "Luna, what time is it?",
+    "Luna, can you tell me the weather in Paris today?",
+    "Luna, how many people are in this meeting?",
+    "Luna, what is the capital of Japan?",
+    "Luna, could you summarise what we just decided?",
+    "Luna, when is the next release planned?",
+    "Luna, who is presenting after lunch?",
+    "Luna, is the budget ready yet?",
+    "Luna, how long does the flight to Tokyo take?",
+    "Luna, what should we call the new project?",
+    "Luna, do you remember the client's name?",
+    "Luna, which room is the workshop in?",
+    "Luna, how much did we spend last quarter?",
+    "Luna, can you set a reminder for three o'clock?",
+    "Luna, what does the contract say about delays?",
+    "Luna, is it going to rain tomorrow?",
+    "Luna, where did we leave the design review?",
+    "Luna, who wrote the last report?",
+    "Luna, how do I share my screen?",
+    "Luna, what was the score last night?",
+]
+PAUSED = [
+    ("Luna, I was wondering whether", "we could move the meeting to Friday."),
+    ("So what I really want to know is", "how much this is going to cost."),
+    ("Luna, can you remind me about", "the budget review next week?"),
+    ("I think the main problem with the plan is", "that nobody owns the testing."),
+    ("Luna, what do you think about", "the new office layout?"),
+    ("The thing is that we", "never agreed on a deadline."),
+    ("Could you tell me if", "the train is on time today?"),
+    ("Luna, we should probably", "call the supplier before lunch."),
+    ("My question is about", "the holiday schedule for December."),
+    ("Luna, I need to know when", "the next delivery is expected."),
+]
+NOISES = {
+    "pink −45 dB": lambda s: sox_noise("pinknoise", s, -45),
+    "pink −30 dB": lambda s: sox_noise("pinknoise", s, -30),
+    "keyboard": keyboard,
+    "music": music,
+}
+
+
+def _pcm(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+async def _transcribe(segment: np.ndarray) -> tuple[str, Any]:
+    stream = WhisperSTT().open_stream(prompt=", ".join(NAMES), keywords=tuple(NAMES))
+    await stream.push(_pcm(segment))
+    result = await stream.finish()
+    return result.text, result.confidence
+
+
+def _old_transcribe(segment: np.ndarray) -> str:
+    segments, _ = shared_model().transcribe(
+        segment,
+        language="en",
+        beam_size=1,
+        temperature=0.0,
+        vad_filter=False,
+        initial_prompt=OLD_PROMPT,
+        condition_on_previous_text=False,
+        without_timestamps=True,
+    )
+    return "".join(s.text for s in segments).strip()
+
+
+def _segment(audio: np.ndarray, start: float, end: float) -> np.ndarray:
+    return audio[max(0, int((start - PREROLL_S) * RATE)) : int(end * RATE)]
+
+
+async def ours(audio: np.ndarray) -> list[tuple[Heard, str | None]]:
+    """Every utterance the front end cut, with the text a turn would carry (None: dropped as no_speech)."""
+    out: list[tuple[Heard, str | None]] = []
+    for h in await hear(audio):
+        if h.voiced_ms < EndpointConfig().min_speech_ms:
+            out.append((h, None))
+            continue
+        text, confidence = await _transcribe(_segment(audio, h.started, h.committed))
+        out.append((h, None if no_speech_reason(text, confidence, NAMES) else text))
+    return out
+
+
+async def old(audio: np.ndarray) -> list[str]:
+    """Main's front end on the same audio: the turns it would have made (non-empty transcripts)."""
+    vad, ep = webrtcvad.Vad(2), Endpointer(EndpointConfig(semantic=False, min_speech_ms=0))
+    pcm = _pcm(audio)
+    started, texts = 0.0, []
+    for i in range(0, len(pcm) - 640 + 1, 640):
+        for ev in ep.feed((i + 640) / 2 / RATE, pcm[i : i + 640], vad.is_speech(pcm[i : i + 640], RATE)):
+            if isinstance(ev, UtteranceStarted):
+                started = ev.at
+            elif isinstance(ev, UtteranceEnded):
+                segment = _segment(audio, started, ev.end_of_speech + 0.5)
+                if text := await asyncio.to_thread(_old_transcribe, segment):
+                    texts.append(text)
+    return texts
+
+
+async def _silence_rule(audio: np.ndarray) -> list[Heard]:
+    return await hear(audio, EndpointConfig(semantic=False))
+
+
+async def hearing(quick: bool) -> dict[str, Any]:
+    """False turns per hour of noise, questions answered at 10 dB SNR, end-of-turn delay, premature cuts."""
+    rng = np.random.default_rng(7)
+    noise_s = 60.0 if quick else 300.0
+    questions = QUESTIONS[:10] if quick else QUESTIONS
+    paused = PAUSED[:6] if quick else PAUSED
+    result: dict[str, Any] = {"noise_s": noise_s}
+
+    false_turns = {}
+    for name, make in NOISES.items():
+        audio = make(noise_s)
+        mine = [text for _h, text in await ours(audio) if text is not None]
+        before = await old(audio)
+        per_hour = 3600 / noise_s
+        false_turns[name] = {
+            "turns_per_hour": len(mine) * per_hour,
+            "baseline_per_hour": len(before) * per_hour,
+            "baseline_examples": before[:3],
+        }
+    result["false_turns"] = false_turns
+
+    detector = AddressDetector()
+    answered = {"noise": 0, "clean": 0, "baseline_noise": 0}
+    delays, baseline_delays, model_ms = [], [], []
+    for text in questions:
+        speech = piper_speech(text)  # -20 dB RMS
+        lead = 0.6 + rng.uniform(0, 0.4)
+        end = lead + len(speech) / RATE
+        clean = np.concatenate([silence(lead), speech, silence(3.0)])  # longer than the longest wait
+        noisy = clean + sox_noise("pinknoise", len(clean) / RATE, -30)  # 10 dB SNR
+        for key, audio in (("clean", clean), ("noise", noisy)):
+            turns = [t for _h, t in await ours(audio) if t is not None]
+            answered[key] += any(detector.is_addressed(t) for t in turns)
+        answered["baseline_noise"] += any(detector.is_addressed(t) for t in await old(noisy))
+        if cut := await hear(clean):
+            delays.append(cut[-1].committed + cut[-1].model_s - end)
+            model_ms += [h.model_s for h in cut if h.model_s]
+        if base := await _silence_rule(clean):
+            baseline_delays.append(base[-1].committed - end)
+    n = len(questions)
+    result["questions"] = {
+        "n": n,
+        "answered_noise_pct": 100 * answered["noise"] / n,
+        "answered_clean_pct": 100 * answered["clean"] / n,
+        "answered_noise_baseline_pct": 100 * answered["baseline_noise"] / n,
+    }
+    result["end_of_turn_ms"] = ms(delays)
+    result["end_of_turn_baseline_ms"] = ms(baseline_delays)
+    result["turn_model_inference_ms"] = ms(model_ms)
+
+    cuts = baseline_cuts = 0
+    for first, rest in paused:
+        gap = rng.uniform(0.6, 0.9)
+        audio = np.concatenate([silence(0.5), paused_speech(first, rest, gap), silence(3.0)])
+        cuts += len([h for h in await hear(audio) if h.voiced_ms >= EndpointConfig().min_speech_ms]) > 1
+        baseline_cuts += len(await _silence_rule(audio)) > 1
+    result["premature_cuts"] = {
+        "n": len(paused),
+        "pct": 100 * cuts / len(paused),
+        "baseline_pct": 100 * baseline_cuts / len(paused),
+    }
+    return result
+
+
+# ------------------------------------------------------------------------------------------ ducking (browser)
+DUCK_DB = -10.0  # "ducked" at the ear: this much below her level just before the backchannel
+LEVEL_S = 0.01  # loudness frames at the ear
+
+
+def _levels(x: np.ndarray) -> np.ndarray:
+    return sg.frame_rms(x, sg.RATE, LEVEL_S)
+
+
+async def ducking(rig: Rig, svc: Running, audio: ReplyAudio, quick: bool, tmp: Path) -> dict[str, Any]:
+    """A person asks a question; Luna answers with a 6 s tone; 2.2 s after the question they say "Okay." over
+    it. At their ear: mouth onset of "Okay." → her tone ≥ 10 dB quieter (time to duck), then back to full
+    level (recovered). In her status: the turn done, not interrupted, and every sample of it played."""
+    room, period_s, trials = "ducking", 10.0, 3 if quick else 8
+    audio.pcm = sg.to_int16(sg.tone(6.0, sg.MIC_RATE))
+    question = piper_speech("Luna, what time is it now?", sg.MIC_RATE)
+    okay = piper_speech("Okay.", sg.MIC_RATE)
+    at = len(question) / sg.MIC_RATE + 2.2
+    cycle = np.concatenate([question, silence(at - len(question) / sg.MIC_RATE, sg.MIC_RATE), okay])
+    cycle = np.concatenate([cycle, silence(period_s - len(cycle) / sg.MIC_RATE, sg.MIC_RATE)])
+    browser = await rig.browser(sg.write_wav(tmp / f"{room}.wav", cycle, sg.MIC_RATE), loop=True)
+    await svc.summon(room)
+    person = await rig.human(browser, svc, room, "Dana")
+    await hears(svc, room, "Dana")
+    await asyncio.sleep(SETTLE_S)
+    t_rec, t_tap = await person.start_recording(), await person.start_tap()
+    await asyncio.sleep((trials + 1) * period_s)
+    ear, mouth = await person.stop_recording(t_rec), await person.stop_tap(t_tap)
+    status = await svc.dismiss(room)
+
+    level = _levels(ear.x)
+    ducks, recovered, tried = [], 0, 0
+    for start in mouth.t0 + sg.onsets(mouth.x, quiet_before_s=0.8):
+        i = int((start - ear.t0) / LEVEL_S)
+        before = level[max(0, i - 30) : i - 2]
+        if i < 32 or i + 150 > len(level) or before.min() < 0.05:
+            continue  # the question (she is quiet then), or cut by the recording
+        tried += 1
+        full = float(np.median(before))
+        quiet = np.flatnonzero(level[i : i + 100] < full * 10 ** (DUCK_DB / 20))
+        if len(quiet):
+            ducks.append(quiet[0] * LEVEL_S)
+            after = level[i + quiet[0] : i + quiet[0] + 150]
+            recovered += bool((after > full * 10 ** (-3 / 20)).any())
+    answered = [t for t in status["turns"] if t["decision"] == "answer"]
+    intact = [t for t in answered if t["state"] == "done" and t["spoken_text"] == t["reply_text"]]
+    return {
+        "time_to_duck_ms": ms(ducks),
+        "trials": tried,
+        "recovered": recovered,
+        "answers": len(answered),
+        "answers_intact": len(intact),
+        "interrupted": sum(t["state"] == "interrupted" for t in answered),
+        "false_interruptions": status["stats"]["false_interruptions"],
+        "barge_ins": status["stats"]["barge_ins"],
+    }
+
+
+def rows(r: dict[str, Any], floor_ms: float | None) -> list[list[str]]:
+    """Rows for the hearing table: measurement, value, baseline or floor, goal, note."""
+    out: list[list[str]] = []
+    h = r.get("hearing", {"error": "not run"})
+    if "error" in h:
+        out.append(["H hearing", "n/a", "", "", h["error"]])
+    else:
+        for name, v in h["false_turns"].items():
+            out.append(
+                [
+                    f"H1 false turns/hour: {name}",
+                    f"{v['turns_per_hour']:.0f}",
+                    f"{v['baseline_per_hour']:.0f}",
+                    "0",
+                    f"{h['noise_s']:.0f} s of noise; baseline heard {[e[:12] for e in v['baseline_examples'][:2]]}",
+                ]
+            )
+        q = h["questions"]
+        out.append(
+            [
+                "H2 questions answered at 10 dB SNR, %",
+                f"{q['answered_noise_pct']:.0f}",
+                f"{q['answered_noise_baseline_pct']:.0f}",
+                "≥ 95",
+                f"{q['n']} questions over pink noise; in silence {q['answered_clean_pct']:.0f} %",
+            ]
+        )
+        d, b, inf = h["end_of_turn_ms"], h["end_of_turn_baseline_ms"], h["turn_model_inference_ms"]
+        out.append(
+            [
+                "H3 end of turn: end of speech → commit, p50 ms",
+                _n(d["p50"]),
+                _n(b["p50"]),
+                "≤ 250",
+                f"p95 {_n(d['p95'])}; includes Smart Turn inference p50 {_n(inf['p50'])} ms; n={d['n']}",
+            ]
+        )
+        c = h["premature_cuts"]
+        out.append(
+            [
+                "H4 premature cuts, 600–900 ms pause, %",
+                f"{c['pct']:.0f}",
+                f"{c['baseline_pct']:.0f}",
+                "≤ 10",
+                f"{c['n']} paused sentences; baseline: the 500 ms silence rule",
+            ]
+        )
+    k = r.get("ducking", {"error": "not run"})
+    if "error" in k:
+        out.append(["H5 ducking", "n/a", "", "", k["error"]])
+    else:
+        t = k["time_to_duck_ms"]
+        two_hops = None if floor_ms is None else 2 * floor_ms
+        out.append(
+            [
+                "H5 time to duck: mouth → her voice −10 dB at the ear, p50 ms",
+                _n(t["p50"]),
+                _n(two_hops),
+                "≤ floor + 100",
+                f"floor: two page → page hops (row 1 × 2); p95 {_n(t['p95'])}; {t['n']}/{k['trials']} ducked",
+            ]
+        )
+        out.append(
+            [
+                'H6 false-interruption recoveries ("Okay." over her)',
+                f"{k['recovered']}/{k['trials']}",
+                "",
+                "all",
+                f"answers intact {k['answers_intact']}/{k['answers']}, interrupted {k['interrupted']}, "
+                f"false_interruptions {k['false_interruptions']}",
+            ]
+        )
+    return out
+
+
+def _n(v: float | None) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0f}"

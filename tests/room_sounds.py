@@ -1,0 +1,170 @@
+"""Sounds a room makes, generated (never committed as audio): Piper speech, sox noise, typing, music, and a
+replay of the hearing front end (Silero VAD + endpointer + Smart Turn) over them.
+
+Shared by the real-model tests and the hearing bench (``bench/hearing.py`` imports it as ``tests.room_sounds``).
+Everything is float32 mono at 16 kHz in -1..1 unless a rate is given.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soxr
+
+from luna_voice.conversation.endpointing import (
+    EndCandidate,
+    EndpointConfig,
+    Endpointer,
+    UtteranceEnded,
+    UtteranceStarted,
+)
+from luna_voice.hearing import turn_model
+from luna_voice.hearing.vad import SpeakerVad
+
+RATE = 16_000
+FRAME = 320  # 20 ms
+
+
+def piper_speech(text: str, rate: int = RATE, level_db: float = -20.0) -> np.ndarray:
+    """``text`` in Piper's en_US "joe" voice (natural prosody, which the turn model listens to), trimmed of
+    leading and trailing silence, at ``level_db`` RMS."""
+    from luna_voice.providers.offline.piper_tts import shared_voice
+
+    voice = shared_voice()
+    pcm = np.concatenate([chunk.audio_int16_array for chunk in voice.synthesize(text)])
+    x = soxr.resample(pcm.astype(np.float32) / 32768, voice.config.sample_rate, rate)
+    voiced = np.flatnonzero(np.abs(x) > 0.02)
+    return at_level(x[voiced[0] : voiced[-1] + 1], level_db)
+
+
+def paused_speech(first: str, rest: str, pause_s: float, rate: int = RATE) -> np.ndarray:
+    """``first rest`` said as one sentence, with a ``pause_s`` silence inserted between the two parts.
+
+    The sentence is synthesized whole, so the voice before the pause keeps its mid-sentence melody (two separate
+    syntheses would end the first part with a sentence's falling pitch, which no speaker pausing mid-thought
+    has). The cut is the quietest 10 ms within 250 ms of where ``first`` alone would end.
+    """
+    whole, alone = piper_speech(f"{first} {rest}", rate), piper_speech(first, rate)
+    hop = rate // 100
+    energy = np.sqrt(np.mean(whole[: len(whole) // hop * hop].reshape(-1, hop) ** 2, axis=1))
+    lo, hi = (max(1, round((len(alone) / rate + d) * 100)) for d in (-0.25, 0.25))
+    cut = (lo + int(np.argmin(energy[lo:hi]))) * hop + hop // 2
+    return np.concatenate([whole[:cut], silence(pause_s, rate), whole[cut:]])
+
+
+def sox_noise(kind: str, seconds: float, level_db: float, rate: int = RATE) -> np.ndarray:
+    """Steady noise from sox (``pinknoise``, ``brownnoise``, ``whitenoise``) at ``level_db`` RMS; ``-R`` makes it
+    the same on every run."""
+    raw = subprocess.run(
+        ["sox", "-R", "-n", "-r", str(rate), "-c", "1", "-b", "16", "-t", "raw", "-", "synth", str(seconds), kind],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return at_level(np.frombuffer(raw, "<i2").astype(np.float32) / 32768, level_db)
+
+
+def keyboard(seconds: float, level_db: float = -30.0, rate: int = RATE, seed: int = 2) -> np.ndarray:
+    """Typing: 6–10 key clicks a second, each a few ms of bright noise with a fast decay, some with a thud."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * rate), np.float32)
+    t = 0.05
+    while t < seconds - 0.05:
+        n = int(rate * rng.uniform(0.015, 0.04))
+        burst = rng.standard_normal(n).astype(np.float32) * np.exp(-np.arange(n) / (0.004 * rate))
+        if rng.random() < 0.3:  # a heavier key or the space bar
+            burst += 0.5 * np.sin(2 * np.pi * 180 * np.arange(n) / rate) * np.exp(-np.arange(n) / (0.01 * rate))
+        i = int(t * rate)
+        out[i : i + n] += burst * rng.uniform(0.5, 1.0)
+        t += rng.uniform(0.1, 0.17)
+    return at_level(out, level_db, active_only=True)
+
+
+def music(seconds: float, level_db: float = -26.0, rate: int = RATE, seed: int = 3) -> np.ndarray:
+    """Instrumental background: plucked chords and a bass line with harmonics, a new note every 250 ms."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros(int(seconds * rate), np.float32)
+    note = int(0.25 * rate)
+    scale = [220.0, 246.9, 277.2, 293.7, 329.6, 370.0, 415.3, 440.0]
+    for i in range(0, len(out) - note, note):
+        t = np.arange(note * 2) / rate
+        env = np.exp(-t / 0.35)
+        f = scale[rng.integers(len(scale))] * rng.choice([1, 2])
+        tone = sum(np.sin(2 * np.pi * f * k * t) / k for k in range(1, 6)) + 0.6 * np.sin(2 * np.pi * f / 4 * t)
+        seg = (tone * env).astype(np.float32)
+        out[i : i + len(seg)] += seg[: len(out) - i]
+    return at_level(out, level_db)
+
+
+def at_level(x: np.ndarray, level_db: float, *, active_only: bool = False) -> np.ndarray:
+    """``x`` scaled to ``level_db`` dBFS RMS (over its non-silent samples with ``active_only``)."""
+    part = x[np.abs(x) > 1e-4] if active_only else x
+    rms = float(np.sqrt(np.mean(part.astype(np.float64) ** 2))) or 1.0
+    return (x * (10 ** (level_db / 20) / rms)).astype(np.float32)
+
+
+def silence(seconds: float, rate: int = RATE) -> np.ndarray:
+    return np.zeros(int(seconds * rate), np.float32)
+
+
+def over(background: np.ndarray, *parts: tuple[float, np.ndarray], rate: int = RATE) -> np.ndarray:
+    """``background`` with each ``(start_s, sound)`` added on top."""
+    out = background.copy()
+    for start, sound in parts:
+        i = int(start * rate)
+        out[i : i + len(sound)] += sound[: len(out) - i]
+    return out
+
+
+@dataclass(frozen=True)
+class Heard:
+    started: float  # audio seconds of the first voiced frame
+    end_of_speech: float
+    committed: float  # audio seconds when the utterance was ended
+    reason: str
+    probability: float | None
+    voiced_ms: int
+    model_s: float  # inference time of the turn model's answer, if that answer ended it at once (else 0)
+
+
+async def hear(audio: np.ndarray, config: EndpointConfig | None = None, threshold: float = 0.5) -> list[Heard]:
+    """Replay ``audio`` through one speaker's front end: Silero VAD, the endpointer and the real turn model.
+
+    Time is the audio's own: the model is awaited where it is asked, so its answer lands at that instant; its
+    inference time is reported alongside (``model_s``) for the bench to add.
+    """
+    cfg = config or EndpointConfig()
+    vad, ep = SpeakerVad(threshold), Endpointer(cfg)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    out: list[Heard] = []
+    started = 0.0
+    for i in range(0, len(pcm) - FRAME + 1, FRAME):
+        t = (i + FRAME) / RATE
+        frame = pcm[i : i + FRAME].tobytes()
+        events = [(e, 0.0) for e in ep.feed(t, frame, vad.is_speech(frame))]
+        while events:
+            ev, model_s = events.pop(0)
+            if isinstance(ev, UtteranceStarted):
+                started = ev.at
+            elif isinstance(ev, EndCandidate):
+                asked = time.perf_counter()
+                p = await turn_model.probability_complete(ev.pcm)
+                inference = time.perf_counter() - asked
+                events += [(e, inference) for e in ep.prediction(ev.request, p)]
+            elif isinstance(ev, UtteranceEnded):
+                out.append(Heard(started, ev.end_of_speech, t, ev.reason.value, ev.probability, ev.voiced_ms, model_s))
+    return out
+
+
+def write_wav(path: Path, x: np.ndarray, rate: int = RATE) -> Path:
+    """16-bit mono WAV, e.g. for a fake microphone."""
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())
+    return path

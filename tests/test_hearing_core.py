@@ -1,0 +1,266 @@
+"""Scripted timelines for the hearing rules in the core: semantic end of turn, no turns from noise, and a
+barge-in that ducks Luna at once, then stops her or gives her voice back.
+
+The ``Room`` (see test_conversation) plays the page, the providers and the turn model: ``room.turn_model[pid]``
+holds the model's answers for that speaker's next candidate ends, in order; with none it never answers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from luna_voice.conversation import actions as act
+from luna_voice.conversation.endpointing import EndpointConfig, Endpointer, EndReason, UtteranceEnded
+from luna_voice.conversation.transcript_filter import no_speech_reason
+from luna_voice.providers.base import Confidence
+from scripted_room import FRAME, Room
+
+DUCK = 10 ** (-15 / 20)
+
+
+def end_delay(turn: dict) -> float:
+    return turn["timings"]["end_of_turn"] - turn["timings"]["end_of_speech"]
+
+
+# ---------------------------------------------------------------------------------------- semantic end of turn
+def test_finished_question_commits_when_the_model_says_complete():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.turn_model["a"] = [0.93]
+    room.say("a", "Luna, what time is it?", seconds=1.0, then_silence=0.3)
+    turn = room.turn_by("a")
+    assert turn["end"] == {"reason": "semantic", "probability": 0.93}
+    assert end_delay(turn) == pytest.approx(0.2, abs=FRAME / 2)  # the silence rule would wait 0.5 s
+    assert len(room.of(act.PredictEndOfTurn)) == 1
+    assert room.of(act.PredictEndOfTurn)[0].pcm  # the model hears the utterance
+
+
+def test_paused_sentence_stays_one_utterance():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.turn_model["a"] = [0.08, 0.97]  # mid-thought at the pause, complete at the end
+    room.transcripts["a"] = "Luna, what do you think about the budget?"
+    room.talk(1.0, a=True)
+    room.talk(0.8, a=False)  # a 800 ms pause: longer than the 500 ms silence rule
+    room.talk(0.6, a=True)
+    room.talk(0.4, a=False)
+    assert len(room.of(act.StartTranscription)) == 1
+    assert [t["end"] for t in room.turns()] == [{"reason": "semantic", "probability": 0.97}]
+
+
+def test_probably_complete_waits_a_second_so_a_pause_is_not_a_cut():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.turn_model["a"] = [0.7, 0.7]  # the model calls a mid-sentence fragment "probably finished"
+    room.talk(1.0, a=True)
+    room.talk(0.8, a=False)  # the pause
+    room.talk(0.6, a=True)
+    room.talk(0.98, a=False)
+    assert not room.turns()
+    room.talk(0.04, a=False)
+    (turn,) = room.turns()
+    assert turn["end"] == {"reason": "semantic", "probability": 0.7}
+    assert end_delay(turn) == pytest.approx(1.0, abs=FRAME / 2)
+
+
+def test_a_lone_name_before_a_pause_is_not_asked_about():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.turn_model["a"] = [0.95, 0.95]  # after "Luna," alone the model hears a finished turn
+    room.talk(0.4, a=True)  # "Luna,"
+    room.talk(0.3, a=False)
+    room.talk(1.0, a=True)  # "what time is it?"
+    room.talk(0.3, a=False)
+    assert len(room.of(act.PredictEndOfTurn)) == 1
+    assert [t["end"]["reason"] for t in room.turns()] == ["semantic"]
+
+
+def test_incomplete_turn_ends_after_the_longest_wait():
+    room = Room(endpoint=EndpointConfig(max_wait_ms=1500))
+    room.join(("a", "Alice"))
+    room.turn_model["a"] = [0.2]
+    room.say("a", "Luna, I was wondering whether", seconds=1.0, then_silence=1.4)
+    assert not room.turns()
+    room.talk(0.2, a=False)
+    turn = room.turn_by("a")
+    assert turn["end"] == {"reason": "max_wait", "probability": 0.2}
+    assert end_delay(turn) == pytest.approx(1.5, abs=FRAME / 2)
+
+
+@pytest.mark.parametrize("answer", ["fails", "never"])
+def test_without_a_model_answer_the_silence_rule_ends_the_turn(answer):
+    room = Room()
+    room.join(("a", "Alice"))
+    if answer == "fails":
+        room.turn_model["a"] = [None]
+    room.say("a", "Luna, hello there.", seconds=1.0, then_silence=0.6)
+    turn = room.turn_by("a")
+    assert turn["end"] == {"reason": "silence", "probability": None}
+    assert end_delay(turn) == pytest.approx(0.5, abs=FRAME / 2)
+    assert turn["decision"] == "answer"
+
+
+def test_an_answer_about_audio_that_moved_on_is_ignored():
+    ep = Endpointer(EndpointConfig())
+    t = 0.0
+    events = []
+    for voiced in [True] * 40 + [False] * 10 + [True] * 5:  # asks at 200 ms of silence, then speech resumes
+        t += FRAME
+        events += ep.feed(t, bytes(640), voiced)
+    (candidate,) = [e for e in events if type(e).__name__ == "EndCandidate"]
+    assert ep.prediction(candidate.request, 0.99) == []  # late "complete": the speaker already went on
+    assert ep.speaking
+
+
+def test_semantic_off_never_asks_the_model():
+    room = Room(endpoint=EndpointConfig(semantic=False))
+    room.join(("a", "Alice"))
+    room.say("a", "Luna, hello.")
+    assert not room.of(act.PredictEndOfTurn)
+    assert room.turn_by("a")["end"]["reason"] == "silence"
+
+
+def test_monologue_cut_at_max_length_records_why():
+    ep = Endpointer(EndpointConfig(max_utterance_s=1.0))
+    ends = [e for i in range(60) for e in ep.feed((i + 1) * FRAME, bytes(640), True) if isinstance(e, UtteranceEnded)]
+    assert [e.reason for e in ends] == [EndReason.MAX_LENGTH]
+
+
+# ---------------------------------------------------------------------------------------- no turns from noise
+def test_a_blip_shorter_than_min_speech_is_dropped_before_stt():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.say("a", "Luna, answer this noise.", seconds=0.12)  # 120 ms of "voice": a click, a cough
+    turn = room.turn_by("a")
+    assert (turn["state"], turn["reason"], turn["no_speech"]) == ("skipped", "no_speech", "short")
+    assert room.of(act.CancelTranscription) and not room.of(act.FinishTranscription)
+    assert not room.of(act.RequestReply)
+
+
+@pytest.mark.parametrize(
+    ("text", "confidence", "why"),
+    [
+        ("Thank you for watching!", None, "hallucination"),
+        ("字幕由Amara.org社区提供", None, "hallucination"),
+        ("...", None, "punctuation"),
+        ("Luna. Alice.", None, "prompt_words"),
+        ("", None, "empty"),
+        ("What is the capital of France?", Confidence(speech=0.1, words=0.2), "low_confidence"),
+    ],
+)
+def test_transcripts_of_noise_are_recorded_as_no_speech_and_never_answered(text, confidence, why):
+    room = Room()
+    room.join(("a", "Alice"))
+    room.transcripts["a"] = text
+    if confidence is not None:
+        room.confidence["a"] = confidence
+    room.say("a", text, seconds=1.0)
+    turn = room.turn_by("a")
+    assert (turn["state"], turn["reason"], turn["no_speech"]) == ("skipped", "no_speech", why)
+    assert not room.of(act.RequestReply)
+    room.say("a", "Luna, what time is it?")
+    (request,) = [r.request for r in room.of(act.RequestReply)]
+    assert [line.text for line in request.context] == []  # the noise is not something Alice said
+
+
+def test_a_name_said_alone_before_a_pause_carries_over_to_the_request():
+    room = Room()
+    room.join(("a", "Alice"), ("b", "Bob"))  # a group: only words with her name are answered
+    room.transcripts["a"] = ["Luna.", "please tell me a story about the sea."]
+    room.talk(0.4, a=True)
+    room.talk(0.7, a=False)  # a long pause after her name: two utterances
+    room.talk(1.5, a=True)
+    room.talk(0.6, a=False)
+    name, request = room.turn_by("a"), room.turn_by("a", 1)
+    assert (name["reason"], name["no_speech"]) == ("no_speech", "prompt_words")
+    assert (request["decision"], request["reason"]) == ("answer", "addressed_by_name")
+    assert request["heard_text"] == "Luna. please tell me a story about the sea."
+
+
+def test_confident_speech_passes_the_gate():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.confidence["a"] = Confidence(speech=0.35, words=0.6)  # noisy room, but the words are sure
+    room.say("a", "Luna, what time is it?")
+    assert room.turn_by("a")["decision"] == "answer"
+
+
+# ---------------------------------------------------------------------------------------- barge-in
+def luna_talking(room: Room, reply: str = "Here is a long answer. It goes on for several seconds. And more.") -> None:
+    room.join(("a", "Alice"))
+    room.replies["a"] = reply
+    room.say("a", "Luna, explain tides.")
+    room.wait(0.3)
+    assert room.core.turns[next(iter(room.core.turns))].state == "speaking"
+
+
+def test_onset_over_her_voice_ducks_within_one_frame_and_a_cough_gives_it_back():
+    room = Room()
+    luna_talking(room)
+    room.talk(0.04, a=True)  # under the 60 ms onset: not yet
+    assert room.gain == 1.0
+    room.talk(FRAME, a=True)  # the onset frame
+    assert room.gain == pytest.approx(DUCK)
+    room.talk(0.06, a=True)  # 120 ms in all: a cough
+    room.talk(0.6, a=False)
+    assert room.gain == 1.0
+    room.wait(8)
+    first = room.turn_by("a")
+    assert first["state"] == "done" and not first["interrupted"]
+    assert first["spoken_text"] == first["reply_text"]  # nothing lost
+    assert room.core.stats["false_interruptions"] == 1 and room.core.stats["barge_ins"] == 0
+    assert sum(n for _t, _g, n in room.rendered) == sum(s.samples for s in room.core.turns[first["id"]].sentences)
+    assert sorted({round(g, 3) for _t, g, _n in room.rendered}) == [round(DUCK, 3), 1.0]  # quieter, never cut
+    assert room.of(act.SetPlaybackGain) == [act.SetPlaybackGain(pytest.approx(DUCK)), act.SetPlaybackGain(1.0)]
+
+
+def test_backchannel_restores_her_volume_after_its_transcript():
+    room = Room()
+    luna_talking(room)
+    room.say("a", "mm", seconds=0.24)
+    room.wait(8)
+    first, mm = room.turn_by("a"), room.turn_by("a", 1)
+    assert (mm["decision"], mm["reason"]) == ("listen", "backchannel")
+    assert first["state"] == "done" and first["spoken_text"] == first["reply_text"]
+    assert room.core.stats["false_interruptions"] == 1
+    assert [a.gain for a in room.of(act.SetPlaybackGain)] == [pytest.approx(DUCK), 1.0]
+
+
+def test_an_okay_as_long_as_the_old_stop_rule_is_a_backchannel_now():
+    room = Room()
+    luna_talking(room)
+    room.say("a", "Okay.", seconds=0.42)  # Silero holds "okay" voiced for about 400 ms: over the old 300 ms rule
+    room.wait(8)
+    first = room.turn_by("a")
+    assert first["state"] == "done" and first["spoken_text"] == first["reply_text"]
+    assert room.core.stats["false_interruptions"] == 1 and room.core.stats["barge_ins"] == 0
+
+
+def test_short_words_that_are_more_than_a_backchannel_stop_her():
+    room = Room()
+    luna_talking(room)
+    room.say("a", "Stop, wait.", seconds=0.24)  # below barge_in_min_ms of voice
+    first = room.turn_by("a")
+    assert first["state"] == "interrupted"
+    assert room.core.stats["barge_ins"] == 1 and room.core.stats["false_interruptions"] == 0
+    assert room.of(act.ClearPlayback)
+    assert room.gain == 1.0  # her next answer starts at full volume
+
+
+def test_long_overlap_stops_her_as_before_after_ducking_first():
+    room = Room()
+    luna_talking(room)
+    room.talk(0.6, a=True)  # still talking: the stop does not wait for a transcript
+    first = room.turn_by("a")
+    assert first["state"] == "interrupted"
+    gains, clear = room.of(act.SetPlaybackGain), room.log.index(room.of(act.ClearPlayback)[0])
+    assert room.log.index(gains[0]) < clear  # ducked before the stop
+    assert 0 < len(first["spoken_text"]) < len(first["reply_text"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Thank you, Luna, that really helps.", "露娜，今天天气怎么样？", "Luna, what time is it?", "Alice, you go first."],
+)
+def test_the_filter_lets_real_talk_through(text):
+    assert no_speech_reason(text, Confidence(speech=0.9, words=0.7), ["Luna", "露娜", "Alice"]) is None

@@ -1,0 +1,109 @@
+"""The real hearing models on generated audio: Silero VAD, Smart Turn v3.2 and offline Whisper's confidence.
+
+Speech is Piper's (natural prosody, which Smart Turn listens to), noise is sox's; nothing is committed as audio.
+``room_sounds.hear`` replays one speaker's front end (VAD → endpointer → turn model) in the audio's own time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from luna_voice.conversation.addressing import AddressDetector
+from luna_voice.conversation.transcript_filter import no_speech_reason
+from luna_voice.hearing.vad import SpeakerVad
+from luna_voice.providers.base import Transcript
+from luna_voice.providers.offline.whisper_stt import WhisperSTT
+from room_sounds import hear, keyboard, music, over, paused_speech, piper_speech, silence, sox_noise
+
+QUESTION = "What time is it?"
+NAMES = ["Luna", "露娜", "Alice"]
+
+
+@pytest.fixture(scope="module")
+def question() -> np.ndarray:
+    return piper_speech(QUESTION)
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [
+        pytest.param(lambda: sox_noise("pinknoise", 10, -45), id="pink-quiet"),
+        pytest.param(lambda: sox_noise("pinknoise", 10, -30), id="pink-loud"),
+        pytest.param(lambda: sox_noise("brownnoise", 10, -30), id="brown-hum"),
+        pytest.param(lambda: keyboard(10), id="keyboard"),
+        pytest.param(lambda: music(10), id="music"),
+    ],
+)
+async def test_noise_alone_is_no_utterance(noise):
+    assert await hear(noise()) == []
+
+
+async def test_a_paused_sentence_stays_one_utterance():
+    said = paused_speech("So I was wondering whether", "we could move the meeting to Friday.", 0.8)
+    (heard,) = await hear(np.concatenate([silence(0.5), said, silence(3.0)]))
+    assert heard.end_of_speech > 0.5 + len(said) / 16_000 - 0.3  # it spans the pause, to the end
+
+
+async def test_a_finished_question_commits_early(question):
+    (heard,) = await hear(np.concatenate([silence(0.5), question, silence(1.5)]))
+    assert heard.reason == "semantic" and heard.probability is not None and heard.probability >= 0.5
+    assert heard.committed - heard.end_of_speech < 0.3  # the silence rule alone waits 0.5 s
+
+
+async def test_a_question_over_steady_noise_at_10_db_snr_is_one_utterance(question):
+    (heard,) = await hear(over(sox_noise("pinknoise", 4, -30), (0.5, question)))  # speech at -20 dB
+    assert heard.voiced_ms >= 500
+
+
+def test_each_speaker_has_their_own_vad_state(question):
+    """Interleaving another person's music between a speaker's frames changes nothing for that speaker."""
+    speech = np.concatenate([silence(0.3), question, silence(0.5)])
+    other = music(len(speech) / 16_000, level_db=-15)
+    alone, mine, theirs = SpeakerVad(0.5), SpeakerVad(0.5), SpeakerVad(0.5)
+    solo, mixed = [], []
+    for i in range(0, len(speech) - 320 + 1, 320):
+        a = (speech[i : i + 320] * 32767).astype("<i2").tobytes()
+        b = (other[i : i + 320] * 32767).astype("<i2").tobytes()
+        solo.append(alone.is_speech(a))
+        theirs.is_speech(b)
+        mixed.append(mine.is_speech(a))
+        assert mine.probability == alone.probability
+    assert solo == mixed and any(solo)
+
+
+async def whisper(audio: np.ndarray) -> Transcript:
+    stream = WhisperSTT().open_stream(prompt=", ".join(NAMES), keywords=tuple(NAMES))  # as the core asks
+    await stream.push((audio * 32767).astype("<i2").tobytes())
+    return await stream.finish()
+
+
+async def test_whisper_reports_confidence_and_the_filter_passes_speech(question):
+    speech = await whisper(np.concatenate([silence(0.2), question, silence(0.3)]))
+    assert speech.confidence is not None and speech.confidence.speech > 0.5 and speech.confidence.words > 0.5
+    assert no_speech_reason(speech.text, speech.confidence, NAMES) is None
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [
+        pytest.param(lambda: silence(2.0), id="silence"),
+        pytest.param(lambda: sox_noise("whitenoise", 2, -40), id="white"),
+        pytest.param(lambda: sox_noise("pinknoise", 3, -30), id="pink"),
+    ],
+)
+async def test_whisper_does_not_hear_the_room_s_names_in_noise(noise):
+    """Given the names as a prompt, Whisper wrote "露娜, Alice," for silence and quiet white noise."""
+    heard = await whisper(noise())
+    assert not any(name in heard.text for name in NAMES), heard.text
+
+
+async def test_whisper_spells_her_name_so_she_knows_she_is_addressed():
+    """Without a hint tiny.en wrote these as "When a, how many …" and "Lena, what time …" (9 of 20 addressed)."""
+    detector = AddressDetector()
+    for text in (
+        "Luna, how many people are in this meeting?",
+        "Luna, what time is it?",
+    ):
+        heard = await whisper(np.concatenate([silence(0.3), piper_speech(text), silence(0.5)]))
+        assert detector.is_addressed(heard.text), heard.text
