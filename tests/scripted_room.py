@@ -38,6 +38,8 @@ class Room:
         self.confidence: dict[str, Confidence] = {}  # speaker -> STT confidence of their next transcript
         self.replies: dict[str, str] = {}  # speaker -> Luna's reply to their next answered turn
         self.auto_reply = True
+        self.auto_transcript = True  # False: the STT never answers (a stuck engine); finished utterances wait
+        self.unanswered: list[str] = []  # utterance ids finished while auto_transcript was off
         self.stt_final_after_s = 0.25  # what the STT provider reports as its own share of the wait
         self.stt_audio: dict[str, int] = {}  # utterance -> bytes received
         self.page: deque[tuple[int, int]] = deque()  # (seq, samples not yet played)
@@ -99,6 +101,8 @@ class Room:
                 self._speaker_of = {**getattr(self, "_speaker_of", {}), a.utterance_id: a.speaker_id}
             elif isinstance(a, act.TranscriptionAudio):
                 self.stt_audio[a.utterance_id] += len(a.pcm)
+            elif isinstance(a, act.FinishTranscription) and not self.auto_transcript:
+                self.unanswered.append(a.utterance_id)
             elif isinstance(a, act.FinishTranscription):
                 pid = self._speaker_of[a.utterance_id]
                 text = self.transcripts.pop(pid, "")

@@ -438,3 +438,27 @@ def test_after_a_host_mute_luna_unmutes_only_when_addressed_by_name(unmute_when_
         assert room.core.muted is False
     else:
         assert room.of(act.Unmute) == [] and (bob["state"], bob["reason"]) == ("skipped", "muted")
+
+
+def test_a_transcript_that_never_comes_fails_the_turn_after_the_timeout():
+    """A stuck STT (an engine that hangs, a model load that never ends) must not leave a turn "transcribing"."""
+    room = Room(transcribe_timeout_s=5.0)
+    room.join(("a", "Alice"))
+    room.auto_transcript = False
+    room.say("a", "Luna, are you there?")
+    [uid] = room.unanswered
+    ended = room.now
+    room.wait(4.8)
+    assert room.turn_by("a")["state"] == "transcribing" and room.of(act.CancelTranscription) == []
+    assert room.core.next_deadline(room.now) <= ended + 5.0
+    room.wait(0.4)
+    turn = room.turn_by("a")
+    assert turn["state"] == "failed"
+    assert turn["error"] == "stt: timeout (no transcript within 5 s)"
+    assert room.of(act.CancelTranscription) == [act.CancelTranscription(uid)]
+    room.core.transcript(uid, "Luna, are you there?", "en", Usage(stt_seconds=1.0), room.now)  # too late: ignored
+    assert room.turn_by("a")["state"] == "failed" and room.of(act.RequestReply) == []
+    room.auto_transcript = True  # the next utterance is heard as usual
+    room.say("a", "Luna, hello again.")
+    room.wait(3)
+    assert room.turn_by("a", 1)["state"] == "done"

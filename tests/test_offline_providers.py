@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ import soxr
 
 from luna_voice.conversation.domain import ReplyRequest, Usage
 from luna_voice.providers.base import PIPELINE_RATE, ProviderError, Transcript
-from luna_voice.providers.offline import DemoReply, OfflineTTS, WhisperSTT
+from luna_voice.providers.offline import DemoReply, OfflineTTS, WhisperSTT, whisper_stt
 from luna_voice.providers.offline._shared import in_thread, load_once
 from luna_voice.providers.offline.piper_tts import CHINESE_VOICE, shared_voice
 from luna_voice.providers.offline.whisper_stt import shared_model
@@ -158,6 +159,38 @@ async def test_transcription_leaves_the_event_loop_free(stt: WhisperSTT, tmp_pat
 
     assert words_match("please summarize the meeting", transcript.text), transcript.text
     assert ticks >= 3, "the event loop was blocked while Whisper ran"
+
+
+async def test_an_utterance_that_ends_while_the_model_loads_is_transcribed_once_it_is_loaded(
+    stt: WhisperSTT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reported stuck turn: speech right after Luna joins, while ``warm`` still loads Whisper. The utterance's
+    ``finish`` must wait for that one load (not start a second, not be lost) and return the words."""
+    loading, release = threading.Event(), threading.Event()
+    loads: list[int] = []
+
+    def slow_load() -> Any:
+        loads.append(1)
+        loading.set()
+        release.wait(10)
+        return whisper_stt._load_model()
+
+    monkeypatch.setattr(whisper_stt, "shared_model", load_once(slow_load))  # a cold process: nothing loaded yet
+    samples, _ = read_wav_int16(make_speech_wav("the weather is nice today", tmp_path / "said.wav"))
+    warm = asyncio.create_task(stt.warm())
+    async with asyncio.timeout(10):
+        await asyncio.to_thread(loading.wait)  # the load is in flight ...
+    stream = stt.open_stream()
+    await stream.push(samples.tobytes())
+    finishing = asyncio.create_task(stream.finish())  # ... when the utterance ends
+    await asyncio.sleep(0)
+    assert not finishing.done()
+    release.set()
+    async with asyncio.timeout(30):
+        transcript = await finishing
+        await warm
+    assert words_match("the weather is nice today", transcript.text), transcript.text
+    assert loads == [1]
 
 
 # --- Piper and espeak-ng -----------------------------------------------------------------------------------------

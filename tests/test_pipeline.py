@@ -308,6 +308,20 @@ async def test_a_transcription_error_fails_the_turn_and_the_next_one_is_heard(er
     await p.pipe.aclose()
 
 
+async def test_a_transcription_that_never_finishes_fails_the_turn_and_its_stream_is_cancelled():
+    p = page([Hang(), "Are you there?"])
+    p.say()
+    await p.calls.until(lambda: "stt" in p.calls.hanging, "the transcription to start")
+    p.now += 31  # past the default transcribe_timeout_s, on the core's clock; the ticker notices
+    failed = await p.ended()
+    assert (failed["state"], failed["error"]) == ("failed", "stt: timeout (no transcript within 30 s)")
+    await p.calls.until(lambda: "stt" in p.calls.cancelled, "the stuck transcription to be cancelled")
+    p.say()
+    await p.speaking()
+    assert p.calls.requests[-1].text == "Are you there?"
+    await p.pipe.aclose()
+
+
 async def test_a_failed_transcription_still_counts_the_audio_it_was_billed_for():
     p = page([ProviderError("stt", "connection lost", usage=Usage(stt_seconds=2.5))])
     p.say()

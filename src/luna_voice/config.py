@@ -161,6 +161,10 @@ class Settings(BaseSettings):
         default=None, description="Realtime latency/accuracy trade-off, for models that take it (gpt-realtime-whisper)."
     )
 
+    stt_timeout_s: float = Field(
+        default=30.0, gt=0, description="Fail a turn whose transcript has not come this long after its speech ended."
+    )
+
     @field_validator("stt_languages", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:

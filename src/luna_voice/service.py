@@ -271,6 +271,7 @@ class Service:
                 goodbye=s.goodbye,
                 goodbye_zh=s.goodbye_zh,
                 transcript_lines=s.transcript_max_lines if s.transcript else 0,
+                transcribe_timeout_s=s.stt_timeout_s,
             ),
             is_addressed=names.is_addressed,
             is_backchannel=is_backchannel,

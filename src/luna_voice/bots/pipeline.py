@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import soxr
@@ -37,6 +37,7 @@ from luna_voice.providers.base import (
 
 log = structlog.get_logger(__name__)
 
+T = TypeVar("T")
 _FINISH = object()
 PROVIDER_CLOSE_S = 3.0
 CLOSING_CALLS_S = 2.0  # turns' closing record_spoken calls still in flight when the bot leaves
@@ -79,6 +80,7 @@ class Pipeline:
         self._page_clock = PageClock()
         self._audio_tap = audio_tap  # sees every capture frame (participant, page stamp ms, pcm): the bench
         self._utterances: dict[str, asyncio.Queue[Any]] = {}
+        self._transcriptions: dict[str, asyncio.Future[None]] = {}  # utterance id -> its STT task, until it ends
         self._replies: dict[str, asyncio.Task[None]] = {}
         self._speech: dict[str, tuple[asyncio.Queue[tuple[int, str]], asyncio.Task[None]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -208,13 +210,18 @@ class Pipeline:
             q: asyncio.Queue[Any] = asyncio.Queue()
             q.put_nowait(a.pcm)
             self._utterances[a.utterance_id] = q
-            self._spawn(self._transcribe(a.utterance_id, self.stt.open_stream(prompt=a.prompt, keywords=a.keywords), q))
+            stream = self.stt.open_stream(prompt=a.prompt, keywords=a.keywords)
+            task = self._spawn(self._transcribe(a.utterance_id, stream, q))
+            self._transcriptions[a.utterance_id] = task
+            task.add_done_callback(lambda _t, uid=a.utterance_id: self._transcriptions.pop(uid, None))
         elif isinstance(a, act.TranscriptionAudio):
             if (q := self._utterances.get(a.utterance_id)) is not None:
                 q.put_nowait(a.pcm)
         elif isinstance(a, act.FinishTranscription | act.CancelTranscription):
             if (q := self._utterances.pop(a.utterance_id, None)) is not None:
                 q.put_nowait(_FINISH if isinstance(a, act.FinishTranscription) else _CANCEL)
+            elif isinstance(a, act.CancelTranscription) and (task := self._transcriptions.get(a.utterance_id)):
+                task.cancel()  # finished, but its transcript is overdue (the core failed the turn): stop waiting
         elif isinstance(a, act.PredictEndOfTurn):
             if self._predict_end is None:
                 self.core.end_of_turn(a.speaker_id, a.request, None, self._clock())
@@ -248,10 +255,11 @@ class Pipeline:
         elif isinstance(a, act.Publish):
             self._publish(a.event)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def _spawn(self, coro: Awaitable[T]) -> asyncio.Future[T]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ------------------------------------------------------------------ provider tasks
     async def _end_of_turn(self, a: act.PredictEndOfTurn, predict: Callable[[bytes], Awaitable[float | None]]) -> None:

@@ -30,7 +30,7 @@ class FinishTranscription:
 
 @dataclass(frozen=True)
 class CancelTranscription:
-    """The utterance was noise: drop it without a transcript."""
+    """Drop the utterance without a transcript: it was noise, or its transcript is overdue (the turn failed)."""
 
     utterance_id: str
 

@@ -99,6 +99,9 @@ class CoreConfig:
     goodbye: str = "Okay, goodbye everyone!"  # before leaving when asked in English (or another Latin script)
     goodbye_zh: str = "好的，大家再见！"  # ... and when asked in Chinese
     transcript_lines: int = 5000  # lines of the meeting transcript kept; 0 turns it off
+    # An utterance whose transcript has not come this long after it ended fails its turn ("stt: timeout"),
+    # whatever the engine: a stuck provider (or a model still loading) must never leave a turn "transcribing".
+    transcribe_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -147,7 +150,7 @@ class Conversation:
         # A lone "Luna," (the speaker paused after her name, so it was an utterance of its own): speaker -> (the
         # name as heard, when). Not answered by itself; it prefixes the same speaker's next words.
         self._called: dict[str, tuple[str, float]] = {}
-        self._by_utterance: dict[str, Turn] = {}
+        self._by_utterance: dict[str, tuple[Turn, float]] = {}  # utterance id -> (its turn, transcript due by)
         self._active: Turn | None = None
         self._chunker: Chunker | None = None
         self._queue: deque[Turn] = deque()
@@ -265,7 +268,7 @@ class Conversation:
         final_after_s: float | None = None,
         confidence: Confidence | None = None,
     ) -> None:
-        turn = self._by_utterance.pop(utterance_id, None)
+        turn, _due = self._by_utterance.pop(utterance_id, (None, 0.0))
         if turn is None:
             return
         turn.mark("transcript_ready", now)
@@ -336,7 +339,7 @@ class Conversation:
 
     def transcript_failed(self, utterance_id: str, reason: str, now: float, *, usage: Usage | None = None) -> None:
         """``usage``: what the failed transcription was billed for all the same."""
-        turn = self._by_utterance.pop(utterance_id, None)
+        turn, _due = self._by_utterance.pop(utterance_id, (None, 0.0))
         if turn is not None:
             turn.error = f"stt: {reason}"
             if usage is not None:
@@ -483,11 +486,18 @@ class Conversation:
     def tick(self, now: float) -> None:
         for pid, ep in list(self._endpointers.items()):
             self._endpoint(pid, ep.check(now), now)
+        for uid, (_turn, due) in list(self._by_utterance.items()):
+            if now >= due:
+                self._out.append(act.CancelTranscription(uid))
+                self.transcript_failed(uid, f"timeout (no transcript within {self.cfg.transcribe_timeout_s:g} s)", now)
         self._pump(now)
 
     def next_deadline(self, now: float) -> float | None:
-        """When ``tick`` has work next (pacing or a stalled speaker), or None."""
+        """When ``tick`` has work next (pacing, a stalled speaker or an overdue transcript), or None."""
         due = self._pacer.next_due(now)
+        transcripts = [d for _turn, d in self._by_utterance.values()]
+        if transcripts:
+            due = min(transcripts) if due is None else min(due, *transcripts)
         if any(ep.speaking for ep in self._endpointers.values()):
             soon = now + self.cfg.endpoint.frame_ms / 1000
             due = soon if due is None else min(due, soon)
@@ -523,7 +533,7 @@ class Conversation:
                     self._no_speech(turn, Drop.SHORT, now)
                 else:
                     self._out.append(act.FinishTranscription(uid))
-                    self._by_utterance[uid] = turn
+                    self._by_utterance[uid] = (turn, now + self.cfg.transcribe_timeout_s)
 
     # ------------------------------------------------------------------ Luna as a participant
     def _maybe_greet(self, now: float) -> None:
