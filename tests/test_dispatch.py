@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import replace
 
 import pytest
 
 from luna_voice.bots.states import BotState
+from luna_voice.conversation.transcript import Line, MeetingTranscript
 from luna_voice.scale.dispatch import (
     BOT_ROLE,
     ROLE,
@@ -202,6 +204,32 @@ def test_final_report_ends_the_stay_and_its_status_outlives_the_machine_until_re
     assert d.stay_in("a") is stay
     d.tick(103.0)
     assert d.stay_in("a") is None
+
+
+def test_the_final_reports_transcript_is_kept_with_the_stay_out_of_its_status_and_evicted_with_it():
+    d = disp(pool_size=0, retention_s=100)
+    stay, _, actions = d.summon("a", {}, None, 0.0)
+    (m,) = run_creates(d, actions)
+    doc = {"started_at": 1.0, "lines": [{"speaker": "Ann", "text": "hi"}], "dropped": 0, "max_lines": 10}
+    d.report(stay.id, {**joined(), "transcript": {"lines": ["a heartbeat's is not kept"]}}, 1.0)
+    assert stay.transcript is None and "transcript" not in stay.status
+    d.report(stay.id, {"state": "ended", "sub_code": "asked_to_leave", "transcript": doc}, 2.0)
+    d.destroyed(m.id)
+    assert d.stay_in("a").transcript == doc and "transcript" not in public_status(stay)
+    d.tick(103.0)
+    assert d.stay_in("a") is None  # gone with the stay's status: the same retention
+
+
+def test_webvtt_rendered_from_the_json_a_bot_hands_over_is_the_bots_own():
+    record = MeetingTranscript(max_lines=2)
+    record.add(Line("p0", "Old", 100.0, 100.5, "dropped"))
+    record.add(Line("p1", "Ann <host>", 101.25, 103.5, "Luna, what time is it?", language="en"))
+    record.add(Line("luna", "Luna", 104.0, 105.125, "It is noon.", luna=True, kind="reply", interrupted=True))
+    doc = record.to_json(origin=100.0, to_wall=1_764_000_000.0)
+    again, origin = MeetingTranscript.from_json(json.loads(json.dumps(doc)))
+    assert again.to_vtt(origin) == record.to_vtt(100.0) and again.to_json(origin, 0.0) == doc
+    with pytest.raises(ValueError, match="not a transcript"):
+        MeetingTranscript.from_json({"started_at": 1.0, "lines": [{"speaker": "Ann"}], "dropped": 0, "max_lines": 1})
 
 
 def test_retention_is_bounded_by_count():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from fakes.bot_machine import SAID
 from fakes.fly_machines import FakeFlyMachines, free_port
 from luna_voice.api.errors import json_errors
 from luna_voice.bots.states import BotState
@@ -170,6 +172,28 @@ async def test_a_restarted_dispatcher_still_answers_for_and_dismisses_the_live_s
     machine = again.machine_id or ""
     await eventually(lambda: rig2.fly.machines[machine].state == "destroyed", what="its machine destroyed")
     assert public_status(rig2.core.stay_in("a"))["state"] == "ended"  # after the machine is gone
+
+
+async def test_the_bots_transcript_outlives_its_machine_when_it_ends_itself_or_is_dismissed(start_rig: StartRig):
+    rig = await start_rig(pool_size=0)
+    ended_itself, _ = rig.fleet.summon("a", {}, None)
+    dismissed, _ = rig.fleet.summon("b", {}, None)
+    await eventually(lambda: ended_itself.state is dismissed.state is BotState.JOINED, what="both joined")
+    proc = rig.fly.machines[ended_itself.machine_id or ""].proc
+    assert proc is not None
+    proc.send_signal(signal.SIGTERM)  # the stand-in leaves on its own (as after "Luna, you can leave") and reports
+    await rig.fleet.dismiss(dismissed)
+    await eventually(lambda: not ended_itself.live, what="the first bot's final report")
+    for stay in (ended_itself, dismissed):
+        machine = stay.machine_id or ""
+        await eventually(lambda m=machine: rig.fly.machines[m].state == "destroyed", what="its machine destroyed")
+        doc = rig.core.stays[stay.id].transcript
+        assert doc is not None, stay.sub_code
+        assert [(line["speaker"], line["text"]) for line in doc["lines"]] == [
+            ("Ann", SAID),
+            ("Luna", "It is noon."),
+        ]
+    assert (ended_itself.sub_code, dismissed.sub_code) == ("shutdown", "dismissed")
 
 
 async def test_a_deploy_moves_the_pool_and_the_live_stay_finishes_on_the_old_image(start_rig: StartRig):

@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
+from fakes.bot_machine import SAID as STAND_IN_SAID
 from fakes.fly_machines import FakeFlyMachines, free_port
 from luna_voice.api.port import LunaService
 from luna_voice.config import Settings
@@ -201,6 +202,8 @@ async def test_luna_on_her_own_machine_hears_answers_survives_a_crash_and_a_disp
         await until(lambda: _destroyed(fly, last_machine), 15, "the bot machine to be destroyed")
         _, kept, _ = await call(http, "GET", f"{d2.url}/rooms/e2e/luna")
         assert kept["state"] == "ended" and kept["bot_id"] == rejoined["bot_id"]
+        status, doc, _ = await call(http, "GET", f"{d2.url}/rooms/e2e/luna/transcript")  # handed over by the bot
+        assert status == 200 and doc["bot_id"] == rejoined["bot_id"] and doc["state"] == "ended", doc
 
 
 async def _destroyed(fly: FakeFlyMachines, machine_id: str) -> bool:
@@ -221,6 +224,57 @@ async def test_past_the_cap_a_summon_is_503_with_retry_after(fly, start_dispatch
         assert int(headers["Retry-After"]) > 0
         status, _, _ = await call(http, "POST", f"{d.url}/rooms/a/luna", json={})
         assert status == 200  # the room's live stay, not a second one
+
+
+async def test_the_transcript_is_served_after_the_bot_machine_is_gone(fly, start_dispatcher):
+    d = await start_dispatcher(bot_cmd=STAND_IN, pool_size=0)
+    async with aiohttp.ClientSession() as http:
+        status, body, _ = await call(http, "POST", f"{d.url}/rooms/t/luna", json={})
+        assert status == 201, body
+        await until(lambda: _state(http, d, "t", "joined"), 30, "the stand-in bot to join")
+        status, gone, _ = await call(http, "DELETE", f"{d.url}/rooms/t/luna")
+        assert status == 200 and gone["state"] == "ended", gone
+        machine = gone["machine"]["id"]
+        await until(lambda: _destroyed(fly, machine), 15, "its machine to be destroyed")
+        status, doc, _ = await call(http, "GET", f"{d.url}/rooms/t/luna/transcript")
+        assert status == 200, doc
+        assert (doc["room_id"], doc["bot_id"], doc["state"]) == ("t", body["bot_id"], "ended")
+        assert [(line["speaker"], line["luna"]) for line in doc["lines"]] == [("Ann", False), ("Luna", True)]
+        async with http.get(f"{d.url}/rooms/t/luna/transcript", headers={"Accept": "text/vtt"}) as resp:
+            vtt = await resp.text()
+            assert resp.status == 200 and resp.content_type == "text/vtt"
+        assert vtt.startswith("WEBVTT") and f"<v Ann>{STAND_IN_SAID}" in vtt and "<v Luna>It is noon." in vtt
+
+
+async def test_follow_room_carries_the_event_stream_over_to_the_rooms_next_stay(fly, start_dispatcher):
+    d = await start_dispatcher(bot_cmd=STAND_IN, pool_size=0)
+    async with aiohttp.ClientSession() as http:
+        _, first, _ = await call(http, "POST", f"{d.url}/rooms/f/luna", json={})
+        await until(lambda: _state(http, d, "f", "joined"), 30, "the stand-in bot to join")
+        async with http.get(f"{d.url}/rooms/f/luna/events?follow=room") as resp:
+            seen: list[dict[str, Any]] = []
+
+            async def status_of(bot_id: str, state: str) -> bool:
+                while not any(e["bot_id"] == bot_id and e["status"]["state"] == state for e in seen):
+                    line = await resp.content.readline()
+                    assert line, "the stream ended"
+                    if line.startswith(b"data: "):
+                        event = json.loads(line.removeprefix(b"data: "))
+                        if event["type"] == "status":
+                            seen.append(event)
+                return True
+
+            await asyncio.wait_for(status_of(first["bot_id"], "joined"), 15)
+            status, _, _ = await call(http, "DELETE", f"{d.url}/rooms/f/luna")
+            assert status == 200
+            status, second, _ = await call(http, "POST", f"{d.url}/rooms/f/luna", json={})
+            assert status == 201 and second["bot_id"] != first["bot_id"]
+            await asyncio.wait_for(status_of(second["bot_id"], "joined"), 30)
+
+
+async def _state(http: aiohttp.ClientSession, d: Dispatcher, room: str, state: str) -> bool:
+    _, body, _ = await call(http, "GET", f"{d.url}/rooms/{room}/luna")
+    return body.get("state") == state
 
 
 @pytest.mark.browser

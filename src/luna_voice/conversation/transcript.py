@@ -9,7 +9,7 @@ output says how many were dropped.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 
@@ -24,6 +24,9 @@ class Line:
     luna: bool = False  # one of Luna's own lines
     kind: str = "utterance"  # Luna's lines: reply | greeting | say | goodbye
     interrupted: bool = False
+
+
+_FIELDS = {f.name for f in fields(Line)}
 
 
 class MeetingTranscript:
@@ -55,6 +58,28 @@ class MeetingTranscript:
             lines.append(item)
         started = round(origin + to_wall, 3)
         return {"started_at": started, "lines": lines, "dropped": self.dropped, "max_lines": self.max_lines}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> tuple[MeetingTranscript, float]:
+        """``to_json``'s output back as a transcript on the Unix-seconds clock, with its origin: a dispatcher renders
+        WebVTT from the JSON a bot machine handed over, with the same ``to_vtt``. Raises ValueError if malformed."""
+        try:
+            record = cls(int(doc["max_lines"]))
+            record.dropped = int(doc["dropped"])
+            for item in doc["lines"]:
+                line = Line(**{k: v for k, v in item.items() if k in _FIELDS})
+                record._lines.append(
+                    replace(
+                        line,
+                        start=float(line.start),
+                        end=float(line.end),
+                        speaker=str(line.speaker),
+                        text=str(line.text),
+                    )
+                )
+            return record, float(doc["started_at"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a transcript document: {exc}") from None
 
     def to_vtt(self, origin: float) -> str:
         """WebVTT with one cue per line, the speaker in a voice tag (``<v Alice>``)."""

@@ -3,8 +3,10 @@
 A bot machine boots with ``LUNA_DISPATCHER_URL``, ``LUNA_BOT_BOOT_SECRET`` and Fly's ``FLY_MACHINE_ID``, and no
 other credentials. It asks ``POST /internal/machines/{id}/assignment`` (bearer: the boot secret) for its stay
 (room, summon body, the stay's secret), then posts its status to ``/internal/stays/{stay}/report`` (bearer: the
-stay secret) every ``HEARTBEAT_S`` and once more, as its final word, when the stay ends. The dispatcher calls the
-bot's own ``/rooms/{room}/luna`` with the same stay secret.
+stay secret) every ``HEARTBEAT_S`` and once more, as its final word, when the stay ends. The final word also carries
+the meeting transcript (``transcript``: the JSON of ``GET .../luna/transcript``), so the dispatcher can serve it after
+the machine is gone; the whole report stays under ``MAX_REPORT``. The dispatcher calls the bot's own
+``/rooms/{room}/luna`` with the same stay secret.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ log = structlog.get_logger(__name__)
 HEARTBEAT_S = 1.0
 ASSIGNMENT_WAIT_S = 30.0  # a freshly created machine may boot before the dispatcher has recorded it
 FINAL_ATTEMPTS = 5
+MAX_REPORT = 4 * 1024 * 1024  # a long stay's final status carries every turn and the transcript (5000 lines by default)
 
 
 class NoAssignment(Exception):
@@ -95,8 +98,10 @@ class Agent:
         assignment: Assignment,
         status: Callable[[], dict[str, Any]],
         ended: asyncio.Event,
+        final: Callable[[], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
-        """Report every HEARTBEAT_S until ``ended``; then the final status, retried a few times."""
+        """Report every HEARTBEAT_S until ``ended``; then the final status (``final``, default the last
+        ``status``), retried a few times."""
         while not ended.is_set():
             try:
                 await self.report(http, assignment, status())
@@ -104,7 +109,7 @@ class Agent:
                 log.warning("agent.report_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(ended.wait(), HEARTBEAT_S)
-        await self.final(http, assignment, status())
+        await self.final(http, assignment, await final() if final is not None else status())
 
     async def final(self, http: aiohttp.ClientSession, assignment: Assignment, status: dict[str, Any]) -> None:
         """The stay's last status, retried a few times: GET keeps answering with it after the machine is gone."""

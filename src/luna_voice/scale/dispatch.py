@@ -116,6 +116,9 @@ class Stay:
     ended_at: float | None = None
     status: dict[str, Any] = field(default_factory=dict)
     previous: dict[str, Any] | None = None  # the crashed stay this one restarts
+    # The meeting transcript the bot handed over with its final status: served once its machine is gone, kept as
+    # long as the stay (retention). In memory only: a restarted dispatcher has none for stays that already ended.
+    transcript: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def live(self) -> bool:
@@ -308,17 +311,20 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ what bots and Fly tell us
     def report(self, stay_id: str, status: dict[str, Any], now: float) -> list[Action]:
-        """A bot's status (heartbeat); a terminal state is its final word, kept after the machine is gone."""
+        """A bot's status (heartbeat); a terminal state is its final word, kept after the machine is gone, with
+        the meeting transcript it may carry."""
         stay = self.stays.get(stay_id)
         if stay is None or not stay.live:
             return []
         stay.last_seen = now
-        stay.status = {k: v for k, v in status.items() if k not in ("room_id", "bot_id")}
+        stay.status = {k: v for k, v in status.items() if k not in ("room_id", "bot_id", "transcript")}
         state = _parse_state(status.get("state"))
         if state is None or state.live:
             if state is not None:
                 stay.state = state
             return []
+        transcript = status.get("transcript")
+        stay.transcript = transcript if isinstance(transcript, dict) else None
         sub_code = status.get("sub_code") if isinstance(status.get("sub_code"), str) else None
         reason = status.get("reason") if isinstance(status.get("reason"), str) else None
         return self._end(stay, sub_code or sc.CRASHED, reason, now, state=state)

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from luna_voice.bots.states import BotState
 from luna_voice.scale.dispatch import (
     BOT_ROLE,
     ROLE,
@@ -80,6 +81,7 @@ class Fleet:
         self._monitor: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._closed = False
+        self._changed = asyncio.Event()  # set (and replaced) whenever the core may have changed: stream followers wait
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -94,6 +96,7 @@ class Fleet:
         if self._closed:
             return
         self._closed = True
+        self._changed.set()
         tasks = [t for t in (self._monitor, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
@@ -127,8 +130,30 @@ class Fleet:
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 log.warning("fleet.dismiss_unreachable", stay=stay.id, error=type(exc).__name__)
             else:
+                if body.get("state") in (BotState.ENDED, BotState.FAILED):
+                    body = await self._with_transcript(stay, body)
                 self.run(self.core.report(stay.id, body, self.clock()))
         self.run(self.core.dismissed(stay.id, self.clock()))
+
+    async def _with_transcript(self, stay: Stay, final: dict[str, Any]) -> dict[str, Any]:
+        """The bot has left after a dismiss, and its machine goes as soon as the core hears so: fetch the
+        transcript first (its own final report, which carries it too, would race the destroy)."""
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            status, doc = await self.relay("GET", stay, "/transcript", params={"format": "json"})
+            if status == 200 and isinstance(doc, dict):
+                return {**final, "transcript": doc}
+        return final
+
+    async def next_stay(self, previous: Stay) -> Stay | None:
+        """The room's next stay after ``previous``, once its bot can be reached (it has reported) or it is over;
+        None when the dispatcher stops. For ``?follow=room`` streams."""
+        while not self._closed:
+            changed = self._changed
+            stay = self.core.stay_in(previous.room_id)
+            if stay is not None and stay.id != previous.id and (stay.last_seen is not None or not stay.live):
+                return stay
+            await changed.wait()
+        return None
 
     async def events(self, stay: Stay) -> AsyncIterator[bytes]:
         """The bot's event stream, relayed as it comes; a stay that is over gets its final status only."""
@@ -173,6 +198,9 @@ class Fleet:
 
     # ------------------------------------------------------------------ actions
     def run(self, actions: list[Action]) -> None:
+        """Carry out the core's actions. Every core event passes here, so it also wakes ``next_stay``."""
+        self._changed.set()
+        self._changed = asyncio.Event()
         for action in actions:
             task = asyncio.create_task(self._do(action))
             self._tasks.add(task)

@@ -10,10 +10,10 @@ from aiohttp import web
 
 from luna_voice.api import bodies
 from luna_voice.api.errors import ApiError
+from luna_voice.scale.agent import MAX_REPORT
 from luna_voice.scale.fleet import Fleet, Unauthorized
 
 FLEET: web.AppKey[Fleet] = web.AppKey("fleet")
-MAX_REPORT = 4 * 1024 * 1024  # a long stay's status carries every turn
 
 internal_routes = web.RouteTableDef()
 

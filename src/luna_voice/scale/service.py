@@ -25,6 +25,7 @@ from luna_voice.api.port import SERVICE, TranscriptDoc
 from luna_voice.api.routes import routes
 from luna_voice.bridge import protocol as bp
 from luna_voice.config import Settings, secret
+from luna_voice.conversation.transcript import MeetingTranscript
 from luna_voice.metrics import Metrics
 from luna_voice.rooms.local_hub import LocalRoomHub
 from luna_voice.rooms.tickets import RoomTickets
@@ -53,34 +54,30 @@ async def fly_region(
 
 
 class RelayStream:
-    """A bot's SSE stream read through the dispatcher, as the API's ``EventStream``."""
+    """Bots' SSE streams read through the dispatcher, as the API's ``EventStream``: one stay's, or with
+    ``?follow=room`` each of the room's stays in turn."""
 
-    def __init__(self, stay: Stay, source: AsyncIterator[bytes]) -> None:
-        self._stay = stay
+    def __init__(self, source: AsyncIterator[tuple[Stay, bytes]]) -> None:
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1000)
         self._over = False
         self._task = asyncio.create_task(self._pump(source))
 
-    async def _pump(self, source: AsyncIterator[bytes]) -> None:
-        buffer = b""
+    async def _pump(self, source: AsyncIterator[tuple[Stay, bytes]]) -> None:
+        buffer, current = b"", None
         try:
-            async for chunk in source:
+            async for stay, chunk in source:
+                if stay is not current:  # the next stay's stream: a partial event of the last one is dropped
+                    buffer, current = b"", stay
                 buffer += chunk
                 while b"\n\n" in buffer:
                     block, buffer = buffer.split(b"\n\n", 1)
                     for line in block.split(b"\n"):
                         event = _event(line)
                         if event is not None:
-                            data = json.dumps(self._ours(event), ensure_ascii=False)
+                            data = json.dumps(_ours(stay, event), ensure_ascii=False)
                             await self._queue.put(f"data: {data}\n\n".encode())
         finally:
             await self._queue.put(None)
-
-    def _ours(self, event: dict[str, Any]) -> dict[str, Any]:
-        event = {**event, "bot_id": self._stay.id, "room_id": self._stay.room_id}
-        if event.get("type") == "status" and isinstance(event.get("status"), dict):
-            event["status"] = public_status(self._stay, event["status"])
-        return event
 
     async def next(self, wait_s: float) -> bytes | None:
         if self._over:
@@ -96,6 +93,13 @@ class RelayStream:
 
     def close(self) -> None:
         self._task.cancel()
+
+
+def _ours(stay: Stay, event: dict[str, Any]) -> dict[str, Any]:
+    event = {**event, "bot_id": stay.id, "room_id": stay.room_id}
+    if event.get("type") == "status" and isinstance(event.get("status"), dict):
+        event["status"] = public_status(stay, event["status"])
+    return event
 
 
 def _event(line: bytes) -> dict[str, Any] | None:
@@ -186,7 +190,14 @@ class DispatcherService:
 
     def watch(self, room_id: str, *, follow: bool) -> RelayStream | None:
         stay = self.fleet.core.stay_in(room_id)
-        return RelayStream(stay, self.fleet.events(stay)) if stay is not None else None
+        return RelayStream(self._relayed(stay, follow=follow)) if stay is not None else None
+
+    async def _relayed(self, stay: Stay | None, *, follow: bool) -> AsyncIterator[tuple[Stay, bytes]]:
+        """The stay's events; following the room, then those of each next stay there (as the all-in-one does)."""
+        while stay is not None:
+            async for chunk in self.fleet.events(stay):
+                yield stay, chunk
+            stay = await self.fleet.next_stay(stay) if follow else None
 
     async def say(self, room_id: str, text: str, *, interrupt: bool) -> dict[str, Any]:
         stay = self._live(room_id)
@@ -196,11 +207,22 @@ class DispatcherService:
         stay = self.fleet.core.stay_in(room_id)
         if stay is None:
             return None
-        if not stay.live:
-            raise ApiError(410, "transcript_gone", "the transcript lived on the bot's machine, which is gone")
-        doc = await self._relay("GET", stay, "/transcript", params={"format": "json"})
-        vtt = await self._relay("GET", stay, "/transcript", params={"format": "vtt"})
-        return TranscriptDoc(dict(doc), str(vtt))
+        if stay.live:
+            doc = await self._relay("GET", stay, "/transcript", params={"format": "json"})
+        elif stay.transcript is not None:
+            doc = stay.transcript  # handed over with the bot's final status
+        else:
+            raise ApiError(
+                410,
+                "transcript_gone",
+                "the bot's machine is gone without handing over a transcript (it crashed, or it was turned off)",
+            )
+        try:
+            record, origin = MeetingTranscript.from_json(doc)
+        except ValueError as exc:
+            raise ApiError(502, "bad_transcript", f"the bot machine's transcript is malformed: {exc}") from None
+        head = {"room_id": stay.room_id, "bot_id": stay.id, "state": str(stay.state)}
+        return TranscriptDoc({**doc, **head}, record.to_vtt(origin))
 
     def _live(self, room_id: str) -> Stay:
         stay = self.fleet.core.stay_in(room_id)

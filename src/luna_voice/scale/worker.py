@@ -2,16 +2,18 @@
 
 It asks the dispatcher for its assignment, runs the ordinary service with one bot (its control API behind the
 stay's secret, no local room of its own: the dispatcher hosts it), summons Luna into the room, reports her status
-every second, and when the stay ends sends the final status and exits. SIGTERM (Fly stopping the machine) makes
-her leave the room first.
+every second, and when the stay ends sends the final status with the meeting transcript and exits. SIGTERM (Fly
+stopping the machine) makes her leave the room first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from collections.abc import Awaitable, Mapping
+from typing import Any
 
 import aiohttp
 import structlog
@@ -23,7 +25,7 @@ from luna_voice.api.errors import ApiError
 from luna_voice.api.models import SummonRequest
 from luna_voice.bots import states as sc
 from luna_voice.config import Settings
-from luna_voice.scale.agent import Agent, Assignment, NoAssignment
+from luna_voice.scale.agent import MAX_REPORT, Agent, Assignment, NoAssignment
 from luna_voice.service import Service
 
 log = structlog.get_logger(__name__)
@@ -71,10 +73,30 @@ async def _stay(service: Service, agent: Agent, http: aiohttp.ClientSession, ass
     loop.add_signal_handler(signal.SIGTERM, lambda: bot.request_end(sc.SHUTDOWN, "the bot machine is stopping"))
     watcher = asyncio.create_task(_when_done(bot.wait_ended(STAY_FOREVER_S), ended))
     try:
-        await agent.heartbeat(http, assignment, lambda: service.status(room_id) or {}, ended)
+        await agent.heartbeat(
+            http, assignment, lambda: service.status(room_id) or {}, ended, final=lambda: _final(service, room_id)
+        )
     finally:
         watcher.cancel()
     return 0
+
+
+async def _final(service: Service, room_id: str) -> dict[str, Any]:
+    """The last status with the meeting transcript, for the dispatcher to serve once this machine is gone.
+    Without it when it is turned off or would not fit in a report (the status is worth more)."""
+    status = service.status(room_id) or {}
+    try:
+        doc = await service.transcript(room_id)
+    except ApiError:  # transcript_disabled
+        return status
+    if doc is None:
+        return status
+    final = {**status, "transcript": doc.json}
+    size = len(json.dumps(final, ensure_ascii=False).encode())
+    if size > MAX_REPORT:
+        log.warning("bot.transcript_too_large", bytes=size, limit=MAX_REPORT)
+        return status
+    return final
 
 
 async def _when_done(waiting: Awaitable[bool], ended: asyncio.Event) -> None:
