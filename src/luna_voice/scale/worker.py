@@ -70,7 +70,8 @@ async def _stay(service: Service, agent: Agent, http: aiohttp.ClientSession, ass
     assert bot is not None
     ended = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, lambda: bot.request_end(sc.SHUTDOWN, "the bot machine is stopping"))
+    for sig in (signal.SIGTERM, signal.SIGINT):  # stop_config asks for SIGTERM; Fly's own default is SIGINT
+        loop.add_signal_handler(sig, lambda: bot.request_end(sc.SHUTDOWN, "the bot machine is stopping"))
     watcher = asyncio.create_task(_when_done(bot.wait_ended(STAY_FOREVER_S), ended))
     try:
         await agent.heartbeat(
