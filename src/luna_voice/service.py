@@ -35,9 +35,8 @@ from luna_voice.conversation.requests import RequestDetector, SayRefused
 from luna_voice.events import Event, StateChanged
 from luna_voice.metrics import Metrics
 from luna_voice.providers.select import ProviderSet, select_providers
-from luna_voice.rooms.local_hub import LocalRoomHub
+from luna_voice.rooms.local_rooms import LocalRooms
 from luna_voice.rooms.rtk_api import RtkApi, RtkApiError
-from luna_voice.rooms.tickets import RoomTickets
 from luna_voice.usage import price
 from luna_voice.webhooks import WebhookSender
 
@@ -50,7 +49,7 @@ CLOSE_TIMEOUT_S = 3.0
 DISMISS_WAIT_S = 10.0
 
 
-class Service:
+class Service(LocalRooms):
     """Implements the API's ``LunaService`` for bots running in this process."""
 
     def __init__(
@@ -66,9 +65,7 @@ class Service:
         self.audio_tap = audio_tap
         self.providers = providers or select_providers(settings)
         self.prices = self.providers.prices(settings.prices)
-        # With an API token, joining a local room takes a ticket minted by an authenticated call.
-        self.tickets = RoomTickets()
-        self.hub = LocalRoomHub(ice=settings.local_ice, tickets=self.tickets if settings.api_token else None)
+        self._open_local_rooms(settings)
         self.host = host or ChromiumHost(settings.chromium_path)
         self.urls = PageUrls(settings.bot_base_url or f"http://127.0.0.1:{settings.port}")
         s = settings
@@ -115,10 +112,6 @@ class Service:
         self._probe: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ LunaService
-    @property
-    def local_rooms(self) -> bool:
-        return self.settings.local_rooms
-
     async def summon(self, room_id: str, req: SummonRequest) -> tuple[dict[str, Any], bool]:
         backend = req.backend or self._default_backend()
         name = req.name or self.settings.bot_name
@@ -207,21 +200,7 @@ class Service:
             return ws
         return await bot.attach(request)
 
-    async def local_signal(self, room_id: str, request: web.Request) -> web.StreamResponse:
-        return await self.hub.handle(request, room_id)
-
-    def local_participants(self, room_id: str) -> list[dict[str, str]]:
-        return self.hub.participants(room_id)
-
-    def local_ticket(self, room_id: str) -> str:
-        return self.tickets.mint(room_id, "human")
-
     # ------------------------------------------------------------------ assembly
-    def _default_backend(self) -> str:
-        if self.settings.default_backend != "auto":
-            return self.settings.default_backend
-        return "rtk" if self.settings.rtk_configured else "local"
-
     async def _rtk_token(self, meeting_id: str, req: SummonRequest) -> tuple[str, Callable[[], Awaitable[None]] | None]:
         """A participant token for Luna: the app's own (``auth_token``) or one we mint through the REST API."""
         if req.auth_token is not None:

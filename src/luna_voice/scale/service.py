@@ -27,8 +27,7 @@ from luna_voice.bridge import protocol as bp
 from luna_voice.config import Settings, secret
 from luna_voice.conversation.transcript import MeetingTranscript
 from luna_voice.metrics import Metrics
-from luna_voice.rooms.local_hub import LocalRoomHub
-from luna_voice.rooms.tickets import RoomTickets
+from luna_voice.rooms.local_rooms import LocalRooms
 from luna_voice.scale.dispatch import CapacityReached, DispatchConfig, Dispatcher, Stay, StayKeys, public_status
 from luna_voice.scale.fleet import Fleet, FleetConfig
 from luna_voice.scale.internal import FLEET, internal_routes
@@ -112,7 +111,7 @@ def _event(line: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
-class DispatcherService:
+class DispatcherService(LocalRooms):
     """Implements ``LunaService`` by placing each stay on its own Fly Machine."""
 
     def __init__(
@@ -129,9 +128,7 @@ class DispatcherService:
         self.settings = settings
         self.fly = fly
         token = secret(fly.api_token) or ""
-        # As in the all-in-one: with an API token, people join the local room with a ticket.
-        self.tickets = RoomTickets()
-        self.hub = LocalRoomHub(ice=settings.local_ice, tickets=self.tickets if settings.api_token else None)
+        self._open_local_rooms(settings)
         core = Dispatcher(
             DispatchConfig(
                 image=fly.image or "",
@@ -159,10 +156,6 @@ class DispatcherService:
         self.started = False
 
     # ------------------------------------------------------------------ LunaService
-    @property
-    def local_rooms(self) -> bool:
-        return self.settings.local_rooms
-
     async def summon(self, room_id: str, req: SummonRequest) -> tuple[dict[str, Any], bool]:
         backend = req.backend or self._default_backend()
         if backend == "local" and not self.settings.local_rooms:
@@ -272,21 +265,7 @@ class DispatcherService:
         await ws.close(code=bp.CLOSE_UNKNOWN_BOT, message=b"bots run on their own machines")
         return ws
 
-    async def local_signal(self, room_id: str, request: web.Request) -> web.StreamResponse:
-        return await self.hub.handle(request, room_id)
-
-    def local_participants(self, room_id: str) -> list[dict[str, str]]:
-        return self.hub.participants(room_id)
-
-    def local_ticket(self, room_id: str) -> str:
-        return self.tickets.mint(room_id, "human")
-
     # ------------------------------------------------------------------ assembly
-    def _default_backend(self) -> str:
-        if self.settings.default_backend != "auto":
-            return self.settings.default_backend
-        return "rtk" if self.settings.rtk_configured else "local"
-
     async def _on_startup(self, _app: web.Application) -> None:
         await self.fleet.start()
         self.started = True
