@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import io
 import logging
+import math
 import os
 import shutil
 import socket
@@ -14,13 +16,15 @@ import wave
 from pathlib import Path
 
 import numpy as np
+import openai
 import pytest
 from openai import AsyncOpenAI
 
-from fakes.openai_audio import FakeOpenAIAudio, Fault
-from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited
-from luna_voice.providers.openai_stt import OpenAISTT
+from fakes.openai_audio import REALTIME_LOGPROBS, FakeOpenAIAudio, Fault
+from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
+from luna_voice.providers.openai_stt import OpenAISTT, _confidence
 from luna_voice.providers.stt_models import MODELS, default_model, startup_warnings
+from scripted_room import Room
 
 KEY = "sk-test-0123456789abcdef"
 MIXED = "Luna，明天的 weather 怎么样？"
@@ -219,6 +223,7 @@ async def test_every_model_in_the_table_is_accepted_by_the_strict_fake(fake, mak
     assert (req.keywords is not None) is info.keywords
     assert (req.languages == ["zh", "en"]) is info.languages
     assert (req.delay == "low") is (info.delay and mode == "realtime")
+    assert (req.include is not None) is info.logprobs  # asked for logprobs exactly when the model gives them
 
 
 @pytest.mark.parametrize(("model", "mode"), [("gpt-live-transcribe", "http"), ("gpt-realtime-whisper", "http")])
@@ -232,6 +237,11 @@ def test_table_rules():
     assert {m for m, i in MODELS.items() if i.keywords} == {"gpt-live-transcribe", "gpt-transcribe"}
     assert {m for m, i in MODELS.items() if i.delay} == {"gpt-realtime-whisper"}
     assert not MODELS["gpt-realtime-whisper"].prompt
+    assert {m for m, i in MODELS.items() if i.logprobs} == {
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-mini-transcribe-2025-12-15",
+    }
     assert MODELS["gpt-4o-transcribe"].shutdown == dt.date(2027, 2, 26)
     assert all(MODELS[m].shutdown is None for m in ("gpt-live-transcribe", "gpt-transcribe"))
 
@@ -300,6 +310,90 @@ async def test_detected_language_is_used(fake, make_stt, mode):
     assert transcript.language == "zh"
 
 
+# ------------------------------------------------------------------ the confidence gate (token logprobs)
+
+QUESTION = "Luna, what is the capital of France?"
+LOGPROB_MODEL = "gpt-4o-mini-transcribe"  # one of the models that return token logprobs
+
+
+def heard_by_the_core(transcript: Transcript, **cfg: float) -> dict:
+    """The transcript, with its confidence, through the conversation core as Alice's utterance: the turn it made."""
+    room = Room(**cfg)
+    room.join(("a", "Alice"))
+    if transcript.confidence is not None:
+        room.confidence["a"] = transcript.confidence
+    room.say("a", transcript.text)
+    return room.turn_by("a")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_low_confidence_transcript_is_dropped_as_no_speech(fake, make_stt, mode):
+    """Noise the model "transcribed" as a question, every token unsure: never answered."""
+    fake.script = lambda _req: QUESTION
+    fake.logprob = -2.0  # p = 0.135 per token
+    transcript = await say(make_stt(mode, model=LOGPROB_MODEL), tone(1.0))
+
+    [req] = fake.requests
+    assert req.include == {"http": ["logprobs"], "realtime": [REALTIME_LOGPROBS]}[mode]
+    assert transcript.text == QUESTION
+    assert transcript.confidence is not None and transcript.confidence.words == pytest.approx(math.exp(-2.0))
+    turn = heard_by_the_core(transcript)
+    assert (turn["state"], turn["reason"], turn["no_speech"]) == ("skipped", "no_speech", "low_confidence")
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_confident_transcript_passes_the_gate(fake, make_stt, mode):
+    fake.script = lambda _req: QUESTION
+    fake.logprob = -0.05
+    transcript = await say(make_stt(mode, model=LOGPROB_MODEL), tone(1.0))
+
+    assert transcript.confidence is not None and transcript.confidence.words == pytest.approx(math.exp(-0.05))
+    assert heard_by_the_core(transcript)["decision"] == "answer"
+
+
+@pytest.mark.parametrize(
+    ("model", "mode"), [(m, t) for m in MODELS for t in _transports(m) if not MODELS[m].logprobs], ids=str
+)
+async def test_a_model_without_logprobs_is_never_sent_include_and_has_no_gate(fake, make_stt, model, mode):
+    fake.logprob = -5.0  # would be dropped, were there any logprobs
+    transcript = await say(make_stt(mode, model=model), tone(0.5))
+
+    [req] = fake.requests
+    assert req.include is None
+    assert all("include" not in update for update in fake.sessions)
+    assert transcript.confidence is None
+    assert heard_by_the_core(transcript)["decision"] == "answer"
+
+
+@pytest.mark.parametrize(
+    "logprobs",
+    [None, [], "nope", [{"token": "a"}], [type("L", (), {"logprob": float("nan")})()], [type("L", (), {})()]],
+    ids=["absent", "empty", "not-a-list", "dict", "nan", "no-logprob"],
+)
+def test_logprobs_are_read_defensively(logprobs):
+    """Whatever shape an older server or SDK gives, nothing usable means no confidence (no gate), not an error."""
+    assert _confidence(logprobs) is None
+
+
+def test_confidence_is_the_geometric_mean_token_probability():
+    tokens = [type("L", (), {"logprob": lp})() for lp in (-0.1, -0.3, -2.0)]
+    confidence = _confidence(tokens)
+    assert confidence is not None
+    assert confidence.words == pytest.approx(math.exp(-0.8))
+    assert confidence.speech is None  # OpenAI has no no-speech probability: the words alone decide
+
+
+async def test_the_confidence_floor_is_configurable(fake, make_stt):
+    """p = 0.61 passes the default floor (exp(-1)) and is dropped under a stricter LUNA_STT_MIN_CONFIDENCE."""
+    fake.script = lambda _req: QUESTION
+    fake.logprob = -0.5
+    transcript = await say(make_stt("http", model=LOGPROB_MODEL), tone(1.0))
+
+    assert heard_by_the_core(transcript)["decision"] == "answer"
+    strict = heard_by_the_core(transcript, min_word_confidence=0.7)
+    assert (strict["reason"], strict["no_speech"]) == ("no_speech", "low_confidence")
+
+
 # ------------------------------------------------------------------ the fake is as strict as the service
 
 
@@ -340,6 +434,45 @@ async def test_fake_refuses_fields_the_model_does_not_take(fake):
 
     assert next(e.error.code for e in events if e.type == "error") == "unsupported_parameter"
     assert fake.requests == []
+
+
+@pytest.mark.parametrize("model", ["gpt-live-transcribe", "gpt-transcribe", "whisper-1"])
+async def test_fake_refuses_logprobs_for_a_model_that_has_none(fake, model):
+    session = {**_session(model=model), "include": [REALTIME_LOGPROBS]}
+    events = await _raw_events(fake, intent=True, session=session)
+
+    assert next(e.error.code for e in events if e.type == "error") == "unsupported_parameter"
+    assert fake.requests == []
+
+
+async def test_fake_http_refuses_logprobs_for_a_model_that_has_none(fake):
+    client = AsyncOpenAI(api_key=KEY, base_url=fake.base_url, max_retries=0)
+    try:
+        with pytest.raises(openai.BadRequestError) as info:
+            await client.audio.transcriptions.create(
+                model="gpt-transcribe", file=("a.wav", wav_of(tone(0.5)), "audio/wav"), include=["logprobs"]
+            )
+        assert info.value.code == "unsupported_parameter"
+        ok = await client.audio.transcriptions.create(
+            model=LOGPROB_MODEL, file=("a.wav", wav_of(tone(0.5)), "audio/wav"), include=["logprobs"]
+        )
+        assert ok.logprobs and all(lp.logprob == fake.logprob for lp in ok.logprobs)
+        plain = await client.audio.transcriptions.create(
+            model=LOGPROB_MODEL, file=("a.wav", wav_of(tone(0.5)), "audio/wav")
+        )
+        assert plain.logprobs is None  # only when asked
+    finally:
+        await client.close()
+
+
+def wav_of(pcm: bytes) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(PIPELINE_RATE)
+        w.writeframes(pcm)
+    return buf.getvalue()
 
 
 async def test_fake_does_not_transcribe_without_a_transcription_config(fake):

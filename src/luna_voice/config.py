@@ -13,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from luna_voice.conversation.policy import PolicyName
+from luna_voice.conversation.transcript_filter import WORDS_FLOOR
 
 
 def secret(value: SecretStr | None) -> str | None:
@@ -107,6 +108,12 @@ class Settings(BaseSettings):
     )
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="Silero speech probability for 'voiced'.")
     min_speech_ms: int = Field(default=200, ge=0, description="Less voiced audio than this is noise, never a turn.")
+    stt_min_confidence: float = Field(
+        default=WORDS_FLOOR,
+        gt=0.0,
+        lt=1.0,
+        description="STT confidence gate: mean token probability below which a transcript is noise (exp(-1)).",
+    )
     turn_model: bool = Field(default=True, description="Semantic end of turn (Smart Turn v3.2); off = silence rule.")
     turn_candidate_ms: int = Field(default=200, description="Silence before asking the turn model.")
     turn_complete_threshold: float = Field(

@@ -243,6 +243,7 @@ class Service(LocalRooms):
                     max_wait_ms=s.turn_max_wait_ms,
                 ),
                 barge_in_min_ms=s.barge_in_min_ms,
+                min_word_confidence=s.stt_min_confidence,
                 duck_gain=10 ** (s.barge_in_duck_db / 20),
                 rate_limited_line=s.rate_limited_line,
                 unmute_when_addressed=s.host_mute == "unmute_when_addressed",

@@ -20,6 +20,11 @@ session with no transcription configured is committed but never transcribed. Str
 (``gpt-live-transcribe``, ``gpt-realtime-whisper``) send deltas while audio is still being appended; the others only
 after the commit. Usage is in tokens for the ``gpt-4o-*`` models and in seconds for the others.
 
+Token log-probabilities come back only when asked (HTTP ``include[]=logprobs``; realtime session
+``include: ["item.input_audio_transcription.logprobs"]``) and only from models documented to return them (the
+``gpt-4o-*transcribe`` family, per the SDK's ``include`` docstring); asking any other model is refused as an
+unsupported parameter. Every token of a transcript gets ``logprob`` (a test sets it: low on noise, near 0 on speech).
+
 What text comes back is decided by ``script`` (a callable from the recorded request to text). Every
 transcription the fake performed is in ``requests`` (model, language, prompt, rate, the PCM itself). Faults are
 queued with ``fail_next`` and each one is consumed by the next HTTP request or WebSocket connection.
@@ -59,6 +64,7 @@ class TranscriptionRequest:
     languages: list[str] | None = None
     keywords: list[str] | None = None
     delay: str | None = None
+    include: list[str] | None = None  # what the client asked to be included (logprobs)
     session: dict[str, Any] = field(default_factory=dict)  # realtime: the effective session config at commit
 
     @property
@@ -95,6 +101,7 @@ class FakeModel:
     fields: frozenset[str]  # optional transcription fields the model takes
     streams: bool = False  # deltas while audio arrives
     tokens: bool = False  # usage reported in tokens (else in seconds)
+    logprobs: bool = False  # answers ``include`` with token log-probabilities
 
 
 _BOTH = frozenset({"http", "realtime"})
@@ -105,16 +112,22 @@ FAKE_MODELS = {
     "gpt-live-transcribe": FakeModel(_RT, _NEW, streams=True),
     "gpt-transcribe": FakeModel(_BOTH, _NEW),
     "gpt-realtime-whisper": FakeModel(_RT, frozenset({"language", "delay"}), streams=True),
-    "gpt-4o-transcribe": FakeModel(_BOTH, _OLD, tokens=True),
-    "gpt-4o-mini-transcribe": FakeModel(_BOTH, _OLD, tokens=True),
-    "gpt-4o-mini-transcribe-2025-12-15": FakeModel(_BOTH, _OLD, tokens=True),
+    "gpt-4o-transcribe": FakeModel(_BOTH, _OLD, tokens=True, logprobs=True),
+    "gpt-4o-mini-transcribe": FakeModel(_BOTH, _OLD, tokens=True, logprobs=True),
+    "gpt-4o-mini-transcribe-2025-12-15": FakeModel(_BOTH, _OLD, tokens=True, logprobs=True),
     "whisper-1": FakeModel(_BOTH, _OLD),
 }
 STREAM_STEP_S = 0.3  # a streaming model sends a delta about every this much appended audio
 
 
-def model_problem(model: str | None, transport: str, fields: set[str]) -> tuple[str, str] | None:
-    """(code, message) the real API would refuse this model/transport/field combination with, or None."""
+HTTP_LOGPROBS = "logprobs"
+REALTIME_LOGPROBS = "item.input_audio_transcription.logprobs"
+
+
+def model_problem(
+    model: str | None, transport: str, fields: set[str], include: list[str] | None = None
+) -> tuple[str, str] | None:
+    """(code, message) the real API would refuse this model/transport/field/include combination with, or None."""
     spec = FAKE_MODELS.get(model or "")
     if spec is None:
         return "model_not_found", f"The model '{model}' does not exist or you do not have access to it."
@@ -122,6 +135,11 @@ def model_problem(model: str | None, transport: str, fields: set[str]) -> tuple[
         return "unsupported_model", f"The model '{model}' is not supported on this endpoint."
     if extra := sorted(fields - spec.fields):
         return "unsupported_parameter", f"Unsupported parameter(s) for '{model}': {', '.join(extra)}."
+    known = HTTP_LOGPROBS if transport == "http" else REALTIME_LOGPROBS
+    if bad := [i for i in include or () if i != known]:
+        return "invalid_value", f"Invalid value for 'include': {bad[0]!r}."
+    if include and not spec.logprobs:
+        return "unsupported_parameter", f"'include' ({known}) is not supported with the model '{model}'."
     return None
 
 
@@ -167,6 +185,7 @@ class FakeOpenAIAudio:
         self.refused_updates: list[dict[str, Any]] = []  # session.update payloads answered with an error
         self.detected: list[str] | None = None  # languages to report as detected (newer models do)
         self.bare_events = False  # final events without the optional ``usage`` and ``languages``
+        self.logprob = -0.05  # log-probability of every token, when logprobs were asked for and are supported
         self.script: Script = script or (lambda _req: "")
         self.api_key = api_key
         self.requests: list[TranscriptionRequest] = []
@@ -237,8 +256,18 @@ class FakeOpenAIAudio:
         body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
         return web.json_response(body, status=400)
 
+    def logprobs(self, req: TranscriptionRequest, text: str) -> list[dict[str, Any]] | None:
+        """Token log-probabilities for ``text`` (one token per streamed piece), only if the request asked for them."""
+        if not req.include:
+            return None
+        return [
+            {"token": piece, "bytes": list(piece.encode()), "logprob": self.logprob} for piece in _pieces(text) if piece
+        ]
+
     def _final(self, event: dict[str, Any], req: TranscriptionRequest, text: str) -> dict[str, Any]:
         """The final event with its optional fields, as the configured behaviour says."""
+        if (logprobs := self.logprobs(req, text)) is not None:
+            event["logprobs"] = logprobs
         if self.bare_events:
             return event
         event["usage"] = _token_usage(req, text)
@@ -265,7 +294,8 @@ class FakeOpenAIAudio:
             await self._release.wait()
             raise web.HTTPServiceUnavailable()
         optional = {k for k in fields if k in {"language", "languages", "keywords", "prompt", "delay"}}
-        if problem := model_problem(fields.get("model"), "http", optional):
+        include = fields["include"].split(",") if "include" in fields else None
+        if problem := model_problem(fields.get("model"), "http", optional, include):
             return self._invalid(problem[1], problem[0])
         with wave.open(io.BytesIO(wav_bytes)) as w:
             if w.getnchannels() != 1 or w.getsampwidth() != 2:
@@ -280,6 +310,7 @@ class FakeOpenAIAudio:
                 stream=fields.get("stream") == "true",
                 languages=fields["languages"].split(",") if "languages" in fields else None,
                 keywords=fields["keywords"].split(",") if "keywords" in fields else None,
+                include=include,
             )
         if req.duration_s < MIN_AUDIO_S:
             return self._invalid("Audio file is too short. Minimum audio length is 0.1 seconds.", "audio_too_short")
@@ -290,7 +321,8 @@ class FakeOpenAIAudio:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         events: list[dict[str, Any]] = [
-            {"type": "transcript.text.delta", "delta": piece, "logprobs": None} for piece in _pieces(text)
+            {"type": "transcript.text.delta", "delta": piece, "logprobs": self.logprobs(req, piece)}
+            for piece in _pieces(text)
         ]
         events.append(self._final({"type": "transcript.text.done", "text": text}, req, text))
         for event in events:
@@ -413,6 +445,7 @@ class _RealtimeSession:
             languages=transcription.get("languages"),
             keywords=transcription.get("keywords"),
             delay=transcription.get("delay"),
+            include=self.session.get("include"),
         )
 
     async def stream_partial(self) -> None:
@@ -448,9 +481,12 @@ class _RealtimeSession:
             )
             return
         transcription = new.get("audio", {}).get("input", {}).get("transcription")
-        if transcription:
-            optional = set(transcription) - {"model"}
-            if problem := model_problem(transcription.get("model"), "realtime", optional):
+        effective = _merge(self.session, new)
+        if transcription or effective.get("include"):
+            # ``include`` is session-wide, so it is checked against the model the session will transcribe with.
+            model = (effective["audio"]["input"].get("transcription") or {}).get("model")
+            optional = set(transcription or {}) - {"model"}
+            if problem := model_problem(model, "realtime", optional, effective.get("include")):
                 self.fake.refused_updates.append(new)
                 await self.error(problem[0], problem[1], event)
                 return
@@ -459,7 +495,7 @@ class _RealtimeSession:
             await self.error("invalid_value", "Only a 24kHz sample rate is supported for audio/pcm.", event)
             return
         self.fake.sessions.append(new)
-        self.session = _merge(self.session, new)
+        self.session = effective
         await self.send({"type": "session.updated", "session": self.session})
 
     async def commit(self, event: dict[str, Any]) -> None:
@@ -500,6 +536,9 @@ class _RealtimeSession:
         base = {"item_id": item_id, "content_index": 0}
         rest = text[len(already) :] if text.startswith(already) else text
         for piece in _pieces(rest) if rest else ():
-            await self.send({"type": "conversation.item.input_audio_transcription.delta", **base, "delta": piece})
+            delta = {"type": "conversation.item.input_audio_transcription.delta", **base, "delta": piece}
+            if (logprobs := self.fake.logprobs(req, piece)) is not None:
+                delta["logprobs"] = logprobs
+            await self.send(delta)
         completed = {"type": "conversation.item.input_audio_transcription.completed", **base, "transcript": text}
         await self.send(self.fake._final(completed, req, text))

@@ -68,7 +68,7 @@ from luna_voice.conversation.pacing import Pacer
 from luna_voice.conversation.policy import PolicyName, TurnPolicy
 from luna_voice.conversation.requests import RequestOutcome, RequestRecord, SayRefused, VoiceRequest
 from luna_voice.conversation.transcript import Line, MeetingTranscript
-from luna_voice.conversation.transcript_filter import Drop, no_speech_reason
+from luna_voice.conversation.transcript_filter import WORDS_FLOOR, Drop, no_speech_reason
 from luna_voice.conversation.turns import Sentence, Turn, TurnKind, TurnState
 
 
@@ -102,6 +102,9 @@ class CoreConfig:
     # An utterance whose transcript has not come this long after it ended fails its turn ("stt: timeout"),
     # whatever the engine: a stuck provider (or a model still loading) must never leave a turn "transcribing".
     transcribe_timeout_s: float = 30.0
+    # STT confidence gate: a transcript whose mean token probability is below this is dropped as ``no_speech``
+    # when the engine also doubts there was speech, or gives no such score (see ``transcript_filter``).
+    min_word_confidence: float = WORDS_FLOOR
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,7 @@ class Conversation:
         self._add_usage(turn, usage)
         text = text.strip()
         turn.heard_text, turn.language = text, language
-        if (drop := no_speech_reason(text, confidence, self._names())) is not None:
+        if (drop := no_speech_reason(text, confidence, self._names(), self.cfg.min_word_confidence)) is not None:
             if drop is Drop.PROMPT_WORDS and self._is_addressed(text):  # "Luna," then a pause: she was called
                 self._called[turn.speaker_id] = (text, turn.timings["end_of_speech"])
             return self._no_speech(turn, drop, now)

@@ -39,7 +39,7 @@ class Usage:
 class Confidence:
     """How sure an STT engine is of a transcript, in probabilities; the transcript filter gates on it."""
 
-    speech: float = 1.0  # that the audio held speech at all (Whisper: 1 - no_speech_prob)
+    speech: float | None = 1.0  # that the audio held speech at all (Whisper: 1 - no_speech_prob); None: no such score
     words: float = 1.0  # per token, geometric mean (exp of the mean token log-probability)
 
 

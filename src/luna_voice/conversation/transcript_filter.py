@@ -70,9 +70,10 @@ _WORD = re.compile(r"[\w']+")
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _SOUND_TAG = re.compile(r"^[\[(（【].*[\])）】]$")  # "[Music]", "(applause)"
 
-# Whisper's own no-speech rule (no_speech_prob > 0.6 with avg_logprob < -1), in probabilities.
+# Whisper's own no-speech rule (no_speech_prob > 0.6 with avg_logprob < -1), in probabilities. An engine with no
+# no-speech score (OpenAI's token logprobs) is judged on the words alone: below ``words_floor`` it is dropped.
 SPEECH_FLOOR = 0.4
-WORDS_FLOOR = 0.37  # exp(-1)
+WORDS_FLOOR = 0.37  # exp(-1); the default of ``words_floor`` (LUNA_STT_MIN_CONFIDENCE)
 GARBLED_FLOOR = 0.14  # exp(-2): text this unsure is not worth answering even if there was sound
 
 
@@ -81,15 +82,17 @@ def _units(text: str) -> list[str]:
     return [u for w in _WORD.findall(text.lower()) for u in (list(w) if _CJK.search(w) else [w])]
 
 
-def no_speech_reason(text: str, confidence: Confidence | None, prompt_words: Iterable[str]) -> Drop | None:
+def no_speech_reason(
+    text: str, confidence: Confidence | None, prompt_words: Iterable[str], words_floor: float = WORDS_FLOOR
+) -> Drop | None:
     """Why ``text`` is not speech worth a turn, or None if it is."""
     stripped = text.strip()
     if not stripped:
         return Drop.EMPTY
-    if confidence is not None and (
-        (confidence.speech < SPEECH_FLOOR and confidence.words < WORDS_FLOOR) or confidence.words < GARBLED_FLOOR
-    ):
-        return Drop.LOW_CONFIDENCE
+    if confidence is not None:
+        unsure_of_speech = confidence.speech is None or confidence.speech < SPEECH_FLOOR
+        if (unsure_of_speech and confidence.words < words_floor) or confidence.words < GARBLED_FLOOR:
+            return Drop.LOW_CONFIDENCE
     units = _units(stripped)
     if not units:
         return Drop.PUNCTUATION

@@ -12,6 +12,12 @@ Two transports behind one ``SpeechToText``:
 Which optional fields a request carries (``languages``, ``keywords``, ``prompt``, ``delay``) follows the model's
 row in ``stt_models``; fields of the response beyond the text are read defensively, since older models and SDK
 releases lack them. Every wait is bounded so a stalled service fails the turn instead of hanging the bot.
+
+Confidence: models that return token log-probabilities are asked for them, and the transcript's ``confidence`` is
+their geometric mean probability, ``exp(mean logprob)`` (what offline Whisper's ``exp(avg_logprob)`` is too).
+OpenAI gives no no-speech probability (``speech`` is None), so the words alone decide: the transcript filter drops
+the utterance as ``no_speech`` below ``LUNA_STT_MIN_CONFIDENCE`` (default exp(-1) = 0.37, Whisper's own
+"avg_logprob < -1" rule). No log-probabilities in the answer (another model, an older server) means no gate.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import base64
 import contextlib
 import io
 import logging
+import math
 import time
 import wave
 from collections.abc import Mapping, Sequence
@@ -36,7 +43,7 @@ from openai.types.realtime import RealtimeTranscriptionSessionCreateRequestParam
 from openai.types.websocket_connection_options import WebSocketConnectionOptions
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from luna_voice.conversation.domain import Usage
+from luna_voice.conversation.domain import Confidence, Usage
 from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
 from luna_voice.providers.stt_models import DEFAULT_LANGUAGES, Delay, SttModel, default_model, model_info
 
@@ -45,6 +52,7 @@ log = structlog.get_logger(__name__)
 PROVIDER = "openai"
 REALTIME_RATE = 24_000  # the only PCM rate realtime sessions accept
 MIN_AUDIO_S = 0.1  # both endpoints reject shorter audio; such a blip is an empty transcript, not an error
+REALTIME_LOGPROBS = "item.input_audio_transcription.logprobs"  # the session's ``include`` value
 APPEND_BYTES = REALTIME_RATE * 2  # one second per append event (the API allows up to 15 MiB)
 RECONNECTS = 1  # a dropped socket is retried once with the utterance resent, then the turn fails
 
@@ -134,6 +142,19 @@ def _usage(reported: object, sent_s: float) -> Usage:
     return Usage(stt_seconds=sent_s)
 
 
+def _confidence(logprobs: object) -> Confidence | None:
+    """Geometric mean token probability of a ``logprobs`` list, read defensively; None when there is nothing usable."""
+    values = [
+        lp
+        for lp in (getattr(item, "logprob", None) for item in (logprobs if isinstance(logprobs, list) else ()))
+        if isinstance(lp, int | float) and math.isfinite(lp)
+    ]
+    if not values:
+        return None
+    p = math.exp(min(0.0, sum(values) / len(values)))
+    return Confidence(speech=None, words=p)  # OpenAI reports no no-speech probability
+
+
 def _detected(event: object, fallback: str | None) -> str | None:
     """The first detected language, if the event has any (only newer models report ``languages``)."""
     codes = [getattr(lang, "code", None) for lang in (getattr(event, "languages", None) or ())]
@@ -178,12 +199,15 @@ class OpenAISTT:
 
     def open_stream(self, *, prompt: str | None = None, keywords: Sequence[str] = ()) -> RealtimeStream | HttpStream:
         optional = _request_fields(self._info, self._language, self._languages, prompt, keywords)
+        logprobs = self._info is not None and self._info.logprobs
         if self._mode == "http":
+            if logprobs:
+                optional["include"] = ["logprobs"]
             return HttpStream(self._client, self._model, optional, self._language, self._finish_timeout_s)
         transcription: dict[str, Any] = {"model": self._model, **optional}
         if self._delay:
             transcription["delay"] = self._delay
-        session = {
+        session: dict[str, Any] = {
             "type": "transcription",
             "audio": {
                 "input": {
@@ -193,6 +217,8 @@ class OpenAISTT:
                 }
             },
         }
+        if logprobs:
+            session["include"] = [REALTIME_LOGPROBS]
         return RealtimeStream(
             self._client,
             cast(RealtimeTranscriptionSessionCreateRequestParam, session),
@@ -385,7 +411,10 @@ class RealtimeStream:
                 usage = _usage(getattr(event, "usage", None), _seconds(len(self._audio), REALTIME_RATE))
                 usage.stt_seconds += self._resent_s
                 return Transcript(
-                    getattr(event, "transcript", None) or "", language=_detected(event, self._language), usage=usage
+                    getattr(event, "transcript", None) or "",
+                    language=_detected(event, self._language),
+                    usage=usage,
+                    confidence=_confidence(getattr(event, "logprobs", None)),
                 )
             elif event.type == "conversation.item.input_audio_transcription.failed":
                 error = getattr(event, "error", None)
@@ -420,7 +449,7 @@ class HttpStream:
     ) -> None:
         self._client = client
         self._model = model
-        self._optional = optional  # language(s), prompt, keywords: only what the model takes
+        self._optional = optional  # language(s), prompt, keywords, include: only what the model takes
         self._language = language
         self._finish_timeout_s = finish_timeout_s
         self._pcm = bytearray()
@@ -459,6 +488,7 @@ class HttpStream:
                         getattr(event, "text", None) or "",
                         language=_detected(event, self._language),
                         usage=_usage(getattr(event, "usage", None), seconds),
+                        confidence=_confidence(getattr(event, "logprobs", None)),
                     )
         raise ProviderError(PROVIDER, "stream ended without a transcript")
 

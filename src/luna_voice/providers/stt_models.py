@@ -9,6 +9,11 @@ OpenAI's model pages (developers.openai.com/api/docs/models/<model>) for endpoin
 * ``gpt-realtime-whisper`` is realtime only, streams while audio arrives, takes ``delay`` and no ``prompt``.
 * The ``gpt-4o-*transcribe`` family and ``whisper-1`` take ``prompt`` and one ``language`` only, and are billed per
   token (their ``usage`` is ``{"type": "tokens"}``); the newer models are billed per minute of audio.
+* Token log-probabilities (``include=["logprobs"]`` over HTTP, the session's
+  ``include=["item.input_audio_transcription.logprobs"]`` over realtime) come only from the ``gpt-4o-*transcribe``
+  models: ``TranscriptionCreateParams.include`` says "only with the models gpt-4o-transcribe,
+  gpt-4o-mini-transcribe, and gpt-4o-mini-transcribe-2025-12-15"; no other model is documented to return them, so
+  no other model is asked (the confidence gate is then simply off for it).
 
 A model missing from the table is passed through with only ``model`` and ``language`` set (nothing the API could
 reject for an unknown model), billed per minute at ``Prices.stt_per_minute``, and logged at startup.
@@ -48,6 +53,7 @@ class SttModel:
     languages: bool = False  # a list of possible languages (else at most one ``language``)
     delay: bool = False
     streams_while_speaking: bool = False  # text deltas before the commit, so the final text is ready sooner
+    logprobs: bool = False  # returns token log-probabilities when asked (``include``)
     shutdown: dt.date | None = None
     per_minute: float | None = None  # USD list price, when billed by audio duration
     tokens: TokenPrices | None = None  # USD list prices, when billed by tokens
@@ -76,9 +82,18 @@ MODELS: dict[str, SttModel] = {
         SttModel(
             "gpt-realtime-whisper", _REALTIME, prompt=False, delay=True, streams_while_speaking=True, per_minute=0.017
         ),
-        SttModel("gpt-4o-transcribe", _BOTH, shutdown=SHUTDOWN_2027, per_minute=0.006, tokens=_4O),
-        SttModel("gpt-4o-mini-transcribe", _BOTH, shutdown=SHUTDOWN_2027, per_minute=0.003, tokens=_4O_MINI),
-        SttModel("gpt-4o-mini-transcribe-2025-12-15", _BOTH, shutdown=SHUTDOWN_2027, per_minute=0.003, tokens=_4O_MINI),
+        SttModel("gpt-4o-transcribe", _BOTH, logprobs=True, shutdown=SHUTDOWN_2027, per_minute=0.006, tokens=_4O),
+        SttModel(
+            "gpt-4o-mini-transcribe", _BOTH, logprobs=True, shutdown=SHUTDOWN_2027, per_minute=0.003, tokens=_4O_MINI
+        ),
+        SttModel(
+            "gpt-4o-mini-transcribe-2025-12-15",
+            _BOTH,
+            logprobs=True,
+            shutdown=SHUTDOWN_2027,
+            per_minute=0.003,
+            tokens=_4O_MINI,
+        ),
         SttModel("whisper-1", _BOTH, shutdown=SHUTDOWN_2027, per_minute=0.006),
     )
 }
