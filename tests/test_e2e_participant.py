@@ -13,8 +13,7 @@ import pytest
 
 from luna_voice.providers.base import PIPELINE_RATE
 from roomtools import active_seconds, human_page, speech_file, until
-from speech import words_match
-from test_e2e_local_room import transcribe
+from speech import transcribe, words_match
 
 pytestmark = pytest.mark.browser
 
