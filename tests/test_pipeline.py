@@ -395,13 +395,13 @@ async def ticker_survives_close() -> bool:
     async def frames() -> None:
         while True:  # a busy room: every capture frame wakes the ticker
             p.pipe.frame("a", 0.0, SILENT)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one frame per loop step, as fast as the loop runs
 
     feeder = asyncio.create_task(frames())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one step: the feeder is running when close starts
     await p.pipe.aclose()
     feeder.cancel()
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one step: a ticker the close missed would be woken and running again
     return p.pipe.running
 
 
