@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from luna_voice.providers.offline import WhisperSTT
+
 
 def make_speech_wav(text: str, path: Path, voice: str = "en-gb-x-rp", rate: int = 16_000, *, word_gap: int = 5) -> Path:
     """Write ``text`` spoken by espeak-ng as 16-bit mono at ``rate`` to ``path``.
@@ -37,6 +39,22 @@ def read_wav_int16(path: Path) -> tuple[np.ndarray, int]:
     with wave.open(str(path)) as reader:
         assert reader.getnchannels() == 1 and reader.getsampwidth() == 2, f"{path} is not 16-bit mono"
         return np.frombuffer(reader.readframes(reader.getnframes()), dtype="<i2"), reader.getframerate()
+
+
+def speech_frames(text: str, path: Path, frame_samples: int = 320) -> list[bytes]:
+    """``text`` spoken at 16 kHz (``make_speech_wav``) as 20 ms frames of 16-bit PCM, the last one padded with
+    silence: what a page's capture sends for one utterance."""
+    samples, rate = read_wav_int16(make_speech_wav(text, path))
+    assert rate == 16_000, rate
+    padded = np.concatenate([samples, np.zeros(-len(samples) % frame_samples, np.int16)])
+    return [frame.tobytes() for frame in padded.reshape(-1, frame_samples)]
+
+
+async def transcribe(pcm: np.ndarray) -> str:
+    """What offline Whisper hears in 16 kHz ``pcm``: how a test checks that audio says what it should."""
+    stream = WhisperSTT().open_stream()
+    await stream.push(pcm.astype(np.int16).tobytes())
+    return (await stream.finish()).text
 
 
 def _words(text: str) -> list[str]:

@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
-
+from levels import VOICED, LoudIsVoiced
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.bridge.clock import PageClock
 from scripted_room import Room
-from test_pipeline import LoudIsVoiced
-
-TONE = (
-    (0.3 * 32767 * np.sin(2 * np.pi * 220 * np.arange(320) / 16000)).astype(np.int16).tobytes()
-)  # loud: voiced for the level detector that stands in for Silero here
 
 
 def test_page_times_map_onto_ours_never_in_the_future():
@@ -98,7 +92,7 @@ async def test_an_utterance_is_not_cut_when_the_page_clock_has_another_origin():
     pipe = pipeline(stt, now)
     for _ in range(100):  # two seconds of speech; the page's clock says it is an hour earlier
         now[0] += 0.02
-        pipe.frame("a", (now[0] - 3600 - 0.01) * 1000, TONE)
+        pipe.frame("a", (now[0] - 3600 - 0.01) * 1000, VOICED)
         pipe.core.tick(now[0])  # the ticker's check for a speaker whose frames stopped
     assert stt.opened == 1  # one utterance, not one per tick
     await pipe.aclose()

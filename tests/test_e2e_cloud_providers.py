@@ -13,7 +13,7 @@ from fakes.botsession import FakeBotSession, Reply, serve
 from fakes.openai_audio import FakeOpenAIAudio
 from luna_voice.providers.azure_tts import billable_characters
 from luna_voice.providers.base import PIPELINE_RATE
-from roomtools import active_seconds, human_page, speech_file, until
+from roomtools import active_seconds, human_page, luna_quiet_at, speech_file, until
 
 pytestmark = pytest.mark.browser
 
@@ -57,7 +57,7 @@ async def test_a_turn_through_openai_botsession_and_azure(start_service, launch_
             return next((t for t in turns if t["state"] == "done"), None)
 
         turn = await until(answered, 60, "Luna's answer", step=0.5)
-        await page.wait_for_timeout(800)
+        await luna_quiet_at(page)  # the end of her voice has crossed WebRTC into Mei's page
         rec = await page.evaluate("lunaDemo.stopRecording()")
 
     # OpenAI heard the person's audio at its rate with the current model, participant names in the prompt and

@@ -10,19 +10,12 @@ import numpy as np
 import pytest
 
 from luna_voice.providers.base import PIPELINE_RATE
-from luna_voice.providers.offline import WhisperSTT
 from roomtools import active_seconds, human_page, luna_quiet_at, speech_file, until
-from speech import words_match
+from speech import transcribe, words_match
 
 pytestmark = pytest.mark.browser
 
 SAID = "Hello there, what is the weather like today?"
-
-
-async def transcribe(pcm: np.ndarray) -> str:
-    stream = WhisperSTT().open_stream()
-    await stream.push(pcm.astype(np.int16).tobytes())
-    return (await stream.finish()).text
 
 
 async def test_luna_hears_a_person_and_answers_out_loud(start_service, launch_human, tmp_path):

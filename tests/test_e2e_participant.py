@@ -4,7 +4,6 @@ goodbye and her tile leaves the grid, and the transcript of the stay holds Bob's
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Any
 
@@ -12,9 +11,8 @@ import numpy as np
 import pytest
 
 from luna_voice.providers.base import PIPELINE_RATE
-from roomtools import active_seconds, human_page, speech_file, until
-from speech import words_match
-from test_e2e_local_room import transcribe
+from roomtools import active_seconds, human_page, luna_quiet_at, speech_file, until
+from speech import transcribe, words_match
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +43,7 @@ async def test_say_is_heard_and_asked_to_leave_she_says_goodbye_and_goes(start_s
     assert said["state"] in ("thinking", "queued")
     done = await until(lambda: turn("say", "done"), 30, "Luna to say it")
     assert done["id"] == said["say_id"] and done["spoken_text"] == SAID
-    await asyncio.sleep(1.0)  # the last audio crosses WebRTC into Alice's page
+    await luna_quiet_at(alice)  # the end of her voice has crossed WebRTC into Alice's page
     rec = await alice.evaluate("lunaDemo.stopRecording()")
     heard = np.frombuffer(base64.b64decode(rec["pcm"]), dtype=np.int16)
     assert active_seconds(heard, PIPELINE_RATE) >= 0.5 * done["played_audio_s"]

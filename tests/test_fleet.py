@@ -27,6 +27,7 @@ from luna_voice.scale.dispatch import CapacityReached, DispatchConfig, Dispatche
 from luna_voice.scale.fleet import Fleet, FleetConfig
 from luna_voice.scale.internal import FLEET, internal_routes
 from luna_voice.scale.machines import MachinesApi
+from roomtools import until
 
 ROOT = Path(__file__).resolve().parents[1]
 V1, V2 = "registry.fly.io/luna-voice:deployment-1", "registry.fly.io/luna-voice:deployment-2"
@@ -35,11 +36,7 @@ BOT = (sys.executable, "-m", "tests.fakes.bot_machine")
 
 async def eventually(check: Callable[[], bool], within: float = 10.0, what: str = "condition") -> None:
     """Wait for a condition the system reaches on its own (bounded); fails with what was awaited."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.05)
+    await until(lambda: asyncio.sleep(0, check()), within, what, step=0.05)
 
 
 @dataclass

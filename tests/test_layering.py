@@ -63,3 +63,35 @@ def test_the_api_reaches_bots_only_through_the_service_interface() -> None:
     assert "luna_voice.api.port" in imports  # the scan really sees the routes' imports
     reaching = sorted(m for m in imports if m == "luna_voice.service" or m.startswith("luna_voice.bots"))
     assert not reaching, f"the api must not import these: {reaching}"
+
+
+TESTS = Path(__file__).parent
+
+
+def _imported_test_modules(path: Path) -> set[str]:
+    """Every ``test_*`` module a file imports, at any depth: shared helpers belong in helper modules, because a
+    test module imported by another runs its collection twice and couples unrelated tests (issue 16)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names |= {node.module} if node.module else set()
+            names |= {a.name for a in node.names if a.name.startswith("test_")}  # ``from tests import test_x``
+    return {name for name in names if any(part.startswith("test_") for part in name.split("."))}
+
+
+def test_test_modules_do_not_import_each_other() -> None:
+    files = sorted(TESTS.glob("test_*.py"))
+    assert len(files) > 10  # the scan really sees the suite
+    found = {f"{path.name}: {module}" for path in files for module in _imported_test_modules(path)}
+    assert not found, f"move shared helpers into a helper module (roomtools, pageless, ...): {sorted(found)}"
+
+
+def test_the_scan_sees_a_test_module_imported(tmp_path: Path) -> None:
+    bad = tmp_path / "test_bad.py"
+    bad.write_text(
+        "from test_pipeline import LoudIsVoiced\nimport tests.test_clock\nfrom tests import test_api\n"
+        "def f():\n    import test_webhooks\n    from roomtools import until\n"
+    )
+    assert _imported_test_modules(bad) == {"test_pipeline", "tests.test_clock", "test_api", "test_webhooks"}

@@ -4,11 +4,11 @@ leave. The test plays Luna's page over the real bridge socket (no browser needed
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 
 import aiohttp
-import numpy as np
 import pytest
 
 from fakes.botsession import Reply, fake_botsession
@@ -21,6 +21,7 @@ from luna_voice.providers.select import ProviderSet
 from pageless import PagelessHost, page_config, page_hello
 from roomtools import until
 from scripted_room import Room
+from speech import speech_frames
 
 
 async def summon(start_service, **settings):  # type: ignore[no-untyped-def]
@@ -414,11 +415,6 @@ async def test_every_url_the_page_gets_is_built_from_the_configured_base(start_s
     assert cfg["room"]["signalUrl"] == "wss://luna-bots.internal:9443/local/rooms/life/signal"
 
 
-_t = np.arange(bp.CAPTURE_FRAME_SAMPLES) / bp.CAPTURE_RATE
-_buzz = sum(np.sin(2 * np.pi * 150 * k * _t) / k for k in range(1, 12))
-VOICED = (_buzz / np.abs(_buzz).max() * 8000).astype(np.int16).tobytes()  # webrtcvad takes it for speech
-
-
 class HeardAnn:
     """STT that hears every utterance as one fixed question."""
 
@@ -460,7 +456,7 @@ class SecondPerSentence:
         pass
 
 
-async def test_dismissed_mid_answer_the_app_is_told_what_the_room_heard(start_service):
+async def test_dismissed_mid_answer_the_app_is_told_what_the_room_heard(start_service, tmp_path):
     """BotSession contract v2 at the end of a stay: the turn Luna is speaking when she is dismissed gets its one
     closing ``spoken`` call (interrupted, with what was heard), so the app does not keep an answer nobody heard."""
     async with fake_botsession(token="t0k") as app:
@@ -478,15 +474,24 @@ async def test_dismissed_mid_answer_the_app_is_told_what_the_room_heard(start_se
         await until(lambda: asyncio.sleep(0, bool(host.urls)), 5, "the page to open")
         bot = (await svc.call("GET", "/rooms/life/luna"))[1]
         ws = await _joined_with(svc, bot, page_config(host.urls[0]), "Ann")
-        for seq in range(30):  # Ann speaks for 0.6 s, in real time as a page captures, then stops
-            await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, seq, seq * 20.0, VOICED))
-            await asyncio.sleep(bp.FRAME_MS / 1000)
+        words = speech_frames("Luna, are you there?", tmp_path / "ann.wav", bp.CAPTURE_FRAME_SAMPLES)
+        silence = bytes(2 * bp.CAPTURE_FRAME_SAMPLES)
+
+        async def ann_speaks_then_is_quiet() -> None:  # in real time, as a page captures, until cancelled
+            for seq in itertools.count():
+                pcm = words[seq] if seq < len(words) else silence
+                await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, seq, seq * 20.0, pcm))
+                await asyncio.sleep(bp.FRAME_MS / 1000)  # paces real-time audio
 
         async def speaking():  # type: ignore[no-untyped-def]
             turns = (await svc.call("GET", "/rooms/life/luna"))[1]["turns"]
             return turns[0] if turns and turns[0]["state"] == "speaking" else None
 
-        turn = await until(speaking, 10, "Luna to answer out loud")
+        capture = asyncio.create_task(ann_speaks_then_is_quiet())
+        try:
+            turn = await until(speaking, 15, "Luna to answer out loud")
+        finally:
+            capture.cancel()
         heard = [bp.decode_audio(msg.data).seq for msg in [await ws.receive(timeout=5) for _ in range(10)]]
         await ws.send_str(json.dumps({"type": "played", "seq": heard[-1], "idle": False}))  # the room heard 0.2 s
         await _sync(svc, ws, "marker")

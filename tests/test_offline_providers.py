@@ -183,7 +183,7 @@ async def test_an_utterance_that_ends_while_the_model_loads_is_transcribed_once_
     stream = stt.open_stream()
     await stream.push(samples.tobytes())
     finishing = asyncio.create_task(stream.finish())  # ... when the utterance ends
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one step: finish runs to its wait on the load (and must not get further)
     assert not finishing.done()
     release.set()
     async with asyncio.timeout(30):

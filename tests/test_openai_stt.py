@@ -24,6 +24,7 @@ from fakes.openai_audio import REALTIME_LOGPROBS, FakeOpenAIAudio, Fault
 from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
 from luna_voice.providers.openai_stt import OpenAISTT, _confidence
 from luna_voice.providers.stt_models import MODELS, default_model, startup_warnings
+from roomtools import until
 from scripted_room import Room
 
 KEY = "sk-test-0123456789abcdef"
@@ -168,11 +169,7 @@ async def test_realtime_streams_audio_before_finish(fake, make_stt):
     pcm = tone(0.6)
     for i in range(0, len(pcm), FRAME):
         await stream.push(pcm[i : i + FRAME])
-    for _ in range(200):
-        if fake.connections and fake.sessions:
-            break
-        await asyncio.sleep(0.01)
-    assert fake.sessions, "the session was not opened while audio was being pushed"
+    await until(lambda: asyncio.sleep(0, bool(fake.sessions)), 2, "the session to open while audio is pushed", 0.01)
     assert (await stream.finish()).text == MIXED
 
 
@@ -199,7 +196,7 @@ async def test_cancel_drops_the_utterance(fake, make_stt):
     stream = make_stt("realtime").open_stream()
     await stream.push(tone(0.5))
     await stream.cancel()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # time passes, to show that no request follows the cancel
 
     assert fake.requests == []
 
@@ -269,11 +266,7 @@ async def test_streaming_model_sends_text_while_the_person_speaks(fake, make_stt
     pcm = tone(1.5)
     for i in range(0, len(pcm), FRAME):
         await stream.push(pcm[i : i + FRAME])
-    for _ in range(300):  # wait on the event itself: the fake saw enough audio to stream a delta
-        if fake.early_deltas:
-            break
-        await asyncio.sleep(0.01)
-    assert fake.early_deltas, "no text was streamed before the commit"
+    await until(lambda: asyncio.sleep(0, bool(fake.early_deltas)), 3, "text streamed before the commit", 0.01)
     transcript = await stream.finish()
     assert transcript.text == MIXED
     assert transcript.final_after_s is not None
@@ -570,10 +563,8 @@ async def test_realtime_drop_while_speaking_reconnects_and_loses_no_audio(fake, 
 
     for i in range(0, half, FRAME):
         await stream.push(pcm[i : i + FRAME])
-    for _ in range(200):  # the person is still talking when the socket drops and the stream reconnects
-        if len(fake.sessions) == 2:
-            break
-        await asyncio.sleep(0.01)
+    # the person is still talking when the socket drops and the stream reconnects
+    await until(lambda: asyncio.sleep(0, len(fake.sessions) == 2), 2, "the stream to reconnect", 0.01)
     assert len(fake.connections) == 2
     for i in range(half, len(pcm), FRAME):
         await stream.push(pcm[i : i + FRAME])

@@ -4,85 +4,15 @@ person, and renders Luna's audio at once, reporting playback marks as the page's
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from luna_voice.api.models import MAX_SAY_CHARS
 from luna_voice.bridge import protocol as bp
-from pageless import PagelessHost, page_config, page_hello
+from pageless import PagelessHost, event_stream, next_event, open_room
 from roomtools import until
-
-
-class Page:
-    """Luna's page without a browser: hello, joined, one person in the room, and playback rendered at once."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.samples = 0
-        self.controls: list[dict[str, Any]] = []
-        self.task = asyncio.create_task(self._render())
-
-    async def _render(self) -> None:
-        async for msg in self.ws:
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                frame = bp.decode_audio(msg.data)
-                self.samples += len(frame.pcm) // 2
-                await self.ws.send_str(json.dumps({"type": "played", "seq": frame.seq, "idle": True}))
-            elif msg.type == aiohttp.WSMsgType.TEXT:
-                self.controls.append(json.loads(msg.data))
-                if self.controls[-1]["type"] == "leave":
-                    await self.ws.send_str(json.dumps({"type": "room_state", "state": "left"}))
-
-
-async def open_room(start_service, room: str, **settings: Any) -> tuple[Any, Page]:  # type: ignore[no-untyped-def]
-    host = PagelessHost()
-    svc = await start_service(host=host, **settings)
-    status, bot = await svc.call("POST", f"/rooms/{room}/luna", json={"backend": "local"})
-    assert status == 201
-    await until(lambda: asyncio.sleep(0, bool(host.urls)), 5, "the page to open")
-    cfg = page_config(host.urls[0])
-    ws = await svc.http.ws_connect(f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}")
-    await ws.send_str(page_hello(cfg))
-    await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Ann"}))
-    await ws.send_str(json.dumps({"type": "room_state", "state": "joined"}))
-    await until(lambda: joined(svc, room), 5, "Luna to join")
-    return svc, Page(ws)
-
-
-async def joined(svc, room: str) -> bool:  # type: ignore[no-untyped-def]
-    return (await svc.call("GET", f"/rooms/{room}/luna"))[1]["state"] == "joined"
-
-
-@contextlib.asynccontextmanager
-async def event_stream(svc, room: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:  # type: ignore[no-untyped-def]
-    """The events stream (SSE) as a queue of parsed events."""
-    q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    async def read() -> None:
-        async with svc.http.get(f"{svc.url}/rooms/{room}/luna/events") as resp:
-            async for raw in resp.content:
-                if raw.startswith(b"data: "):
-                    q.put_nowait(json.loads(raw[6:]))
-
-    task = asyncio.create_task(read())
-    try:
-        assert (await asyncio.wait_for(q.get(), 5))["type"] == "status"
-        yield q
-    finally:
-        task.cancel()
-
-
-async def next_event(q: asyncio.Queue[dict[str, Any]], kind: str, limit: float = 20) -> dict[str, Any]:
-    async with asyncio.timeout(limit):
-        while (event := await q.get())["type"] != kind:
-            pass
-    return event
 
 
 async def test_say_is_spoken_into_the_room_and_followed_on_the_events_stream(start_service):

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import pytest
 
+from levels import SILENT, VOICED, LoudIsVoiced
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
@@ -23,23 +23,9 @@ from luna_voice.conversation.core import Conversation, CoreConfig
 from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.conversation.events import CoreEvent, LateUsage, TurnChanged
 from luna_voice.conversation.turns import TurnState
-from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
+from luna_voice.providers.base import ProviderError, RateLimited, Transcript
 
 RATE = 48_000
-
-
-class LoudIsVoiced:
-    """A frame louder than -30 dBFS is voiced."""
-
-    def is_speech(self, pcm: bytes) -> bool:
-        x = np.frombuffer(pcm, "<i2").astype(np.float64) / 32768
-        return bool(x.size) and float(np.sqrt(np.mean(x**2))) > 0.03
-
-
-_t = np.arange(320) / PIPELINE_RATE
-_buzz = sum(np.sin(2 * np.pi * 150 * k * _t) / k for k in range(1, 12))
-VOICED = (_buzz / np.abs(_buzz).max() * 8000).astype(np.int16).tobytes()
-SILENT = bytes(640)
 
 
 class Hang(Exception):
@@ -409,13 +395,13 @@ async def ticker_survives_close() -> bool:
     async def frames() -> None:
         while True:  # a busy room: every capture frame wakes the ticker
             p.pipe.frame("a", 0.0, SILENT)
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # one frame per loop step, as fast as the loop runs
 
     feeder = asyncio.create_task(frames())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one step: the feeder is running when close starts
     await p.pipe.aclose()
     feeder.cancel()
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one step: a ticker the close missed would be woken and running again
     return p.pipe.running
 
 

@@ -32,11 +32,8 @@ async def rtk_service(start_service, cloudflare, **overrides):  # type: ignore[n
 
 
 async def opened_url(host: PagelessHost) -> str:
-    for _ in range(100):
-        if host.urls:
-            return host.urls[0]
-        await asyncio.sleep(0.02)
-    raise AssertionError("Luna's page was never opened")
+    await until(lambda: asyncio.sleep(0, bool(host.urls)), 2, "Luna's page to open", step=0.02)
+    return host.urls[0]
 
 
 async def test_summon_mints_a_named_token_and_hands_it_to_the_page(start_service, cloudflare):

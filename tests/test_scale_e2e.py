@@ -32,7 +32,7 @@ from luna_voice.config import Settings
 from luna_voice.providers.base import PIPELINE_RATE
 from luna_voice.scale.service import DispatcherService
 from luna_voice.scale.settings import FlySettings
-from roomtools import active_seconds, human_page, speech_file, until
+from roomtools import active_seconds, human_page, luna_quiet_at, speech_file, until
 from speech import words_match
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,7 +150,7 @@ async def test_luna_on_her_own_machine_hears_answers_survives_a_crash_and_a_disp
 
         turn = await until(answered, 90, "Luna to hear Alice and answer", step=0.5)
         assert "Alice" in turn["reply_text"]
-        await asyncio.sleep(1.0)  # as in test_e2e_local_room: the last audio crosses WebRTC into Alice's page
+        await luna_quiet_at(page)  # the end of her voice has crossed WebRTC into Alice's page
         rec = await page.evaluate("lunaDemo.stopRecording()")
         heard = np.frombuffer(base64.b64decode(rec["pcm"]), dtype=np.int16)
         assert active_seconds(heard, PIPELINE_RATE) >= 0.5 * turn["reply_audio_s"]

@@ -24,8 +24,8 @@ from luna_voice.conversation.events import MutedChanged, SpeakChanged, SpeakingC
 from luna_voice.events import StateChanged
 from luna_voice.signing import signature, verify
 from luna_voice.webhooks import WebhookSender, webhook_event
+from pageless import event_stream, next_event, open_room
 from roomtools import until
-from test_participant_api import event_stream, next_event, open_room
 
 SECRET = "whsec-test"
 
