@@ -217,6 +217,17 @@ async def test_a_realtime_stream_cancelled_mid_utterance_counts_the_audio_it_sen
     assert usage.stt_seconds == pytest.approx(1.5, abs=0.05)
 
 
+async def test_a_blip_too_short_to_commit_still_counts_what_the_streaming_model_heard(fake, make_stt):
+    stream = make_stt("realtime").open_stream()
+    await stream.push(tone(0.06))
+    await fake.until(lambda: fake.appended > 0)
+
+    transcript = await stream.finish()
+
+    assert transcript.text == "" and fake.requests == []
+    assert transcript.usage.stt_seconds == pytest.approx(fake.appended / 2 / 24_000)
+
+
 async def test_a_committed_turn_model_cancelled_before_the_commit_counts_nothing(fake, make_stt):
     stream = make_stt("realtime", model="gpt-4o-transcribe").open_stream()
     await stream.push(tone(1.0))

@@ -317,8 +317,7 @@ class RealtimeStream:
         self._finishing = True
         self._wake.set()
         if self._task is None or _seconds(len(self._audio), REALTIME_RATE) < MIN_AUDIO_S:
-            await self.cancel()
-            return Transcript("", language=self._language)
+            return Transcript("", language=self._language, usage=await self.cancel())  # a blip heard is billed
         try:
             async with asyncio.timeout(self._finish_timeout_s):
                 transcript = await self._task  # a timeout cancels the task, which closes its socket
