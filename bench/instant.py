@@ -37,8 +37,8 @@ class _Stream:
     async def finish(self) -> Transcript:
         return Transcript(HEARD if self._loud * 0.02 >= _LOUD_S else BACKCHANNEL, "en")
 
-    async def cancel(self) -> None:
-        pass
+    async def cancel(self) -> Usage:
+        return Usage()
 
 
 class InstantSTT:

@@ -8,6 +8,7 @@ import asyncio
 from levels import VOICED, LoudIsVoiced
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.bridge.clock import PageClock
+from luna_voice.conversation.domain import Usage
 from scripted_room import Room
 
 
@@ -46,8 +47,8 @@ class Stt:
     async def finish(self):  # type: ignore[no-untyped-def]
         await asyncio.Event().wait()
 
-    async def cancel(self) -> None:
-        pass
+    async def cancel(self) -> Usage:
+        return Usage()
 
     async def warm(self) -> None:
         pass

@@ -429,8 +429,8 @@ class HeardAnn:
     async def finish(self) -> Transcript:
         return Transcript("Luna, are you there?", "en")
 
-    async def cancel(self) -> None:
-        pass
+    async def cancel(self) -> Usage:
+        return Usage()
 
     async def warm(self) -> None:
         pass

@@ -133,6 +133,22 @@ async def test_whisper_transcribes_speech_pushed_in_20ms_frames(stt: WhisperSTT,
     assert transcript.usage == Usage(stt_seconds=pytest.approx(len(samples) / PIPELINE_RATE))
 
 
+async def test_whisper_cancel_reports_the_audio_it_was_transcribing_like_the_cloud_engines(stt: WhisperSTT) -> None:
+    """Free, but consistent: a timeout cancels a transcription under way (its audio is counted); a stream dropped
+    before the end of the utterance was never transcribed (nothing is)."""
+    pcm = np.zeros(PIPELINE_RATE, dtype="<i2").tobytes()
+    dropped, overdue = stt.open_stream(), stt.open_stream()
+    await dropped.push(pcm)
+    await overdue.push(pcm)
+    finishing = asyncio.create_task(overdue.finish())
+    await asyncio.sleep(0)  # one step: the model is at work on the second
+    finishing.cancel()
+    await asyncio.wait([finishing])
+
+    assert await dropped.cancel() == Usage()
+    assert await overdue.cancel() == Usage(stt_seconds=1.0)
+
+
 @pytest.mark.parametrize("pcm", [b"", b"\x01", np.zeros(800, dtype="<i2").tobytes()], ids=["none", "odd", "50ms"])
 async def test_whisper_returns_empty_text_for_no_or_too_little_audio(stt: WhisperSTT, pcm: bytes) -> None:
     stream = stt.open_stream()

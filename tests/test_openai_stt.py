@@ -21,6 +21,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from fakes.openai_audio import REALTIME_LOGPROBS, FakeOpenAIAudio, Fault
+from luna_voice.conversation.domain import Usage
 from luna_voice.providers.base import PIPELINE_RATE, ProviderError, RateLimited, Transcript
 from luna_voice.providers.openai_stt import OpenAISTT, _confidence
 from luna_voice.providers.stt_models import MODELS, default_model, startup_warnings
@@ -199,6 +200,70 @@ async def test_cancel_drops_the_utterance(fake, make_stt):
     await asyncio.sleep(0.05)  # time passes, to show that no request follows the cancel
 
     assert fake.requests == []
+
+
+async def test_a_realtime_stream_cancelled_mid_utterance_counts_the_audio_it_sent(fake, make_stt):
+    """The bot leaves while someone speaks: the streaming model already billed the 1.5 s it received."""
+    stream = make_stt("realtime").open_stream()
+    pcm = tone(1.5)
+    for i in range(0, len(pcm), FRAME):
+        await stream.push(pcm[i : i + FRAME])
+    await fake.until(lambda: fake.appended >= 2 * round(1.45 * 24_000))  # the resampler holds back a few ms
+
+    usage = await stream.cancel()
+
+    assert fake.requests == []  # never committed: no transcript, but billed all the same
+    assert usage.stt_seconds == pytest.approx(fake.appended / 2 / 24_000)
+    assert usage.stt_seconds == pytest.approx(1.5, abs=0.05)
+
+
+async def test_a_blip_too_short_to_commit_still_counts_what_the_streaming_model_heard(fake, make_stt):
+    stream = make_stt("realtime").open_stream()
+    await stream.push(tone(0.06))
+    await fake.until(lambda: fake.appended > 0)
+
+    transcript = await stream.finish()
+
+    assert transcript.text == "" and fake.requests == []
+    assert transcript.usage.stt_seconds == pytest.approx(fake.appended / 2 / 24_000)
+
+
+async def test_a_committed_turn_model_cancelled_before_the_commit_counts_nothing(fake, make_stt):
+    stream = make_stt("realtime", model="gpt-4o-transcribe").open_stream()
+    await stream.push(tone(1.0))
+    await fake.until(lambda: fake.appended > 0)
+
+    assert await stream.cancel() == Usage()
+
+
+async def test_a_realtime_transcription_cancelled_after_the_commit_counts_its_audio(fake, make_stt):
+    """The core's timeout gives up on a transcript that never comes: the committed audio was billed."""
+    fake.fail_next(Fault(hang=True))
+    stream = make_stt("realtime", model="gpt-4o-transcribe", finish_timeout_s=30).open_stream()
+    await stream.push(tone(1.0))
+    finishing = asyncio.create_task(stream.finish())
+    await fake.until(lambda: bool(fake.requests))  # committed: the fake records it, then never answers
+    finishing.cancel()
+    await asyncio.wait([finishing])
+
+    usage = await stream.cancel()
+
+    assert usage.stt_seconds == pytest.approx(fake.requests[0].duration_s) == pytest.approx(1.0, abs=0.02)
+
+
+async def test_an_http_transcription_cancelled_after_the_upload_counts_its_audio(fake, make_stt):
+    fake.fail_next(Fault(hang=True))
+    stream = make_stt("http", finish_timeout_s=30).open_stream()
+    unsent = make_stt("http").open_stream()
+    await stream.push(tone(1.0))
+    await unsent.push(tone(1.0))
+    finishing = asyncio.create_task(stream.finish())
+    await fake.until(lambda: fake.hung == 1)  # the whole upload reached the service
+    finishing.cancel()
+    await asyncio.wait([finishing])
+
+    assert await stream.cancel() == Usage(stt_seconds=pytest.approx(1.0))
+    assert await unsent.cancel() == Usage()  # nothing uploaded, nothing billed
 
 
 # ------------------------------------------------------------------ the model table

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from fakes.openai_audio import FakeOpenAIAudio, Fault
 from levels import SILENT, VOICED, LoudIsVoiced
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
@@ -24,6 +25,7 @@ from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.conversation.events import CoreEvent, LateUsage, TurnChanged
 from luna_voice.conversation.turns import TurnState
 from luna_voice.providers.base import ProviderError, RateLimited, Transcript
+from luna_voice.providers.openai_stt import OpenAISTT
 
 RATE = 48_000
 
@@ -96,8 +98,9 @@ class ScriptedSTT:
                     raise outcome
                 return Transcript(outcome, "en", Usage(stt_seconds=1.0))
 
-            async def cancel(self) -> None:
+            async def cancel(self) -> Usage:
                 calls.note(calls.cancelled, "stt-stream")
+                return Usage()
 
         return Stream()
 
@@ -314,6 +317,47 @@ async def test_a_failed_transcription_still_counts_the_audio_it_was_billed_for()
     failed = await p.ended()
     assert failed["state"] == "failed" and failed["usage"]["stt_seconds"] == 2.5
     await p.pipe.aclose()
+
+
+KEY = "sk-test-0123456789abcdef"
+
+
+def realtime_stt(p: Page, fake: FakeOpenAIAudio) -> None:
+    """The real OpenAI realtime client against the local fake, in place of the scripted STT."""
+    p.pipe.stt = OpenAISTT(api_key=KEY, base_url=fake.base_url, mode="realtime", finish_timeout_s=60)
+
+
+async def test_a_transcription_given_up_on_by_the_timeout_counts_the_audio_it_was_billed_for():
+    """LUNA_STT_TIMEOUT_S fires on a committed utterance the service never answers: it billed the audio anyway."""
+    async with FakeOpenAIAudio(api_key=KEY) as fake:
+        fake.fail_next(Fault(hang=True))
+        p = page([])
+        realtime_stt(p, fake)
+        p.say()
+        await fake.until(lambda: bool(fake.requests))  # committed, never answered
+        p.now += 31  # past the default transcribe_timeout_s, on the core's clock
+        failed = await p.ended()
+        assert failed["error"] == "stt: timeout (no transcript within 30 s)"
+        await p.calls.until(lambda: bool(p.calls.late), "the cancelled transcription's usage")
+        [late] = p.calls.late
+        billed = fake.requests[0].duration_s
+        assert late.turn_id == failed["id"] and late.usage["stt_seconds"] == pytest.approx(billed)
+        assert p.pipe.core.usage.stt_seconds == pytest.approx(billed) and billed > 1.0
+        await p.pipe.aclose()
+
+
+async def test_leaving_mid_utterance_counts_the_audio_the_service_already_heard():
+    async with FakeOpenAIAudio(api_key=KEY) as fake:
+        p = page([])
+        realtime_stt(p, fake)
+        p.talk(1.0, VOICED)  # still speaking when she leaves: no turn yet
+        await fake.until(lambda: fake.appended >= 2 * round(0.8 * 24_000))
+        async with asyncio.timeout(5):
+            await p.pipe.aclose()
+        [late] = p.calls.late
+        assert late.turn_id is None and 0.8 <= late.usage["stt_seconds"] <= 1.5
+        assert p.pipe.core.usage.stt_seconds == late.usage["stt_seconds"]
+        assert not fake.requests  # never committed: billed for what it heard all the same
 
 
 async def test_a_reply_error_mid_stream_keeps_what_was_already_said():

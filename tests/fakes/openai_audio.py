@@ -192,6 +192,9 @@ class FakeOpenAIAudio:
         self.connections: list[Connection] = []
         self.sessions: list[dict[str, Any]] = []  # every session.update payload received, in order
         self.faults: deque[Fault] = deque()
+        self.appended = 0  # bytes of realtime audio received, over every session (what a streaming model bills)
+        self.hung = 0  # requests held by a ``hang`` fault with their whole upload read (billed, never answered)
+        self.received = asyncio.Event()  # set on each append, realtime commit and hung upload: tests wait on it
         self._release = asyncio.Event()  # wakes hung handlers at shutdown
         self._sockets: set[web.WebSocketResponse] = set()
         self._runner: web.AppRunner | None = None
@@ -203,6 +206,13 @@ class FakeOpenAIAudio:
 
     def fail_next(self, fault: Fault) -> None:
         self.faults.append(fault)
+
+    async def until(self, enough: Callable[[], bool]) -> None:
+        """Wait until what the fake received satisfies ``enough`` (re-checked on each append, commit, held upload)."""
+        async with asyncio.timeout(5):
+            while not enough():
+                self.received.clear()
+                await self.received.wait()
 
     async def __aenter__(self) -> FakeOpenAIAudio:
         app = web.Application()
@@ -291,6 +301,8 @@ class FakeOpenAIAudio:
                 name = part.name.removesuffix("[]")
                 fields[name] = f"{fields[name]},{value}" if name in fields else value
         if fault is not None and fault.hang:
+            self.hung += 1
+            self.received.set()
             await self._release.wait()
             raise web.HTTPServiceUnavailable()
         optional = {k for k in fields if k in {"language", "languages", "keywords", "prompt", "delay"}}
@@ -414,8 +426,11 @@ class _RealtimeSession:
             if kind == "session.update":
                 await self.update(event)
             elif kind == "input_audio_buffer.append":
-                self.buffer += base64.b64decode(event["audio"])
+                audio = base64.b64decode(event["audio"])
+                self.buffer += audio
                 self.appends += 1
+                self.fake.appended += len(audio)
+                self.fake.received.set()
                 if self.fault is not None and self.fault.drop_after_appends == self.appends:
                     # A network drop: no close frame, the TCP connection just ends.
                     self.request.transport.close()  # type: ignore[union-attr]
@@ -527,6 +542,7 @@ class _RealtimeSession:
         already, self.streamed, self.streamed_bytes = self.streamed, "", 0
         self.buffer.clear()
         self.fake.requests.append(req)
+        self.fake.received.set()
         if self.fault is not None and self.fault.hang:
             return
         if self.fault is not None and self.fault.error_code:

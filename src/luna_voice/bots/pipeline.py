@@ -271,16 +271,16 @@ class Pipeline:
         try:
             while (item := await q.get()) is not _FINISH:
                 if item is _CANCEL:
-                    await stream.cancel()
+                    await self._cancel_transcription(uid, stream)
                     return
                 await stream.push(item)
             result = await stream.finish()
         except ProviderError as exc:
             log.warning("stt.failed", utterance=uid, reason=exc.reason)
             self.core.transcript_failed(uid, exc.reason, self._clock(), usage=exc.usage)
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # overdue (the core gave up on it) or the bot is leaving
             with contextlib.suppress(Exception):
-                await stream.cancel()
+                await self._cancel_transcription(uid, stream)
             raise
         except Exception as exc:
             log.exception("stt.crashed", utterance=uid)
@@ -295,6 +295,11 @@ class Pipeline:
                 final_after_s=result.final_after_s,
                 confidence=result.confidence,
             )
+        self._run()
+
+    async def _cancel_transcription(self, uid: str, stream: TranscriptionStream) -> None:
+        """What the service heard before the cancel was billed: it is counted (as late usage once the turn ended)."""
+        self.core.transcription_usage(uid, await stream.cancel())
         self._run()
 
     async def _reply(self, a: act.RequestReply) -> None:

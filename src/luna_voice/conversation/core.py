@@ -391,21 +391,28 @@ class Conversation:
         self._drop_unsynthesized(turn)
         self._maybe_finish(turn, now)
 
-    def add_usage(self, turn_id: str, usage: Usage) -> None:
+    def add_usage(self, turn_id: str | None, usage: Usage) -> None:
         """Usage of a call that ended without a result (cancelled or failed): billed all the same, so counted.
 
-        A turn that has already ended (the usual case after a barge-in) publishes it as ``late_usage``, so totals
-        built from finished turns (metrics) see it too.
+        A turn that has already ended (the usual case after a barge-in), or none at all, publishes it as
+        ``late_usage``, so totals built from finished turns (metrics) see it too.
         """
         if usage == Usage():
             return
-        turn = self.turns.get(turn_id)
+        turn = None if turn_id is None else self.turns.get(turn_id)
         if turn is None:
             self.usage += usage
-            return
-        self._add_usage(turn, usage)
-        if turn.state.terminal:
+        else:
+            self._add_usage(turn, usage)
+        if turn is None or turn.state.terminal:
             self._out.append(act.Publish(LateUsage(turn_id, vars(usage).copy(), round(self._price(usage), 6))))
+
+    def transcription_usage(self, utterance_id: str, usage: Usage) -> None:
+        """Usage of a transcription cancelled without a result (overdue, too short, or the bot leaving mid-
+        utterance): the service billed the audio it received. Counted on the utterance's turn; an utterance cut
+        off before it became a turn counts for the bot alone."""
+        turn = next((t for t in self.turns.values() if t.utterance_id == utterance_id), None)
+        self.add_usage(None if turn is None else turn.id, usage)
 
     def speech_audio(self, turn_id: str, index: int, pcm: bytes, now: float) -> None:
         turn = self._current(turn_id)

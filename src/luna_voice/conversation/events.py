@@ -49,9 +49,10 @@ class TurnChanged:
 @dataclass(frozen=True)
 class LateUsage:
     """Usage of a call cut off after its turn had ended (a barge-in cancels the reply and the speech): billed all
-    the same, and reported apart because the turn's final ``TurnChanged`` went out without it."""
+    the same, and reported apart because the turn's final ``TurnChanged`` went out without it. ``turn_id`` is None
+    for a call that belonged to no turn (a transcription cut off mid-utterance when the bot left)."""
 
-    turn_id: str
+    turn_id: str | None
     usage: Mapping[str, float]
     cost_usd: float
 

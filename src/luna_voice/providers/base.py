@@ -60,8 +60,9 @@ class TranscriptionStream(Protocol):
     async def finish(self) -> Transcript:
         """The utterance is over: return the final transcript."""
 
-    async def cancel(self) -> None:
-        """Drop the utterance (no result needed)."""
+    async def cancel(self) -> Usage:
+        """Drop the utterance (no result needed) and return what it was billed for up to now: audio a service
+        already received (or a request already sent) is paid for whether or not anyone reads the transcript."""
 
 
 class SpeechToText(Protocol):

@@ -317,8 +317,7 @@ class RealtimeStream:
         self._finishing = True
         self._wake.set()
         if self._task is None or _seconds(len(self._audio), REALTIME_RATE) < MIN_AUDIO_S:
-            await self.cancel()
-            return Transcript("", language=self._language)
+            return Transcript("", language=self._language, usage=await self.cancel())  # a blip heard is billed
         try:
             async with asyncio.timeout(self._finish_timeout_s):
                 transcript = await self._task  # a timeout cancels the task, which closes its socket
@@ -335,12 +334,18 @@ class RealtimeStream:
             return None
         return Usage(stt_seconds=self._resent_s + _seconds(self._sent, REALTIME_RATE))
 
-    async def cancel(self) -> None:
+    async def cancel(self) -> Usage:
+        """A streaming model was billed for all it received; a committed-turn model only once the audio was
+        committed (it then transcribes it whether or not we wait for the text)."""
         self._finishing = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task])  # its outcome no longer matters; our own cancellation still does
             _retrieve(self._task)
+        if (heard := self._heard()) is not None:
+            return heard
+        committed = self._timing.sent_at is not None
+        return Usage(stt_seconds=_seconds(self._sent, REALTIME_RATE)) if committed else Usage()
 
     async def _run(self) -> Transcript:
         drops = 0
@@ -453,6 +458,7 @@ class HttpStream:
         self._language = language
         self._finish_timeout_s = finish_timeout_s
         self._pcm = bytearray()
+        self._uploaded_s = 0.0  # audio of a request already sent: billed even if the answer is never read
         self._timing = _Timing()
 
     async def push(self, pcm: bytes) -> None:
@@ -471,11 +477,14 @@ class HttpStream:
             raise _api_error(exc) from None
         return self._timing.final("http", transcript)
 
-    async def cancel(self) -> None:
+    async def cancel(self) -> Usage:
+        """A request already sent is billed, answered or not; audio never uploaded costs nothing."""
         self._pcm.clear()
+        return Usage(stt_seconds=self._uploaded_s)
 
     async def _transcribe(self, seconds: float) -> Transcript:
         self._timing.sent()
+        self._uploaded_s = seconds
         stream = await self._client.audio.transcriptions.create(
             model=self._model, file=("utterance.wav", self._wav(), "audio/wav"), stream=True, **self._optional
         )

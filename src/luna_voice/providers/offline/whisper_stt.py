@@ -89,6 +89,7 @@ class WhisperStream:
     def __init__(self, keywords: str | None) -> None:
         self._keywords = keywords
         self._pcm = bytearray()
+        self._started_s = 0.0  # audio handed to the model: its thread runs to the end even if we stop waiting
 
     async def push(self, pcm: bytes) -> None:
         self._pcm += pcm
@@ -100,11 +101,14 @@ class WhisperStream:
         usage = Usage(stt_seconds=seconds)
         if seconds < _MIN_SECONDS:
             return Transcript("", LANGUAGE, usage)
+        self._started_s = seconds
         text, confidence = await in_thread(NAME, "transcription", _transcribe, pcm, self._keywords)
         return Transcript(text, LANGUAGE, usage, confidence=confidence)
 
-    async def cancel(self) -> None:
+    async def cancel(self) -> Usage:
+        """Free, but reported like the cloud engines: the audio the model was already transcribing."""
         self._pcm.clear()
+        return Usage(stt_seconds=self._started_s)
 
 
 class WhisperSTT:
