@@ -64,7 +64,7 @@ async def test_group_addressing_and_barge_in(start_service, launch_human, tmp_pa
         return t if t["state"] in ("interrupted", "done") else None
 
     alice_turn = await until(alice_turn_over, 30, "Alice's turn to end")
-    await luna_quiet_at(bob)  # what was already on its way has reached Bob
+    await luna_quiet_at(bob, limit=30)  # what was already on its way has reached Bob (the recording checks the rest)
     rec = await bob.evaluate("lunaDemo.stopRecording()")
 
     assert (alice_turn["decision"], alice_turn["reason"]) == ("answer", "addressed_by_name")
