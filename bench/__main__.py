@@ -1,11 +1,13 @@
-"""``python -m bench [--quick] [--out bench/results/latest.json]``: measure Luna voice against floors from the same
-run, print the tables, write the JSON. Browsers talk on 127.0.0.1 only: as root the bench re-runs itself in a
-network namespace that holds nothing but ``lo``; otherwise ICE is filtered to 127.0.0.1 (it always is, too)."""
+"""``python -m bench [profile] [--quick] [--out …]``: measure Luna voice against floors from the same run, print the
+tables, write the JSON; ``profile`` instead breaks one bot's CPU and memory into its parts, before and after cuts.
+Browsers talk on 127.0.0.1 only: as root the bench re-runs itself in a network namespace that holds nothing but
+``lo``; otherwise ICE is filtered to 127.0.0.1 (it always is, too)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import os
@@ -17,7 +19,12 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the modules load after isolate() has re-run the bench in its namespace
+    from bench.harness import Rig, Running
+    from bench.instant import ReplyAudio
+    from bench.scenarios import Plan
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -63,8 +70,16 @@ def machine(isolation: str) -> dict[str, Any]:
     }
 
 
-async def run(quick: bool, isolation: str, only: set[str] | None = None) -> dict[str, Any]:
-    from bench import hearing as hr
+async def run(
+    quick: bool,
+    isolation: str,
+    only: set[str] | None = None,
+    compare: bool = False,
+    bots: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
+    """The scenarios against one service; with ``compare``, against a fresh service per end of the profile's
+    ladder in turn (before and after the cuts, each with its own floor)."""
+    from bench import profile
     from bench import scenarios as sc
     from bench.harness import Rig
     from bench.instant import ReplyAudio
@@ -72,42 +87,84 @@ async def run(quick: bool, isolation: str, only: set[str] | None = None) -> dict
 
     logs.configure("warning")
     plan = sc.Plan.make(quick)
+    if bots:
+        plan = dataclasses.replace(plan, scale=bots)
     audio = ReplyAudio()
-    results: dict[str, Any] = {}
+    variants: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="luna-bench-") as tmp:
         async with Rig() as rig:
-            svc = await rig.service(audio)
-            steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
-                "floor_hearing": lambda: sc.floor_and_hearing(rig, svc, plan, Path(tmp)),
-                "turns": lambda: sc.turns(rig, svc, audio, plan, Path(tmp)),
-                "barge_in": lambda: sc.barge_in(rig, svc, audio, plan, Path(tmp)),
-                "scale": lambda: sc.scale(rig, svc, audio, plan, Path(tmp)),
-                "summon": lambda: sc.summon(rig, svc, audio, plan),
-                "hearing": lambda: hr.hearing(quick),
-                "ducking": lambda: hr.ducking(rig, svc, audio, quick, Path(tmp)),
-            }
-            for name, step in steps.items():
-                if only is not None and name not in only:
-                    continue
-                t = time.monotonic()
-                print(f"[bench] {name} …", file=sys.stderr, flush=True)
-                try:
-                    results[name] = await step()
-                except Exception as exc:  # one broken measurement must not hide the others
-                    results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-                results[name]["took_s"] = round(time.monotonic() - t, 1)
-                await rig.close_browsers()
-            # Every bot has ended by now, so each pipeline ticker still running outlived its bot.
-            tickers = sum(t.get_name() == "pipeline-ticker" and not t.done() for t in asyncio.all_tasks())
-            results["diagnostics"] = {"tickers_left_running": tickers, "live_bots": len(svc.service.manager.live())}
+            for variant in [profile.VARIANTS[0], profile.VARIANTS[-1]] if compare else [None]:
+                svc = await rig.service(audio, host=variant.host() if variant else None)
+                label = variant.name if variant else "default"
+                results = await _steps(rig, svc, audio, plan, Path(tmp), quick, only, label)
+                variants[label] = results
+                if variant is not None:  # the next variant measures with its own Chromium alone
+                    await svc.close()
+                    rig.services.remove(svc)
     return {
         "mode": "quick" if quick else "full",
         "plan": vars(plan),
         "machine": machine(isolation),
         "took_s": round(time.monotonic() - started, 1),
-        "results": results,
+        **({"variants": variants} if compare else {"results": variants["default"]}),
     }
+
+
+async def _steps(
+    rig: Rig,
+    svc: Running,
+    audio: ReplyAudio,
+    plan: Plan,
+    tmp: Path,
+    quick: bool,
+    only: set[str] | None,
+    label: str,
+) -> dict[str, Any]:
+    from bench import hearing as hr
+    from bench import scenarios as sc
+
+    steps: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
+        "floor_hearing": lambda: sc.floor_and_hearing(rig, svc, plan, tmp),
+        "turns": lambda: sc.turns(rig, svc, audio, plan, tmp),
+        "barge_in": lambda: sc.barge_in(rig, svc, audio, plan, tmp),
+        "scale": lambda: sc.scale(rig, svc, audio, plan, tmp),
+        "summon": lambda: sc.summon(rig, svc, audio, plan),
+        "hearing": lambda: hr.hearing(quick),
+        "ducking": lambda: hr.ducking(rig, svc, audio, quick, tmp),
+    }
+    results: dict[str, Any] = {}
+    for name, step in steps.items():
+        if only is not None and name not in only:
+            continue
+        t = time.monotonic()
+        print(f"[bench] {label}: {name} …", file=sys.stderr, flush=True)
+        try:
+            results[name] = await step()
+        except Exception as exc:  # one broken measurement must not hide the others
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        results[name]["took_s"] = round(time.monotonic() - t, 1)
+        await rig.close_browsers()
+    # Every bot has ended by now, so each pipeline ticker still running outlived its bot.
+    tickers = sum(t.get_name() == "pipeline-ticker" and not t.done() for t in asyncio.all_tasks())
+    results["diagnostics"] = {"tickers_left_running": tickers, "live_bots": len(svc.service.manager.live())}
+    return results
+
+
+async def run_profile(quick: bool, isolation: str) -> dict[str, Any]:
+    from bench import profile
+    from bench.harness import Rig
+    from bench.instant import ReplyAudio
+    from luna_voice import logs
+
+    logs.configure("warning")
+    started = time.monotonic()
+    rounds, window_s = (2, 10.0) if quick else (4, 20.0)
+    with tempfile.TemporaryDirectory(prefix="luna-bench-") as tmp:
+        async with Rig() as rig:
+            result = await profile.run(rig, ReplyAudio(), Path(tmp), rounds=rounds, window_s=window_s)
+    took = round(time.monotonic() - started, 1)
+    return {"mode": "quick" if quick else "full", "machine": machine(isolation), "took_s": took, "profile": result}
 
 
 # ------------------------------------------------------------------------------------------------------ table
@@ -241,17 +298,24 @@ def table(head: list[str], body: list[list[str]]) -> str:
 
 
 def report(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    head = (
+        f"Luna voice bench ({data['mode']}, {data['took_s']:.0f} s) — {m['nproc']} cores, {m['memory_gb']} GB, "
+        f"{m['chromium']}, {m['date']}, commit {m['commit']}, {m['isolation']}"
+    )
+    if "variants" not in data:
+        return "\n\n".join([head, _tables(data["results"])])
+    return "\n\n".join([head, *(f"### {name}\n\n{_tables(r)}" for name, r in data["variants"].items())])
+
+
+def _tables(r: dict[str, Any]) -> str:
     from bench import hearing as hr
 
-    m, r = data["machine"], data["results"]
     largest = r.get("scale", {}).get("largest_ok", "n/a")
     diag = r.get("diagnostics", {})
     floor = r.get("floor_hearing", {}).get("floor_ms", {}).get("p50")
     ran = set(r)  # with --only, a table none of whose scenarios ran is left out
-    parts = [
-        f"Luna voice bench ({data['mode']}, {data['took_s']:.0f} s) — {m['nproc']} cores, {m['memory_gb']} GB, "
-        f"{m['chromium']}, {m['date']}, commit {m['commit']}, {m['isolation']}"
-    ]
+    parts = []
     if ran & {"floor_hearing", "turns", "barge_in", "summon"}:
         parts.append(table(["measurement", "p50", "p95", "n", "floor p50", "ratio", "note"], rows(r)))
     if "scale" in ran:
@@ -264,17 +328,33 @@ def report(data: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("scenario", nargs="?", choices=["profile"], help="profile one bot instead of the tables")
     parser.add_argument("--quick", action="store_true", help="fewer samples; under 3 minutes on 2 cores")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/latest.json"))
+    parser.add_argument("--out", type=Path, help="the JSON (default bench/results/latest.json or profile.json)")
     parser.add_argument("--only", help="comma-separated scenarios, e.g. floor_hearing,hearing,ducking")
+    parser.add_argument("--compare", action="store_true", help="run the scenarios before and after the cuts")
+    parser.add_argument(
+        "--bots", help="the scale scenario's numbers of bots, comma-separated (default 1,2,4 or 1,2,4,8)"
+    )
     args = parser.parse_args()
     isolation = isolate()
-    only = set(args.only.split(",")) if args.only else None
-    data = asyncio.run(run(args.quick, isolation, only))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(data, indent=2) + "\n")
-    print(report(data))
-    print(f"\n(JSON: {args.out})")
+    out = args.out or Path(f"bench/results/{args.scenario or 'latest'}.json")
+    if args.scenario == "profile":
+        from bench import profile
+
+        data = asyncio.run(run_profile(args.quick, isolation))
+        m = data["machine"]
+        head = f"Luna voice profile ({data['mode']}, {data['took_s']:.0f} s) — {m['nproc']} cores, {m['chromium']}, "
+        text = f"{head}{m['date']}, commit {m['commit']}, {m['isolation']}\n\n{profile.report(data['profile'])}"
+    else:
+        only = set(args.only.split(",")) if args.only else None
+        bots = tuple(int(n) for n in args.bots.split(",")) if args.bots else None
+        data = asyncio.run(run(args.quick, isolation, only, args.compare, bots))
+        text = report(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2) + "\n")
+    print(text)
+    print(f"\n(JSON: {out})")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from playwright.async_api import Browser, Page, Playwright, async_playwright
 from bench.instant import ReplyAudio, instant_providers
 from bench.signals import RATE, from_int16
 from luna_voice.api.errors import AppRunner
-from luna_voice.bots.host import CHROMIUM_ARGS
+from luna_voice.bots.host import CHROMIUM_ARGS, ChromiumHost
 from luna_voice.config import Settings
 from luna_voice.service import Service
 
@@ -45,7 +45,29 @@ _KEEP_MIC = """(() => {
     window.__benchMicAt = performance.timeOrigin + performance.now();
     return s;
   };
+  // ... and its peer connections, for their receive statistics.
+  const PC = window.RTCPeerConnection;
+  window.__benchPcs = [];
+  window.RTCPeerConnection = function (...args) {
+    const pc = new PC(...args);
+    window.__benchPcs.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = PC.prototype;
 })();"""
+
+# The mean jitter-buffer delay of the loudest stream this page receives (the one the scenario measures).
+_JITTER = """async () => {
+  let best = null;
+  for (const pc of window.__benchPcs) {
+    (await pc.getStats()).forEach((r) => {
+      if (r.type !== "inbound-rtp" || r.kind !== "audio" || !r.jitterBufferEmittedCount) return;
+      const v = { energy: r.totalAudioEnergy || 0, ms: (1000 * r.jitterBufferDelay) / r.jitterBufferEmittedCount };
+      if (!best || v.energy > best.energy) best = v;
+    });
+  }
+  return best && best.ms;
+}"""
 
 # Records the page's own microphone with the same capture worklet as Luna's page and the demo recorder.
 _TAP_START = """async () => {
@@ -101,8 +123,8 @@ class BenchService(Service):
     """The real service, counting the capture frames Python receives per room and speaker; in the rooms named in
     ``frame_logs`` it also keeps each frame: (arrival wall-clock s, page stamp ms, participant id, pcm)."""
 
-    def __init__(self, settings: Settings, audio: ReplyAudio) -> None:
-        super().__init__(settings, providers=instant_providers(audio), audio_tap=self._tap)
+    def __init__(self, settings: Settings, audio: ReplyAudio, host: ChromiumHost | None = None) -> None:
+        super().__init__(settings, providers=instant_providers(audio), host=host, audio_tap=self._tap)
         self.frame_logs: dict[str, list[tuple[float, float, str, bytes]]] = {}
         self.frames_seen: dict[str, Counter[str]] = defaultdict(Counter)
 
@@ -174,6 +196,10 @@ class Human:
         """Record what this person hears (everyone else, mixed)."""
         return await self.page.evaluate(_REC_START) / 1000
 
+    async def jitter_buffer_ms(self) -> float | None:
+        """How long the audio this page hears loudest waited in its jitter buffer, on average (WebRTC stats)."""
+        return await self.page.evaluate(_JITTER)
+
     async def stop_recording(self, t0: float) -> Recording:
         rec = await self.page.evaluate("lunaDemo.stopRecording()")
         return Recording(from_int16(base64.b64decode(rec["pcm"])), t0)
@@ -204,15 +230,18 @@ class Rig:
         while self.browsers:
             await self.browsers.pop().close()
 
-    async def service(self, audio: ReplyAudio, **overrides: Any) -> Running:
-        """The whole service on a free loopback port, ICE kept to 127.0.0.1."""
+    async def service(self, audio: ReplyAudio, host: dict[str, Any] | None = None, **overrides: Any) -> Running:
+        """The whole service on a free loopback port, ICE kept to 127.0.0.1; ``host`` holds ChromiumHost options
+        (other flags, a context hook) when a scenario compares them."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         # No greeting: it would be the first thing Luna says, and the scenarios time her answers.
         base: dict[str, Any] = {"host": "127.0.0.1", "port": port, "local_ice": "loopback", "max_bots": 8}
         base["greeting"] = ""
-        service = BenchService(Settings(_env_file=None, **{**base, **overrides}), audio)  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, **{**base, **overrides})  # type: ignore[call-arg]
+        chromium = None if host is None else ChromiumHost(settings.chromium_path, **host)
+        service = BenchService(settings, audio, chromium)
         runner = AppRunner(service.app())
         started = time.perf_counter()
         await runner.setup()
@@ -281,7 +310,8 @@ def _descendants(root: int) -> set[int]:
 
 
 def chromium_pids() -> tuple[set[int], set[int]]:
-    """Luna's Chromium processes and the humans' Chromium processes, among this process's descendants."""
+    """Luna's Chromium processes with the Playwright driver that runs them (the service's child, part of her
+    cost), and the humans' Chromium processes, among this process's descendants."""
     mine = _descendants(os.getpid())
     luna: set[int] = set()
     humans: set[int] = set()
@@ -290,6 +320,8 @@ def chromium_pids() -> tuple[set[int], set[int]]:
         if os.path.basename(argv[0]) == "chromium" and not any(a.startswith("--type=") for a in argv):
             tree = {pid} | _descendants(pid)
             (humans if HUMAN_FLAG in argv else luna).update(tree)
+            if HUMAN_FLAG not in argv:
+                luna.add(_parent(pid))
     return luna, humans
 
 

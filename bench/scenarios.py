@@ -89,6 +89,7 @@ async def floor_and_hearing(rig: Rig, svc: Running, plan: Plan, tmp: Path) -> di
         raise RuntimeError("the speaker connected too late for the first click; raise the lead silence")
     await asyncio.sleep(opened + sg.read_wav(mic)[0].size / sg.MIC_RATE + 1.0 - time.time())
     heard, tap = await listener.stop_recording(t_rec), await speaker.stop_tap(t_tap)
+    floor_jitter = await listener.jitter_buffer_ms()
     pid = svc.service.pid_of(room, "Speaker")
     await svc.dismiss(room)
     del svc.service.frame_logs[room]
@@ -110,6 +111,7 @@ async def floor_and_hearing(rig: Rig, svc: Running, plan: Plan, tmp: Path) -> di
     ref = soxr.resample(said, sg.MIC_RATE, sg.RATE)
     return {
         "floor_ms": ms(floor),
+        "floor_jitter_buffer_ms": floor_jitter,
         "hearing_ms": ms(hearing),
         "hearing_to_page_ms": ms(to_page),
         "clicks_sent": plan.clicks,
@@ -161,6 +163,7 @@ async def turns(rig: Rig, svc: Running, audio: ReplyAudio, plan: Plan, tmp: Path
     t_rec = await person.start_recording()
     await asyncio.sleep(plan.turns * period_s + 1.0)
     ear = await person.stop_recording(t_rec)
+    ear_jitter = await person.jitter_buffer_ms()
     status = await svc.dismiss(room)
 
     done = [t for t in _answered(status, ear, reply_s, 0.5) if t["state"] == "done"]
@@ -176,6 +179,7 @@ async def turns(rig: Rig, svc: Running, audio: ReplyAudio, plan: Plan, tmp: Path
     python = timing["first_audio_sent"] - timing["end_of_turn"]
     return {
         "speaking_ms": ms(lat.ravel()),
+        "ear_jitter_buffer_ms": ear_jitter,
         "speaking_by_turn_ms": [round(float(v) * 1000, 1) for v in np.nanmedian(lat, axis=1)],
         "clicks_sent": int(lat.size),
         "playback_gaps": status["stats"]["playback_gaps"],

@@ -4,6 +4,7 @@
 // src/luna_voice/bridge/protocol.py, which generates ./protocol.js. The page builds its audio graph itself at
 // load (no test hooks), so an AudioContext left suspended by the autoplay policy shows up here and not only in
 // production.
+import { WorkerSocket } from "./lib/worker-socket.js";
 import * as wire from "./protocol.js";
 
 // Config comes in the URL fragment (base64url JSON), which is never sent to a server or written to access logs.
@@ -56,7 +57,7 @@ playback.port.onmessage = ({ data }) => send(data); // "played" marks and "clear
 // --- bridge -----------------------------------------------------------------------------------------------
 function openBridge() {
   return new Promise((resolve, reject) => {
-    bridge = new WebSocket(cfg.bridgeUrl);
+    bridge = new WorkerSocket(cfg.bridgeUrl, cfg.botId); // not a page WebSocket: see lib/worker-socket.js
     bridge.binaryType = "arraybuffer";
     bridge.onopen = () => {
       bridge.send(JSON.stringify({

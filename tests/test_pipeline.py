@@ -9,6 +9,7 @@ Silero (``LoudIsVoiced``): these tests are about the driver's tasks; the VAD has
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -437,7 +438,7 @@ async def ticker_survives_close() -> bool:
     p = page([])
 
     async def frames() -> None:
-        while True:  # a busy room: every capture frame wakes the ticker
+        while True:  # a busy room
             p.pipe.frame("a", 0.0, SILENT)
             await asyncio.sleep(0)  # one frame per loop step, as fast as the loop runs
 
@@ -488,3 +489,26 @@ async def test_closing_while_thinking_closes_the_turn_with_nothing_heard():
     async with asyncio.timeout(5):
         await p.pipe.aclose()  # closing alone is enough (the bench, or a driver without a lifecycle)
     assert p.calls.spoken == [("", SpokenReason.INTERRUPTED)]
+
+
+async def test_capture_frames_wake_the_ticker_only_for_work_due_sooner():
+    """Each capture frame used to wake the ticker (50 a second per speaker), which doubled the event loop's passes
+    for nothing: in silence the core has no deadline before the ticker's own next look."""
+    p = page([])
+    ticks = 0
+    tick = p.pipe.core.tick
+
+    def counting_tick(now: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        tick(now)
+
+    p.pipe.core.tick = counting_tick  # type: ignore[method-assign]
+    await asyncio.sleep(0.01)  # the ticker's first pass: then it sleeps up to 100 ms
+    start, before = time.monotonic(), ticks
+    for _ in range(25):
+        p.pipe.frame("a", p.now * 1000, SILENT)
+        await asyncio.sleep(0)
+    elapsed = time.monotonic() - start
+    await p.pipe.aclose()
+    assert ticks - before <= 1 + int(elapsed / 0.1), (ticks - before, elapsed)

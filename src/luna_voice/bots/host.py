@@ -12,7 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,9 +101,14 @@ class ChromiumHost:
     """One Playwright Chromium for the process; relaunched on the next ``start`` after it is lost."""
 
     def __init__(
-        self, chromium_path: Path, *, prepare_context: Callable[[BrowserContext, str], Awaitable[None]] | None = None
+        self,
+        chromium_path: Path,
+        *,
+        args: Sequence[str] = CHROMIUM_ARGS,
+        prepare_context: Callable[[BrowserContext, str], Awaitable[None]] | None = None,
     ) -> None:
         self.chromium_path = chromium_path
+        self.args = list(args)  # the bench's profile launches hosts with other flags to compare their cost
         # Runs on each new context before the page opens (tests install the RTK SDK stub here).
         self.prepare_context = prepare_context
         self._pw: Playwright | None = None
@@ -129,7 +134,7 @@ class ChromiumHost:
             if self._pw is None:
                 self._pw = await async_playwright().start()
             self._browser = await self._pw.chromium.launch(
-                executable_path=str(self.chromium_path), headless=True, args=CHROMIUM_ARGS
+                executable_path=str(self.chromium_path), headless=True, args=self.args
             )
             self._browser.on("disconnected", self._lost)
             log.info("chromium.started", path=str(self.chromium_path), version=self._browser.version)

@@ -87,6 +87,7 @@ class Pipeline:
         self._closing: set[asyncio.Future[None]] = set()  # turns' closing record_spoken calls in flight
         self._ticker: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._tick_at = float("inf")  # when the ticker looks next on its own
         self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -201,7 +202,12 @@ class Pipeline:
     def _run(self) -> None:
         for action in self.core.drain():
             self._perform(action)
-        self._wake.set()
+        # Wake the ticker only for work due before it looks anyway: every capture frame passes here (50 a second
+        # per speaker), and waking for each doubled the event loop's passes.
+        now = self._clock()
+        due = self.core.next_deadline(now)
+        if due is not None and (due < self._tick_at or now >= self._tick_at):
+            self._wake.set()
 
     def _perform(self, a: act.Action) -> None:
         if isinstance(a, act.SendAudio):
@@ -388,6 +394,7 @@ class Pipeline:
             now = self._clock()
             due = self.core.next_deadline(now)
             delay = 0.1 if due is None else min(0.1, max(0.005, due - now))
+            self._tick_at = now + delay
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):

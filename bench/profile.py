@@ -1,0 +1,327 @@
+"""``python -m bench profile``: where one bot's CPU and memory go, and what each candidate cut saves.
+
+One person in a local room asks Luna a question every 6 s and she answers with 2.5 s of clicks on a tone (the
+scale scenario's load for one bot). Each variant is a service of its own in this process with its own Chromium,
+and the variants take turns (A B A B …), so they are measured in the same run under the same conditions. Over a
+steady window the profile reads, per thread, the CPU time of Luna's Chromium processes (the kernel's
+``/proc/<pid>/task/<tid>/schedstat``, named by ``comm``: Chromium names its threads), of her Playwright driver
+and of this process (the service's event loop); then, in a second window, cProfile on the event loop's thread
+(timer: that thread's CPU clock) splits the service's share by what the code does. Memory: PSS of Luna's
+Chromium processes. Audio is checked in the same windows: the frames Python received from the person, and at
+the person's ear the replies, their underruns and their Python → ear latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import os
+import pstats
+import re
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from playwright.async_api import BrowserContext, Route
+
+from bench import signals as sg
+from bench.harness import Rig, _descendants, _parent, _read, hears, memory_mb
+from bench.instant import ReplyAudio
+from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _loop, _reply, _wav, ms
+from luna_voice.bots.host import CHROMIUM_ARGS
+
+PERIOD_S = 6.0  # the person asks this often
+REPLY_S = 2.5
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Luna as of one step of the cuts: Chromium's flags, and page modules served as they were before a cut."""
+
+    name: str
+    chromium_args: list[str]
+    old_modules: tuple[str, ...] = ()  # keys of OLD_MODULES
+
+    async def prepare(self, context: BrowserContext, _url: str) -> None:
+        for module in self.old_modules:
+            await context.route(f"**/bot/{module}", _serve(OLD_MODULES[module]))
+
+    def host(self) -> dict[str, Any]:
+        return {"args": self.chromium_args, "prepare_context": self.prepare}
+
+
+def _serve(body: str) -> Callable[[Route], Awaitable[None]]:
+    async def serve(route: Route) -> None:  # one parameter: Playwright passes the request to a second
+        await route.fulfill(content_type="text/javascript", body=body)
+
+    return serve
+
+
+OLD_MODULES = {
+    # the bridge WebSocket on the page itself, where Playwright reports each frame
+    "lib/worker-socket.js": "export class WorkerSocket extends WebSocket { constructor(url) { super(url); } }",
+}
+
+# Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
+# Flag sets measured and dropped are listed in bench/README.md ("Profile").
+VARIANTS = [
+    Variant("before", CHROMIUM_ARGS, ("lib/worker-socket.js",)),
+    Variant("after", CHROMIUM_ARGS),
+]
+
+
+# ------------------------------------------------------------------------------------------ processes, threads
+def _kind(argv: list[str]) -> str:
+    """What a process of Luna's is: Chromium's own ``--type`` (utilities by their service), or the driver."""
+    if os.path.basename(argv[0]) == "node":
+        return "playwright driver"
+    flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
+    kind = flags.get("type")
+    if kind is None:
+        return "browser"
+    if kind == "utility":
+        sub = flags.get("utility-sub-type", "?")
+        return f"utility: {sub.split('.')[0]}"  # network.mojom.NetworkService → network
+    return {"gpu-process": "gpu"}.get(kind, kind)
+
+
+def _thread(comm: str) -> str:
+    """Chromium numbers pooled threads (``ThreadPoolForeg``, ``V8 DefaultWorke``…); one row per name."""
+    return re.sub(r"[\d#/]+$", "", comm.strip()) or comm.strip()
+
+
+def _cpu_ns(pid: int, tid: int) -> int:
+    stat = _read(f"/proc/{pid}/task/{tid}/schedstat").split()
+    return int(stat[0]) if stat else 0
+
+
+def _argv(pid: int) -> list[str]:
+    """Chromium rewrites its child processes' titles into one space-separated string, so split on both."""
+    return _read(f"/proc/{pid}/cmdline").replace("\0", " ").split()
+
+
+def luna_tree(driver: int) -> dict[int, str]:
+    """A service's Luna processes: its Playwright driver and the Chromium under it, each with its kind."""
+    return {pid: _kind(_argv(pid)) for pid in {driver} | _descendants(driver)}
+
+
+def threads(procs: dict[int, str]) -> dict[tuple[int, int], tuple[str, str, int]]:
+    """(pid, tid) → (process kind, thread name, CPU ns so far)."""
+    out = {}
+    for pid, kind in procs.items():
+        try:
+            tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for tid in tids:
+            out[(pid, tid)] = (kind, _thread(_read(f"/proc/{pid}/task/{tid}/comm")), _cpu_ns(pid, tid))
+    return out
+
+
+def cpu_by_thread(
+    before: dict[tuple[int, int], tuple[str, str, int]],
+    after: dict[tuple[int, int], tuple[str, str, int]],
+    wall_s: float,
+) -> dict[tuple[str, str], float]:
+    """% of one core per (process kind, thread name) over the window; a thread born in it counts from zero."""
+    out: dict[tuple[str, str], float] = defaultdict(float)
+    for key, (kind, name, ns) in after.items():
+        out[(kind, name)] += 100 * (ns - before.get(key, (kind, name, 0))[2]) / 1e9 / wall_s
+    return dict(out)
+
+
+def drivers() -> set[int]:
+    """Playwright driver processes among this process's children (each host and the rig start one)."""
+    kids = {p for p in _descendants(os.getpid()) if _parent(p) == os.getpid()}
+    return {p for p in kids if _kind(_argv(p)) == "playwright driver"}
+
+
+# ---------------------------------------------------------------------------------------------- Python's share
+_PY_PARTS = [  # (part, pattern on "file:function"); the first match wins
+    ("VAD", r"webrtcvad|'is_speech'|silero|onnxruntime|hearing/vad"),
+    ("core", r"luna_voice/conversation/"),
+    ("pipeline", r"luna_voice/bots/pipeline"),
+    ("bridge", r"luna_voice/bridge/|luna_voice/bots/bot\.py|aiohttp/(http_websocket|web_ws|_websocket)|websocket"),
+    ("JSON", r"json|'loads'|'dumps'"),
+    ("HTTP/API", r"aiohttp/|luna_voice/api/|yarl|multidict"),
+    ("Playwright client", r"playwright/|greenlet|pyee"),
+    ("bench", r"/bench/"),
+    ("event loop", r"asyncio/|selectors|'poll'|'select'|'send'|'recv'|socket|_contextvars|'run' of"),
+]
+
+
+def python_parts(prof: cProfile.Profile) -> dict[str, float]:
+    """Share of the profiled thread's CPU per part, by each function's own time."""
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    parts: dict[str, float] = defaultdict(float)
+    for (file, _line, func), (_cc, _nc, tottime, _ct, _callers) in stats.items():
+        where = f"{file}:'{func}'".replace("\\", "/")
+        part = next((p for p, pat in _PY_PARTS if re.search(pat, where)), "other")
+        parts[part] += tottime
+    total = sum(parts.values()) or 1.0
+    return {p: v / total for p, v in sorted(parts.items(), key=lambda kv: -kv[1])}
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+_REPLY = _reply(REPLY_S, seed=3, under=0.1)
+
+
+async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, window_s: float) -> dict[str, Any]:
+    """A fresh service with the variant's Chromium (alone, so PSS splits shared pages only among its own
+    processes and the person's), one person in one room, then a /proc window and a cProfile window."""
+    known = drivers()
+    svc = await rig.service(audio, host=variant.host())
+    (driver,) = drivers() - known
+    room = "profile-" + re.sub(r"[^a-z0-9]+", "-", variant.name).strip("-")
+    try:
+        idle_pss = memory_mb(set(luna_tree(driver)))[1]
+        await svc.summon(room)
+        person = await rig.human(browser, svc, room, "Carol")
+        await hears(svc, room, "Carol")
+        await asyncio.sleep(SETTLE_S)
+        t_rec = await person.start_recording()
+        procs = {**luna_tree(driver), os.getpid(): "service (this process)"}
+        pid = svc.service.pid_of(room, "Carol")
+        seen = svc.service.frames_seen[room]
+
+        frames0, t0, before = seen[pid or ""], time.monotonic(), threads(procs)
+        await asyncio.sleep(window_s)
+        wall, after = time.monotonic() - t0, threads(procs)
+        frames = seen[pid or ""] - frames0
+        tree = luna_tree(driver)
+        pss = memory_mb(set(tree))[1]
+        pss_by_kind = {k: memory_mb({p for p, kind in tree.items() if kind == k})[1] for k in set(tree.values())}
+
+        prof = cProfile.Profile(time.thread_time_ns, 1e-9)  # type: ignore[call-arg]
+        prof.enable()
+        await asyncio.sleep(window_s / 2)
+        prof.disable()
+
+        ear = await person.stop_recording(t_rec)
+        status = await svc.dismiss(room)
+        await person.close()
+    finally:
+        await svc.close()
+        rig.services.remove(svc)
+    reply_s = len(_REPLY) / sg.MIC_RATE
+    silent, total, lengths = _gaps_at_ear(ear, reply_s)
+    lat = _click_latency(_answered(status, ear, reply_s, 1.5), _REPLY, ear).ravel()
+    return {
+        "cpu": cpu_by_thread(before, after, wall),
+        "python_parts": python_parts(prof),
+        "python_top": _top(prof),
+        "pss_mb": pss,
+        "pss_by_kind_mb": pss_by_kind,
+        "idle_pss_mb": idle_pss,
+        "frames_per_s": frames / wall,
+        "replies_heard": len(lengths),
+        "underrun_pct": 100 * silent / total if total else float("nan"),
+        "speaking_ms": ms(lat),
+        "clicks_lost_pct": 100 * float(np.isnan(lat).mean()) if lat.size else float("nan"),
+        "playback_gaps": status["stats"]["playback_gaps"],
+    }
+
+
+def _top(prof: cProfile.Profile, n: int = 15) -> list[list[Any]]:
+    """The functions with the most own time, for reading the JSON."""
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:n]
+    return [[f"{f}:{line}:{func}", calls, round(tt * 1000, 1)] for (f, line, func), (_c, calls, tt, _ct, _) in rows]
+
+
+async def run(rig: Rig, audio: ReplyAudio, tmp: Path, *, rounds: int, window_s: float) -> dict[str, Any]:
+    audio.pcm = sg.to_int16(_REPLY)
+    browser = await rig.browser(
+        _wav(tmp, "profile", _loop(sg.speech("Luna, say something.", sg.MIC_RATE), PERIOD_S)), loop=True
+    )
+    runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in VARIANTS}
+    for r in range(rounds):
+        for v in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:  # A B B A: none always goes first
+            runs[v.name].append(await _window(rig, v, audio, browser, window_s))
+    return {"variants": {v.name: {"chromium_args": v.chromium_args, **merge(runs[v.name])} for v in VARIANTS}}
+
+
+def merge(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over a variant's windows (CPU per thread, Python's shares, memory, audio)."""
+    keys = {k for w in windows for k in w["cpu"]}
+    cpu = {k: float(np.mean([w["cpu"].get(k, 0.0) for w in windows])) for k in keys}
+    parts = {k for w in windows for k in w["python_parts"]}
+    lat = [w["speaking_ms"]["p50"] for w in windows]
+    return {
+        "cpu_by_thread": [[kind, name, pct] for (kind, name), pct in sorted(cpu.items(), key=lambda kv: -kv[1])],
+        "python_parts": {p: float(np.mean([w["python_parts"].get(p, 0.0) for w in windows])) for p in parts},
+        "pss_mb": float(np.mean([w["pss_mb"] for w in windows])),
+        "pss_by_kind_mb": {
+            k: float(np.mean([w["pss_by_kind_mb"].get(k, 0.0) for w in windows]))
+            for k in {k for w in windows for k in w["pss_by_kind_mb"]}
+        },
+        "idle_pss_mb": float(np.mean([w["idle_pss_mb"] for w in windows])),
+        "frames_per_s": float(np.mean([w["frames_per_s"] for w in windows])),
+        "replies_heard": sum(w["replies_heard"] for w in windows),
+        "underrun_pct": float(np.nanmean([w["underrun_pct"] for w in windows])),
+        "speaking_p50_ms": float(np.nanmean(lat)),
+        "clicks_lost_pct": float(np.nanmean([w["clicks_lost_pct"] for w in windows])),
+        "playback_gaps": sum(w["playback_gaps"] for w in windows),
+        "windows": len(windows),
+        "python_top": windows[-1]["python_top"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+def _pct(v: float) -> str:
+    return f"{v:.1f}"
+
+
+def report(result: dict[str, Any]) -> str:
+    """Per process, then the busiest threads, then the service's parts, memory and the audio checks."""
+    from bench.__main__ import table
+
+    vs = result["variants"]
+    names = list(vs)
+    cpu = {n: {(k, t): p for k, t, p in vs[n]["cpu_by_thread"]} for n in names}
+    kinds = sorted({k for n in names for k, _ in cpu[n]}, key=lambda k: -max(_sum(cpu[n], k) for n in names))
+    proc_rows = [[k, *(_pct(_sum(cpu[n], k)) for n in names)] for k in kinds]
+    proc_rows.append(["total", *(_pct(sum(cpu[n].values())) for n in names)])
+    mem_kinds = sorted(
+        {k for n in names for k in vs[n]["pss_by_kind_mb"]}, key=lambda k: -vs[names[0]]["pss_by_kind_mb"].get(k, 0)
+    )
+    mem = [
+        ["PSS of Luna's processes with the bot, MB", *(f"{vs[n]['pss_mb']:.0f}" for n in names)],
+        *([f"  {k}", *(f"{vs[n]['pss_by_kind_mb'].get(k, 0.0):.0f}" for n in names)] for k in mem_kinds),
+        ["the same before the bot joined, MB", *(f"{vs[n]['idle_pss_mb']:.0f}" for n in names)],
+    ]
+    top = sorted(
+        {key for n in names for key, p in cpu[n].items() if p >= 0.3}, key=lambda key: -cpu[names[0]].get(key, 0)
+    )
+    thread_rows = [[f"{k} / {t}", *(_pct(cpu[n].get((k, t), 0.0)) for n in names)] for k, t in top]
+    py = {n: cpu[n].get(("service (this process)", "python"), 0.0) for n in names}
+    parts = sorted(
+        {p for n in names for p in vs[n]["python_parts"]}, key=lambda p: -vs[names[0]]["python_parts"].get(p, 0)
+    )
+    py_rows = [[p, *(_pct(py[n] * vs[n]["python_parts"].get(p, 0.0)) for n in names)] for p in parts]
+    audio = [
+        ["capture frames/s from the person (50 expected)", *(f"{vs[n]['frames_per_s']:.1f}" for n in names)],
+        ["replies heard whole at the ear", *(str(vs[n]["replies_heard"]) for n in names)],
+        ["underruns at the ear, %", *(f"{vs[n]['underrun_pct']:.3f}" for n in names)],
+        ["reply clicks lost, %", *(f"{vs[n]['clicks_lost_pct']:.1f}" for n in names)],
+        ["Python → ear p50, ms", *(f"{vs[n]['speaking_p50_ms']:.0f}" for n in names)],
+        ["playback gaps (core)", *(str(vs[n]["playback_gaps"]) for n in names)],
+    ]
+    head = lambda first: [first, *(f"{n} % core" for n in names)]  # noqa: E731
+    return "\n\n".join(
+        [
+            table(head("process"), proc_rows),
+            table(head("process / thread (≥ 0.3 %)"), thread_rows),
+            table(head("service event loop (cProfile)"), py_rows),
+            table(["memory", *names], mem),
+            table(["audio check", *names], audio),
+        ]
+    )
+
+
+def _sum(cpu: dict[tuple[str, str], float], kind: str) -> float:
+    return sum(p for (k, _), p in cpu.items() if k == kind)
