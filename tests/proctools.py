@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from pathlib import Path
+
+import luna_voice
 
 
 def descendants(pid: int) -> set[int]:
@@ -48,3 +52,22 @@ def renderers(browser: int) -> set[int]:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+SECRETS = ("OPENAI_API_KEY", "AZURE_SPEECH_KEY", "LUNA_BOTSESSION_URL", "LUNA_LLM_API_KEY", "LUNA_RTK_API_TOKEN")
+
+
+async def start_serve(port: int, cwd: Path) -> asyncio.subprocess.Process:
+    """``luna-voice serve`` as its own process on ``port``, running these sources, with no provider secrets."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    env.update(LUNA_LOCAL_ICE="loopback", HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(luna_voice.__file__).parents[1]))
+    return await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("luna-voice")),
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=cwd,
+    )

@@ -12,19 +12,16 @@ import base64
 import json
 import os
 import signal
-import sys
 import time
-from pathlib import Path
 
 import aiohttp
 import numpy as np
 import pytest
 from playwright.async_api import BrowserContext
 
-import luna_voice
 from conftest import CHROMIUM, free_port
 from luna_voice.bots.host import ChromiumHost
-from proctools import alive, chromium_browsers, descendants, open_fds, renderers
+from proctools import alive, chromium_browsers, descendants, open_fds, renderers, start_serve
 from roomtools import active_seconds, human_page, speech_file, until
 
 pytestmark = [pytest.mark.browser, pytest.mark.faults]
@@ -154,24 +151,9 @@ async def test_thirty_summon_dismiss_cycles_stay_bounded(start_service):
     assert not [r for r in rooms if r["state"] not in ("ended", "failed")]
 
 
-SECRETS = ("OPENAI_API_KEY", "AZURE_SPEECH_KEY", "LUNA_BOTSESSION_URL", "LUNA_LLM_API_KEY", "LUNA_RTK_API_TOKEN")
-
-
 async def test_sigterm_with_open_streams_and_people_exits_in_time(tmp_path, launch_human):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    # The service under test runs these sources, wherever the package is installed from.
-    env.update(LUNA_LOCAL_ICE="loopback", HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(luna_voice.__file__).parents[1]))
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("luna-voice")),
-        "serve",
-        "--port",
-        str(port),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=tmp_path,
-    )
+    proc = await start_serve(port, tmp_path)
     url = f"http://127.0.0.1:{port}"
     output = b""
     try:

@@ -4,39 +4,21 @@ no orphan process left behind."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from pathlib import Path
 
 import aiohttp
 import pytest
 
-import luna_voice
 from conftest import free_port
-from proctools import alive, descendants
+from proctools import alive, descendants, start_serve
 from roomtools import until
 
 pytestmark = pytest.mark.browser
 
-SECRETS = ("OPENAI_API_KEY", "AZURE_SPEECH_KEY", "LUNA_BOTSESSION_URL", "LUNA_LLM_API_KEY", "LUNA_RTK_API_TOKEN")
-
 
 async def test_sigterm_makes_bots_leave_and_chromium_exit(tmp_path):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
-    # The service under test runs these sources, wherever the package is installed from.
-    env.update(LUNA_LOCAL_ICE="loopback", HF_HUB_OFFLINE="1", PYTHONPATH=str(Path(luna_voice.__file__).parents[1]))
-    proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).with_name("luna-voice")),
-        "serve",
-        "--port",
-        str(port),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        cwd=tmp_path,
-    )
+    proc = await start_serve(port, tmp_path)
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
