@@ -25,10 +25,10 @@ from luna_voice.providers.base import ProviderError, RateLimited
 from luna_voice.providers.botsession import BotSessionEngine, signature
 from luna_voice.providers.replies import SILENCE_TOKEN, SilenceGate
 from luna_voice.retry_after import parse_retry_after
+from reply_stream import GUARD_S, collect, texts, total
 
 TOKEN = "tok-ABCDEF-secret"
 SECRET = "hmac-secret-XYZ"
-GUARD_S = 5.0  # no test may hang: every await on the engine is bounded by this
 
 
 def request(**kw: object) -> ReplyRequest:
@@ -42,25 +42,6 @@ def request(**kw: object) -> ReplyRequest:
         "context": (RoomLine("Bob", "It will rain at noon.", 1_700_000_000.5),),
     }
     return ReplyRequest(**{**base, **kw})  # type: ignore[arg-type]
-
-
-async def collect(engine: BotSessionEngine, req: ReplyRequest) -> list[str | Usage]:
-    """The reply's text deltas, then its total usage (reported in parts while it streams)."""
-    async with asyncio.timeout(GUARD_S):
-        items = [item async for item in engine.reply(req)]
-    return [*texts(items), total(items)]
-
-
-def texts(items: list[str | Usage]) -> list[str]:
-    return [i for i in items if isinstance(i, str)]
-
-
-def total(items: list[str | Usage]) -> Usage:
-    usage = Usage()
-    for item in items:
-        if isinstance(item, Usage):
-            usage += item
-    return usage
 
 
 @pytest.fixture

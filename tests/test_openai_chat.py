@@ -19,10 +19,10 @@ from luna_voice.conversation.domain import ReplyRequest, RoomLine, SpokenReason,
 from luna_voice.providers.base import ProviderError, RateLimited
 from luna_voice.providers.openai_chat import OpenAIChatEngine
 from luna_voice.providers.replies import ThinkFilter
+from reply_stream import GUARD_S, collect, texts, total
 
 KEY = "sk-test-0123456789abcdef"
 PROMPT = "You are Luna, brief and friendly."
-GUARD_S = 5.0
 
 
 def request(text: str = "Luna, what did Bob just say?", turn_id: str = "t1", **kw: object) -> ReplyRequest:
@@ -38,25 +38,6 @@ def request(text: str = "Luna, what did Bob just say?", turn_id: str = "t1", **k
         ),
     }
     return ReplyRequest(**{**base, **kw})  # type: ignore[arg-type]
-
-
-async def collect(engine: OpenAIChatEngine, req: ReplyRequest) -> list[str | Usage]:
-    """The reply's text deltas, then its total usage (reported in several parts while it streams)."""
-    async with asyncio.timeout(GUARD_S):
-        items = [item async for item in engine.reply(req)]
-    return [*texts(items), total(items)]
-
-
-def texts(items: list[str | Usage]) -> list[str]:
-    return [i for i in items if isinstance(i, str)]
-
-
-def total(items: list[str | Usage]) -> Usage:
-    usage = Usage()
-    for item in items:
-        if isinstance(item, Usage):
-            usage += item
-    return usage
 
 
 async def answer(engine: OpenAIChatEngine, req: ReplyRequest) -> list[str | Usage]:
