@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import threading
-import time
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,19 +94,30 @@ async def ticks_while(work: Awaitable[T]) -> tuple[T, int]:
 
 def test_concurrent_first_callers_share_one_load_and_a_failed_load_is_retried() -> None:
     loads: list[int] = []
+    callers = 4
+    arrived = threading.Condition()
+    waiting = 0
 
     def load() -> object:
         loads.append(1)
-        time.sleep(0.05)  # long enough for the other threads to arrive while the first one loads
         if len(loads) == 1:
             raise OSError("model file missing")
+        with arrived:  # hold the load until every caller has asked for the model: they all overlap with it
+            assert arrived.wait_for(lambda: waiting == callers, timeout=10)
         return object()
+
+    def caller(_: int) -> object:
+        nonlocal waiting
+        with arrived:
+            waiting += 1
+            arrived.notify_all()
+        return get()
 
     get = load_once(load)
     with pytest.raises(OSError):
         get()
-    with ThreadPoolExecutor(4) as pool:
-        models = list(pool.map(lambda _: get(), range(4)))
+    with ThreadPoolExecutor(callers) as pool:
+        models = list(pool.map(caller, range(callers)))
     assert len(loads) == 2
     assert all(model is models[0] for model in models)
 
