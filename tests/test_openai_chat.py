@@ -19,7 +19,7 @@ from luna_voice.conversation.domain import ReplyRequest, RoomLine, SpokenReason,
 from luna_voice.providers.base import ProviderError, RateLimited
 from luna_voice.providers.openai_chat import OpenAIChatEngine
 from luna_voice.providers.replies import ThinkFilter
-from reply_stream import GUARD_S, collect, texts, total
+from reply_stream import GUARD_S, collect, failure, texts, total
 
 KEY = "sk-test-0123456789abcdef"
 PROMPT = "You are Luna, brief and friendly."
@@ -229,16 +229,12 @@ async def test_faults_raise_the_right_error_without_hanging(
     fake: FakeChatCompletions, engine: OpenAIChatEngine, completion: Completion, reason: str, deltas_first: list[str]
 ) -> None:
     fake.script(completion)
-    got: list[str | Usage] = []
-    with pytest.raises(ProviderError) as info:
-        async with asyncio.timeout(GUARD_S):
-            async for item in engine.reply(request("Luna?", context=())):
-                got.append(item)
-    assert info.value.reason == reason
+    error, got = await failure(engine, request("Luna?", context=()))
+    assert error.reason == reason
     assert texts(got) == deltas_first
-    assert isinstance(info.value, RateLimited) == (completion.fault == "rate_limit")
+    assert isinstance(error, RateLimited) == (completion.fault == "rate_limit")
     if completion.fault == "rate_limit":
-        assert info.value.retry_after == 3.0
+        assert error.retry_after == 3.0
     assert len(fake.requests) == 1  # no hidden retries that would stall a voice turn
     await engine.record_spoken("room-1", "t1", "".join(texts(got)), SpokenReason.FAILED)
     await collect(engine, request("Again?", turn_id="t2", context=()))
