@@ -25,7 +25,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from pydantic import SecretStr
 
 from bench import signals as sg
 from bench.__main__ import _interfaces, machine, table
@@ -54,18 +53,7 @@ async def _dispatcher(
     (bot machines were told it when they were created)."""
     settings = Settings(_env_file=None, host="127.0.0.1", port=port, local_ice="loopback", default_backend="local")
     fly_settings = FlySettings(
-        _env_file=None,
-        **{
-            "LUNA_BOT_HOST": "fly",
-            "api_token": SecretStr(fly.token),
-            "api_base": fly.url,
-            "app": fly.app,
-            "LUNA_FLY_IMAGE": IMAGE,
-            "FLY_REGION": "nrt",
-            "dispatcher_url": f"http://127.0.0.1:{port}",
-            "local_room_url": room_url,
-            "pool_size": pool,
-        },
+        _env_file=None, **fly.dispatcher_settings(port, IMAGE, local_room_url=room_url, pool_size=pool)
     )
     service = DispatcherService(settings, fly_settings, address=fly.address)
     runner = web.AppRunner(service.app(), shutdown_timeout=2)

@@ -23,7 +23,6 @@ import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
-from pydantic import SecretStr
 
 from fakes.bot_machine import SAID as STAND_IN_SAID
 from fakes.fly_machines import FakeFlyMachines, free_port
@@ -87,18 +86,7 @@ async def start_dispatcher(fly: FakeFlyMachines) -> AsyncIterator[StartDispatche
     async def start(bot_cmd: tuple[str, ...] | None = None, **fly_overrides: Any) -> Dispatcher:
         settings = Settings(_env_file=None, host="127.0.0.1", port=port, local_ice="loopback", default_backend="local")
         fly_settings = FlySettings(
-            _env_file=None,
-            **{
-                "LUNA_BOT_HOST": "fly",
-                "api_token": SecretStr(fly.token),
-                "api_base": fly.url,
-                "app": fly.app,
-                "LUNA_FLY_IMAGE": IMAGE,
-                "FLY_REGION": "nrt",
-                "dispatcher_url": f"http://127.0.0.1:{port}",
-                "pool_size": 1,
-                **fly_overrides,
-            },
+            _env_file=None, **fly.dispatcher_settings(port, IMAGE, **{"pool_size": 1, **fly_overrides})
         )
         service = DispatcherService(settings, fly_settings, address=fly.address, bot_cmd=bot_cmd)
         runner = web.AppRunner(service.app(), shutdown_timeout=2)

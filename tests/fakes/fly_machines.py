@@ -144,6 +144,19 @@ class FakeFlyMachines:
     def address(self, machine_id: str) -> str:
         return f"http://127.0.0.1:{self.machines[machine_id].port}"
 
+    def dispatcher_settings(self, port: int, image: str, **overrides: Any) -> dict[str, Any]:
+        """The ``FlySettings`` fields of a dispatcher on 127.0.0.1:``port`` whose bot machines are this fake's."""
+        return {
+            "LUNA_BOT_HOST": "fly",
+            "api_token": self.token,
+            "api_base": self.url,
+            "app": self.app,
+            "LUNA_FLY_IMAGE": image,
+            "FLY_REGION": "nrt",
+            "dispatcher_url": f"http://127.0.0.1:{port}",
+            **overrides,
+        }
+
     def kill(self, machine_id: str) -> None:
         """The host lost the VM (or the kernel OOM-killed it): SIGKILL, no goodbye."""
         proc = self.machines[machine_id].proc
