@@ -1,5 +1,6 @@
-"""``python -m bench [profile] [--quick] [--out …]``: measure Luna voice against floors from the same run, print the
-tables, write the JSON; ``profile`` instead breaks one bot's CPU and memory into its parts, before and after cuts.
+"""``python -m bench [profile|pacing] [--quick] [--out …]``: measure Luna voice against floors from the same run,
+print the tables, write the JSON; ``profile`` instead breaks one bot's CPU and memory into its parts, before and
+after cuts, and ``pacing`` shows how evenly each way of producing a track reaches WebRTC's encoder.
 Browsers talk on 127.0.0.1 only: as root the bench re-runs itself in a network namespace that holds nothing but
 ``lo``; otherwise ICE is filtered to 127.0.0.1 (it always is, too)."""
 
