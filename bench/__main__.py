@@ -1,5 +1,6 @@
-"""``python -m bench [profile] [--quick] [--out …]``: measure Luna voice against floors from the same run, print the
-tables, write the JSON; ``profile`` instead breaks one bot's CPU and memory into its parts, before and after cuts.
+"""``python -m bench [profile|pacing] [--quick] [--out …]``: measure Luna voice against floors from the same run,
+print the tables, write the JSON; ``profile`` instead breaks one bot's CPU and memory into its parts, before and
+after cuts, and ``pacing`` shows how evenly each way of producing a track reaches WebRTC's encoder.
 Browsers talk on 127.0.0.1 only: as root the bench re-runs itself in a network namespace that holds nothing but
 ``lo``; otherwise ICE is filtered to 127.0.0.1 (it always is, too)."""
 
@@ -149,6 +150,18 @@ async def _steps(
     tickers = sum(t.get_name() == "pipeline-ticker" and not t.done() for t in asyncio.all_tasks())
     results["diagnostics"] = {"tickers_left_running": tickers, "live_bots": len(svc.service.manager.live())}
     return results
+
+
+async def run_pacing(quick: bool, isolation: str) -> dict[str, Any]:
+    from bench import pacing
+    from bench.harness import Rig
+
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="luna-bench-") as tmp:
+        async with Rig() as rig:
+            result = await pacing.run(rig, Path(tmp), rounds=4 if quick else 8, seconds=5.0 if quick else 10.0)
+    took = round(time.monotonic() - started, 1)
+    return {"mode": "quick" if quick else "full", "machine": machine(isolation), "took_s": took, "pacing": result}
 
 
 async def run_profile(quick: bool, isolation: str) -> dict[str, Any]:
@@ -326,9 +339,20 @@ def _tables(r: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _headed(what: str, data: dict[str, Any], body: str) -> str:
+    m = data["machine"]
+    head = f"Luna voice {what} ({data['mode']}, {data['took_s']:.0f} s) — {m['nproc']} cores, {m['chromium']}, "
+    return f"{head}{m['date']}, commit {m['commit']}, {m['isolation']}\n\n{body}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("scenario", nargs="?", choices=["profile"], help="profile one bot instead of the tables")
+    parser.add_argument(
+        "scenario",
+        nargs="?",
+        choices=["profile", "pacing"],
+        help="profile one bot, or how evenly each way of producing a track paces it, instead of the tables",
+    )
     parser.add_argument("--quick", action="store_true", help="fewer samples; under 3 minutes on 2 cores")
     parser.add_argument("--out", type=Path, help="the JSON (default bench/results/latest.json or profile.json)")
     parser.add_argument("--only", help="comma-separated scenarios, e.g. floor_hearing,hearing,ducking")
@@ -343,9 +367,12 @@ def main() -> None:
         from bench import profile
 
         data = asyncio.run(run_profile(args.quick, isolation))
-        m = data["machine"]
-        head = f"Luna voice profile ({data['mode']}, {data['took_s']:.0f} s) — {m['nproc']} cores, {m['chromium']}, "
-        text = f"{head}{m['date']}, commit {m['commit']}, {m['isolation']}\n\n{profile.report(data['profile'])}"
+        text = _headed("profile", data, profile.report(data["profile"]))
+    elif args.scenario == "pacing":
+        from bench import pacing
+
+        data = asyncio.run(run_pacing(args.quick, isolation))
+        text = _headed("pacing", data, pacing.report(data["pacing"]))
     else:
         only = set(args.only.split(",")) if args.only else None
         bots = tuple(int(n) for n in args.bots.split(",")) if args.bots else None

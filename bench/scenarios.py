@@ -150,7 +150,9 @@ async def turns(rig: Rig, svc: Running, audio: ReplyAudio, plan: Plan, tmp: Path
     """A person asks again and again; Luna answers each time at once (instant STT, reply and TTS) with a click
     train, which the person's page records. Each click's latency is its time at the ear minus when Python meant
     it to play: the turn's ``first_audio_sent`` plus the click's offset in the reply."""
-    room, period_s = "turns", 4.0
+    # 6 s apart: the question leaves over 4 s of silence, more than the endpointer's max_wait (2.5 s) for a
+    # question Smart Turn calls unfinished; 4 s apart left 2.3 s, and every question ran into the next.
+    room, period_s = "turns", 6.0
     reply = _reply(1.2, seed=2)
     reply_s = len(reply) / sg.MIC_RATE
     audio.pcm = sg.to_int16(reply)
