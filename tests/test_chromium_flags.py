@@ -55,7 +55,7 @@ async def test_each_bot_costs_one_renderer(start_service):
             return bot["state"] == "joined"
 
         await until(joined, 30, f"Luna to join {room}")
-        # A page's first renderer (about:blank) may still be exiting when the bot has joined: wait for it.
+        # Chromium starts and ends its processes asynchronously to the page's join: wait for the count.
         await until(lambda n=n: _count(browser, n), 15, f"{n} renderer(s) for {n} bot(s)")
 
 
