@@ -51,7 +51,7 @@ PLAYWRIGHT_DISABLED_FEATURES = (
 )
 DISABLED_FEATURES = (
     *PLAYWRIGHT_DISABLED_FEATURES,
-    # The local room's loopback ICE: with mDNS names instead of 127.0.0.1 the candidates never resolve.
+    # The local room keeps 127.0.0.1 ICE candidates; with this feature Chromium hands out mDNS names instead.
     "WebRtcHideLocalIpsWithMdns",
     # Each browser context is a window whose omnibox keeps its dropdown ready as two WebUI pages
     # (chrome://omnibox-popup.top-chrome), in a renderer of the context's own: 40-50 MB PSS per bot for a
