@@ -66,11 +66,18 @@ OLD_MODULES = {
     "lib/worker-socket.js": "export class WorkerSocket extends WebSocket { constructor(url) { super(url); } }",
 }
 
+# Chromium's flags before the cuts: one --disable-features of our own, which replaced Playwright's list and left
+# each bot's context an omnibox WebUI renderer and the browser a spare renderer.
+OLD_CHROMIUM_ARGS = [
+    "--disable-features=WebRtcHideLocalIpsWithMdns" if a.startswith("--disable-features=") else a for a in CHROMIUM_ARGS
+]
+
 # Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
 # Flag sets measured and dropped are listed in bench/README.md ("Profile").
 VARIANTS = [
-    Variant("before", CHROMIUM_ARGS, ("lib/worker-socket.js",)),
-    Variant("after", CHROMIUM_ARGS),
+    Variant("before", OLD_CHROMIUM_ARGS, ("lib/worker-socket.js",)),
+    Variant("+worker socket", OLD_CHROMIUM_ARGS),
+    Variant("+one renderer (after)", CHROMIUM_ARGS),
 ]
 
 
@@ -293,6 +300,7 @@ def report(result: dict[str, Any]) -> str:
         ["PSS of Luna's processes with the bot, MB", *(f"{vs[n]['pss_mb']:.0f}" for n in names)],
         *([f"  {k}", *(f"{vs[n]['pss_by_kind_mb'].get(k, 0.0):.0f}" for n in names)] for k in mem_kinds),
         ["the same before the bot joined, MB", *(f"{vs[n]['idle_pss_mb']:.0f}" for n in names)],
+        ["the bot's share (with − before), MB", *(f"{vs[n]['pss_mb'] - vs[n]['idle_pss_mb']:.0f}" for n in names)],
     ]
     top = sorted(
         {key for n in names for key, p in cpu[n].items() if p >= 0.3}, key=lambda key: -cpu[names[0]].get(key, 0)

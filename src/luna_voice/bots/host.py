@@ -27,6 +27,42 @@ log = structlog.get_logger(__name__)
 CLOSE_TIMEOUT_S = 3.0  # a context or browser that does not close by then is abandoned (the process exits anyway)
 GOTO_TIMEOUT_MS = 20_000
 
+# Playwright's own --disable-features list (playwright-core, chromiumSwitches.ts, as of 1.65). Chromium honours only
+# the last --disable-features switch, and ours comes after Playwright's, so without these Playwright's would be lost
+# (HTTPS-First upgrades of http:// pages, the media router's discovery, optimisation-hint downloads…). A test
+# compares this list with the first --disable-features of a launched browser, so a Playwright upgrade shows.
+PLAYWRIGHT_DISABLED_FEATURES = (
+    "AvoidUnnecessaryBeforeUnloadCheckSync",
+    "DestroyProfileOnBrowserClose",
+    "HttpsUpgrades",
+    "HttpsFirstBalancedModeAutoEnable",
+    "LensOverlay",
+    "MediaRouter",
+    "PaintHolding",
+    "ThirdPartyStoragePartitioning",
+    "AvoidCorsURLLoaderRestartOnRedirect",
+    "TcpPortRandomizationWin",
+    "OptimizationHints",
+    "NetworkTimeServiceQuerying",
+    "AimEnabled",
+    "PreconnectToSearch",
+    "msForceBrowserSignIn",
+    "msEdgeUpdateLaunchServicesPreferredVersion",
+)
+DISABLED_FEATURES = (
+    *PLAYWRIGHT_DISABLED_FEATURES,
+    # The local room keeps 127.0.0.1 ICE candidates; with this feature Chromium hands out mDNS names instead.
+    "WebRtcHideLocalIpsWithMdns",
+    # Each browser context is a window whose omnibox keeps its dropdown ready as two WebUI pages
+    # (chrome://omnibox-popup.top-chrome), in a renderer of the context's own: 40-50 MB PSS per bot for a
+    # dropdown nobody opens (bench/README.md, "The cost per bot").
+    "WebUIOmniboxPopup",
+    "WebUIOmniboxAimPopup",
+    # A spare renderer warmed for the last context's next navigation; every bot opens a fresh context, which
+    # cannot use it, so it was ~11 MB held for nothing.
+    "SpareRendererForSitePerProcess",
+)
+
 CHROMIUM_ARGS = [
     *chromium_sandbox_flags(),  # sandboxed unless root or no user namespaces (see luna_voice/sandbox.py)
     "--disable-gpu",
@@ -39,7 +75,7 @@ CHROMIUM_ARGS = [
     # An AudioContext made at page load stays suspended without this; Luna's page has no user to click.
     "--autoplay-policy=no-user-gesture-required",
     "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--disable-features=" + ",".join(DISABLED_FEATURES),  # the only one Chromium reads: see above
 ]
 
 
