@@ -204,12 +204,13 @@ async def hearing(quick: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ ducking (browser)
 DUCK_DB = -10.0  # "ducked" at the ear: this much below her level just before the backchannel
 LEVEL_S = 0.01  # loudness frames at the ear
-ONSET_RMS = 0.01  # a capture frame in Python with sound in it (the mouth's onset threshold, sg.onsets)
+ONSET_RMS = 0.01  # sound in a 5 ms stretch of a frame: the threshold of the mouth's onsets (sg.onsets)
 
 
-def _rms(pcm: bytes) -> float:
+def _sounds(pcm: bytes) -> bool:
+    """Whether any 5 ms of a capture frame is as loud as an onset at the mouth."""
     x = np.frombuffer(pcm, "<i2").astype(np.float64) / 32768
-    return float(np.sqrt(np.mean(x**2))) if x.size else 0.0
+    return bool(x.size) and bool((sg.frame_rms(x, RATE, 0.005) > ONSET_RMS).any())
 
 
 def _levels(x: np.ndarray) -> np.ndarray:
@@ -253,7 +254,7 @@ async def ducking(rig: Rig, svc: Running, audio: ReplyAudio, quick: bool, tmp: P
         del svc.service.frame_logs[room]
 
     level = _levels(ear.x)
-    arrivals = np.array([at for at, _stamp, _pid, pcm in frames if _rms(pcm) > ONSET_RMS])  # voiced frames in Python
+    arrivals = np.array([at for at, _stamp, _pid, pcm in frames if _sounds(pcm)])  # frames with sound, in Python
     ducks, recovered, tried = [], 0, 0
     parts: dict[str, list[float]] = {"to_python": [], "python": [], "to_ear": []}
     for start in mouth.t0 + sg.onsets(mouth.x, quiet_before_s=0.8):
