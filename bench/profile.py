@@ -153,7 +153,7 @@ def drivers() -> set[int]:
 
 @contextlib.contextmanager
 def vad_delays() -> Iterator[list[float]]:
-    """Milliseconds from each capture frame's arrival in the pipeline to its VAD verdict reaching the core (the
+    """Seconds from each capture frame's arrival in the pipeline to its VAD verdict reaching the core (the
     inference, plus the batcher's queue and the hop back to the loop when it runs off the loop)."""
     delays: list[float] = []
     arrived: dict[int, float] = {}
@@ -165,7 +165,7 @@ def vad_delays() -> Iterator[list[float]]:
 
     def timed_heard(self: Pipeline, vad: VoiceDetector, pid: str, t_end: float, pcm: bytes, voice: Voice) -> None:
         if (t := arrived.pop(id(pcm), None)) is not None:
-            delays.append(1000 * (time.perf_counter() - t))
+            delays.append(time.perf_counter() - t)
         heard(self, vad, pid, t_end, pcm, voice)
 
     Pipeline.frame, Pipeline._heard = timed_frame, timed_heard  # type: ignore[method-assign]
@@ -254,7 +254,7 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         "pss_by_kind_mb": pss_by_kind,
         "idle_pss_mb": idle_pss,
         "frames_per_s": frames / wall,
-        "vad_delay_ms": delays,
+        "vad_delay_s": delays,
         "replies_heard": len(lengths),
         "underrun_pct": 100 * silent / total if total else float("nan"),
         "speaking_ms": ms(lat),
@@ -298,7 +298,7 @@ def merge(windows: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "idle_pss_mb": float(np.mean([w["idle_pss_mb"] for w in windows])),
         "frames_per_s": float(np.mean([w["frames_per_s"] for w in windows])),
-        "vad_delay_ms": ms([d for w in windows for d in w["vad_delay_ms"]]),
+        "vad_delay_ms": ms([d for w in windows for d in w["vad_delay_s"]]),
         "replies_heard": sum(w["replies_heard"] for w in windows),
         "underrun_pct": float(np.nanmean([w["underrun_pct"] for w in windows])),
         "speaking_p50_ms": float(np.nanmean(lat)),
