@@ -96,7 +96,9 @@ async def run(
     with tempfile.TemporaryDirectory(prefix="luna-bench-") as tmp:
         async with Rig() as rig:
             for variant in [profile.VARIANTS[0], profile.VARIANTS[-1]] if compare else [None]:
-                svc = await rig.service(audio, host=variant.host() if variant else None)
+                svc = await rig.service(
+                    audio, host=variant.host() if variant else None, new_vad=variant.new_vad() if variant else None
+                )
                 label = variant.name if variant else "default"
                 results = await _steps(rig, svc, audio, plan, Path(tmp), quick, only, label)
                 variants[label] = results

@@ -29,6 +29,7 @@ from bench.signals import RATE, from_int16
 from luna_voice.api.errors import AppRunner
 from luna_voice.bots.host import CHROMIUM_ARGS, ChromiumHost
 from luna_voice.config import Settings
+from luna_voice.hearing.vad import VoiceDetector
 from luna_voice.service import Service
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -123,8 +124,14 @@ class BenchService(Service):
     """The real service, counting the capture frames Python receives per room and speaker; in the rooms named in
     ``frame_logs`` it also keeps each frame: (arrival wall-clock s, page stamp ms, participant id, pcm)."""
 
-    def __init__(self, settings: Settings, audio: ReplyAudio, host: ChromiumHost | None = None) -> None:
-        super().__init__(settings, providers=instant_providers(audio), host=host, audio_tap=self._tap)
+    def __init__(
+        self,
+        settings: Settings,
+        audio: ReplyAudio,
+        host: ChromiumHost | None = None,
+        new_vad: Callable[[], VoiceDetector] | None = None,
+    ) -> None:
+        super().__init__(settings, providers=instant_providers(audio), host=host, audio_tap=self._tap, new_vad=new_vad)
         self.frame_logs: dict[str, list[tuple[float, float, str, bytes]]] = {}
         self.frames_seen: dict[str, Counter[str]] = defaultdict(Counter)
 
@@ -230,9 +237,15 @@ class Rig:
         while self.browsers:
             await self.browsers.pop().close()
 
-    async def service(self, audio: ReplyAudio, host: dict[str, Any] | None = None, **overrides: Any) -> Running:
+    async def service(
+        self,
+        audio: ReplyAudio,
+        host: dict[str, Any] | None = None,
+        new_vad: Callable[[], VoiceDetector] | None = None,
+        **overrides: Any,
+    ) -> Running:
         """The whole service on a free loopback port, ICE kept to 127.0.0.1; ``host`` holds ChromiumHost options
-        (other flags, a context hook) when a scenario compares them."""
+        (other flags, a context hook) and ``new_vad`` a VAD per speaker, when a scenario compares them."""
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
@@ -241,7 +254,7 @@ class Rig:
         base["greeting"] = ""
         settings = Settings(_env_file=None, **{**base, **overrides})  # type: ignore[call-arg]
         chromium = None if host is None else ChromiumHost(settings.chromium_path, **host)
-        service = BenchService(settings, audio, chromium)
+        service = BenchService(settings, audio, chromium, new_vad)
         runner = AppRunner(service.app())
         started = time.perf_counter()
         await runner.setup()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from bench import signals as sg
 from bench.harness import Rig, Running, hears
 from bench.instant import ReplyAudio
 from bench.scenarios import SETTLE_S, ms
+from luna_voice.bots.session import PageSession
 from luna_voice.conversation.addressing import AddressDetector
 from luna_voice.conversation.endpointing import EndpointConfig, Endpointer, UtteranceEnded, UtteranceStarted
 from luna_voice.conversation.transcript_filter import no_speech_reason
@@ -202,6 +204,13 @@ async def hearing(quick: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ ducking (browser)
 DUCK_DB = -10.0  # "ducked" at the ear: this much below her level just before the backchannel
 LEVEL_S = 0.01  # loudness frames at the ear
+ONSET_RMS = 0.01  # sound in a 5 ms stretch of a frame: the threshold of the mouth's onsets (sg.onsets)
+
+
+def _sounds(pcm: bytes) -> bool:
+    """Whether any 5 ms of a capture frame is as loud as an onset at the mouth."""
+    x = np.frombuffer(pcm, "<i2").astype(np.float64) / 32768
+    return bool(x.size) and bool((sg.frame_rms(x, RATE, 0.005) > ONSET_RMS).any())
 
 
 def _levels(x: np.ndarray) -> np.ndarray:
@@ -220,17 +229,34 @@ async def ducking(rig: Rig, svc: Running, audio: ReplyAudio, quick: bool, tmp: P
     cycle = np.concatenate([question, silence(at - len(question) / sg.MIC_RATE, sg.MIC_RATE), okay])
     cycle = np.concatenate([cycle, silence(period_s - len(cycle) / sg.MIC_RATE, sg.MIC_RATE)])
     browser = await rig.browser(sg.write_wav(tmp / f"{room}.wav", cycle, sg.MIC_RATE), loop=True)
-    await svc.summon(room)
-    person = await rig.human(browser, svc, room, "Dana")
-    await hears(svc, room, "Dana")
-    await asyncio.sleep(SETTLE_S)
-    t_rec, t_tap = await person.start_recording(), await person.start_tap()
-    await asyncio.sleep((trials + 1) * period_s)
-    ear, mouth = await person.stop_recording(t_rec), await person.stop_tap(t_tap)
-    status = await svc.dismiss(room)
+    frames = svc.service.frame_logs[room] = []
+    ducked_at: list[float] = []  # wall-clock s of each duck message Python sent
+    send_gain = PageSession.set_playback_gain
+
+    def logged(session: PageSession, gain: float) -> None:
+        if gain < 1:
+            ducked_at.append(time.time())
+        send_gain(session, gain)
+
+    PageSession.set_playback_gain = logged  # type: ignore[method-assign]  # the bench's log, removed below
+    try:
+        await svc.summon(room)
+        person = await rig.human(browser, svc, room, "Dana")
+        await hears(svc, room, "Dana")
+        await asyncio.sleep(SETTLE_S)
+        t_rec, t_tap = await person.start_recording(), await person.start_tap()
+        await asyncio.sleep((trials + 1) * period_s)
+        jitter = await person.jitter_buffer_ms()
+        ear, mouth = await person.stop_recording(t_rec), await person.stop_tap(t_tap)
+        status = await svc.dismiss(room)
+    finally:
+        PageSession.set_playback_gain = send_gain  # type: ignore[method-assign]
+        del svc.service.frame_logs[room]
 
     level = _levels(ear.x)
+    arrivals = np.array([at for at, _stamp, _pid, pcm in frames if _sounds(pcm)])  # frames with sound, in Python
     ducks, recovered, tried = [], 0, 0
+    parts: dict[str, list[float]] = {"to_python": [], "python": [], "to_ear": []}
     for start in mouth.t0 + sg.onsets(mouth.x, quiet_before_s=0.8):
         i = int((start - ear.t0) / LEVEL_S)
         before = level[max(0, i - 30) : i - 2]
@@ -243,10 +269,19 @@ async def ducking(rig: Rig, svc: Running, audio: ReplyAudio, quick: bool, tmp: P
             ducks.append(quiet[0] * LEVEL_S)
             after = level[i + quiet[0] : i + quiet[0] + 150]
             recovered += bool((after > full * 10 ** (-3 / 20)).any())
+            heard = arrivals[(arrivals > start) & (arrivals < start + 1.0)]
+            sent = [t for t in ducked_at if start < t < start + 1.0]
+            if len(heard) and sent:  # mouth → the word's first frame in Python → the duck sent → −10 dB at the ear
+                parts["to_python"].append(heard[0] - start)
+                parts["python"].append(sent[0] - heard[0])
+                parts["to_ear"].append(start + quiet[0] * LEVEL_S - sent[0])
     answered = [t for t in status["turns"] if t["decision"] == "answer"]
     intact = [t for t in answered if t["state"] == "done" and t["spoken_text"] == t["reply_text"]]
     return {
         "time_to_duck_ms": ms(ducks),
+        "breakdown_ms": {part: ms(v) for part, v in parts.items()},
+        "jitter_buffer_ms": jitter,
+        "false_ducks": status["stats"].get("false_ducks"),
         "trials": tried,
         "recovered": recovered,
         "answers": len(answered),
@@ -308,7 +343,7 @@ def rows(r: dict[str, Any], floor_ms: float | None) -> list[list[str]]:
     if "error" in k:
         out.append(["H5 ducking", "n/a", "", "", k["error"]])
     else:
-        t = k["time_to_duck_ms"]
+        t, b = k["time_to_duck_ms"], k["breakdown_ms"]
         two_hops = None if floor_ms is None else 2 * floor_ms
         out.append(
             [
@@ -316,7 +351,9 @@ def rows(r: dict[str, Any], floor_ms: float | None) -> list[list[str]]:
                 _n(t["p50"]),
                 _n(two_hops),
                 "≤ floor + 100",
-                f"floor: two page → page hops (row 1 × 2); p95 {_n(t['p95'])}; {t['n']}/{k['trials']} ducked",
+                f"floor: two page → page hops (row 1 × 2); p95 {_n(t['p95'])}; {t['n']}/{k['trials']} ducked; "
+                f"p50 mouth → Python {_n(b['to_python']['p50'])}, Python → duck sent {_n(b['python']['p50'])}, "
+                f"→ ear {_n(b['to_ear']['p50'])} (its jitter buffer {_n(k['jitter_buffer_ms'])})",
             ]
         )
         out.append(
@@ -326,7 +363,7 @@ def rows(r: dict[str, Any], floor_ms: float | None) -> list[list[str]]:
                 "",
                 "all",
                 f"answers intact {k['answers_intact']}/{k['answers']}, interrupted {k['interrupted']}, "
-                f"false_interruptions {k['false_interruptions']}",
+                f"false_interruptions {k['false_interruptions']}, false_ducks {k['false_ducks']}",
             ]
         )
     return out

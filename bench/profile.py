@@ -14,13 +14,14 @@ the person's ear the replies, their underruns and their Python → ear latency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import cProfile
 import os
 import pstats
 import re
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,9 @@ from bench.harness import Rig, _descendants, _parent, _read, hears, memory_mb
 from bench.instant import ReplyAudio
 from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _loop, _reply, _wav, ms
 from luna_voice.bots.host import CHROMIUM_ARGS
+from luna_voice.bots.pipeline import Pipeline
+from luna_voice.config import Settings
+from luna_voice.hearing.vad import SpeakerVad, Voice, VoiceDetector, shared_batcher
 
 PERIOD_S = 6.0  # the person asks this often
 REPLY_S = 2.5
@@ -45,6 +49,7 @@ class Variant:
     name: str
     chromium_args: list[str]
     old_modules: tuple[str, ...] = ()  # keys of OLD_MODULES
+    vad_on_loop: bool = False  # Silero per speaker on the event loop's thread, as before the batcher
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
         for module in self.old_modules:
@@ -52,6 +57,9 @@ class Variant:
 
     def host(self) -> dict[str, Any]:
         return {"args": self.chromium_args, "prepare_context": self.prepare}
+
+    def new_vad(self) -> Callable[[], VoiceDetector] | None:
+        return (lambda: SpeakerVad(Settings.model_fields["vad_threshold"].default)) if self.vad_on_loop else None
 
 
 def _serve(body: str) -> Callable[[Route], Awaitable[None]]:
@@ -75,9 +83,10 @@ OLD_CHROMIUM_ARGS = [
 # Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
 # Flag sets measured and dropped are listed in bench/README.md ("Profile").
 VARIANTS = [
-    Variant("before", OLD_CHROMIUM_ARGS, ("lib/worker-socket.js",)),
-    Variant("+worker socket", OLD_CHROMIUM_ARGS),
-    Variant("+one renderer (after)", CHROMIUM_ARGS),
+    Variant("before", OLD_CHROMIUM_ARGS, ("lib/worker-socket.js",), vad_on_loop=True),
+    Variant("+worker socket", OLD_CHROMIUM_ARGS, vad_on_loop=True),
+    Variant("+one renderer", CHROMIUM_ARGS, vad_on_loop=True),
+    Variant("+batched VAD (after)", CHROMIUM_ARGS),  # Silero batched on its own thread
 ]
 
 
@@ -117,7 +126,8 @@ def luna_tree(driver: int) -> dict[int, str]:
 
 
 def threads(procs: dict[int, str]) -> dict[tuple[int, int], tuple[str, str, int]]:
-    """(pid, tid) → (process kind, thread name, CPU ns so far)."""
+    """(pid, tid) → (process kind, thread name, CPU ns so far). Python 3.11 does not name its threads for the
+    kernel, so the VAD batcher's is named here."""
     out = {}
     for pid, kind in procs.items():
         try:
@@ -125,7 +135,8 @@ def threads(procs: dict[int, str]) -> dict[tuple[int, int], tuple[str, str, int]
         except OSError:
             continue
         for tid in tids:
-            out[(pid, tid)] = (kind, _thread(_read(f"/proc/{pid}/task/{tid}/comm")), _cpu_ns(pid, tid))
+            name = "silero-vad" if tid == shared_batcher().native_id else _thread(_read(f"/proc/{pid}/task/{tid}/comm"))
+            out[(pid, tid)] = (kind, name, _cpu_ns(pid, tid))
     return out
 
 
@@ -145,6 +156,30 @@ def drivers() -> set[int]:
     """Playwright driver processes among this process's children (each host and the rig start one)."""
     kids = {p for p in _descendants(os.getpid()) if _parent(p) == os.getpid()}
     return {p for p in kids if _kind(_argv(p)) == "playwright driver"}
+
+
+@contextlib.contextmanager
+def vad_delays() -> Iterator[list[float]]:
+    """Seconds from each capture frame's arrival in the pipeline to its VAD verdict reaching the core (the
+    inference, plus the batcher's queue and the hop back to the loop when it runs off the loop)."""
+    delays: list[float] = []
+    arrived: dict[int, float] = {}
+    frame, heard = Pipeline.frame, Pipeline._heard
+
+    def timed_frame(self: Pipeline, pid: str, timestamp_ms: float, pcm: bytes) -> None:
+        arrived[id(pcm)] = time.perf_counter()
+        frame(self, pid, timestamp_ms, pcm)
+
+    def timed_heard(self: Pipeline, vad: VoiceDetector, pid: str, t_end: float, pcm: bytes, voice: Voice) -> None:
+        if (t := arrived.pop(id(pcm), None)) is not None:
+            delays.append(time.perf_counter() - t)
+        heard(self, vad, pid, t_end, pcm, voice)
+
+    Pipeline.frame, Pipeline._heard = timed_frame, timed_heard  # type: ignore[method-assign]
+    try:
+        yield delays
+    finally:
+        Pipeline.frame, Pipeline._heard = frame, heard  # type: ignore[method-assign]
 
 
 # ---------------------------------------------------------------------------------------------- Python's share
@@ -181,7 +216,7 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
     """A fresh service with the variant's Chromium (alone, so PSS splits shared pages only among its own
     processes and the person's), one person in one room, then a /proc window and a cProfile window."""
     known = drivers()
-    svc = await rig.service(audio, host=variant.host())
+    svc = await rig.service(audio, host=variant.host(), new_vad=variant.new_vad())
     (driver,) = drivers() - known
     room = "profile-" + re.sub(r"[^a-z0-9]+", "-", variant.name).strip("-")
     try:
@@ -196,7 +231,8 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         seen = svc.service.frames_seen[room]
 
         frames0, t0, before = seen[pid or ""], time.monotonic(), threads(procs)
-        await asyncio.sleep(window_s)
+        with vad_delays() as delays:
+            await asyncio.sleep(window_s)
         wall, after = time.monotonic() - t0, threads(procs)
         frames = seen[pid or ""] - frames0
         tree = luna_tree(driver)
@@ -225,6 +261,7 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         "pss_by_kind_mb": pss_by_kind,
         "idle_pss_mb": idle_pss,
         "frames_per_s": frames / wall,
+        "vad_delay_s": delays,
         "replies_heard": len(lengths),
         "underrun_pct": 100 * silent / total if total else float("nan"),
         "speaking_ms": ms(lat),
@@ -268,6 +305,7 @@ def merge(windows: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "idle_pss_mb": float(np.mean([w["idle_pss_mb"] for w in windows])),
         "frames_per_s": float(np.mean([w["frames_per_s"] for w in windows])),
+        "vad_delay_ms": ms([d for w in windows for d in w["vad_delay_s"]]),
         "replies_heard": sum(w["replies_heard"] for w in windows),
         "underrun_pct": float(np.nanmean([w["underrun_pct"] for w in windows])),
         "speaking_p50_ms": float(np.nanmean(lat)),
@@ -313,6 +351,10 @@ def report(result: dict[str, Any]) -> str:
     py_rows = [[p, *(_pct(py[n] * vs[n]["python_parts"].get(p, 0.0)) for n in names)] for p in parts]
     audio = [
         ["capture frames/s from the person (50 expected)", *(f"{vs[n]['frames_per_s']:.1f}" for n in names)],
+        [
+            "frame → its VAD verdict in the core, p50 / p95 ms",
+            *(f"{vs[n]['vad_delay_ms']['p50']:.2f} / {vs[n]['vad_delay_ms']['p95']:.2f}" for n in names),
+        ],
         ["replies heard whole at the ear", *(str(vs[n]["replies_heard"]) for n in names)],
         ["underruns at the ear, %", *(f"{vs[n]['underrun_pct']:.3f}" for n in names)],
         ["reply clicks lost, %", *(f"{vs[n]['clicks_lost_pct']:.1f}" for n in names)],

@@ -6,19 +6,26 @@ A harmonic buzz is loud but is not speech: Silero rightly ignores it, so ``VOICE
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from luna_voice.hearing.vad import Voice
 from luna_voice.providers.base import PIPELINE_RATE
 
 FRAME_SAMPLES = PIPELINE_RATE // 50  # 20 ms
 
 
 class LoudIsVoiced:
-    """A frame louder than -30 dBFS is voiced."""
+    """A frame louder than -30 dBFS is voiced (and sure), at once."""
 
-    def is_speech(self, pcm: bytes) -> bool:
+    def feed(self, pcm: bytes, heard: Callable[[Voice], None]) -> None:
         x = np.frombuffer(pcm, "<i2").astype(np.float64) / 32768
-        return bool(x.size) and float(np.sqrt(np.mean(x**2))) > 0.03
+        loud = bool(x.size) and float(np.sqrt(np.mean(x**2))) > 0.03
+        heard(Voice(loud, float(loud)))
+
+    def close(self) -> None:
+        pass
 
 
 _t = np.arange(FRAME_SAMPLES) / PIPELINE_RATE

@@ -55,15 +55,20 @@ class Room:
             self.core.participant_joined(pid, name, self.now)
         self.run()
 
-    def talk(self, seconds: float, **speaking: bool) -> None:
-        """Advance time frame by frame; each named speaker sends voiced (True) or silent (False) frames."""
+    def talk(self, seconds: float, probability: float | None = None, **speaking: bool) -> None:
+        """Advance time frame by frame; each named speaker sends voiced (True) or silent (False) frames, with the
+        VAD's ``probability`` for them if given (None: voiced frames are sure)."""
         for _ in range(round(seconds / FRAME)):
-            self.now += FRAME
-            for pid, voiced in speaking.items():
-                self.core.audio(pid, self.now, bytes(640), voiced, self.now)
-            self._page_render(FRAME)
-            self.core.tick(self.now)
-            self.run()
+            self.frame({pid: (bytes(640), voiced, probability) for pid, voiced in speaking.items()})
+
+    def frame(self, frames: dict[str, tuple[bytes, bool, float | None]]) -> None:
+        """One 20 ms step: each speaker's (pcm, voiced, VAD probability), then the page renders and time moves."""
+        self.now += FRAME
+        for pid, (pcm, voiced, probability) in frames.items():
+            self.core.audio(pid, self.now, pcm, voiced, self.now, probability=probability)
+        self._page_render(FRAME)
+        self.core.tick(self.now)
+        self.run()
 
     def say(self, pid: str, text: str, seconds: float = 1.0, then_silence: float = 0.6) -> None:
         self.transcripts[pid] = text
@@ -149,3 +154,12 @@ class Room:
 
 
 GROUP = (("a", "Alice"), ("b", "Bob"))
+
+
+def luna_talking(room: Room, reply: str = "Here is a long answer. It goes on for several seconds. And more.") -> None:
+    """Alice asks, and Luna is speaking her answer (50 ms of audio per character of ``reply``)."""
+    room.join(("a", "Alice"))
+    room.replies["a"] = reply
+    room.say("a", "Luna, explain tides.")
+    room.wait(0.3)
+    assert room.core.turns[next(iter(room.core.turns))].state == "speaking"

@@ -13,7 +13,7 @@ from luna_voice.conversation import actions as act
 from luna_voice.conversation.endpointing import EndpointConfig, Endpointer, EndReason, UtteranceEnded
 from luna_voice.conversation.transcript_filter import no_speech_reason
 from luna_voice.providers.base import Confidence
-from scripted_room import FRAME, Room
+from scripted_room import FRAME, Room, luna_talking
 
 DUCK = 10 ** (-15 / 20)
 
@@ -186,22 +186,12 @@ def test_confident_speech_passes_the_gate():
 
 
 # ---------------------------------------------------------------------------------------- barge-in
-def luna_talking(room: Room, reply: str = "Here is a long answer. It goes on for several seconds. And more.") -> None:
-    room.join(("a", "Alice"))
-    room.replies["a"] = reply
-    room.say("a", "Luna, explain tides.")
-    room.wait(0.3)
-    assert room.core.turns[next(iter(room.core.turns))].state == "speaking"
-
-
-def test_onset_over_her_voice_ducks_within_one_frame_and_a_cough_gives_it_back():
+def test_a_sure_onset_over_her_voice_ducks_her_on_its_first_frame_and_a_cough_gives_it_back():
     room = Room()
     luna_talking(room)
-    room.talk(0.04, a=True)  # under the 60 ms onset: not yet
-    assert room.gain == 1.0
-    room.talk(FRAME, a=True)  # the onset frame
+    room.talk(FRAME, a=True, probability=0.85)  # the first window of a voice: the utterance needs 60 ms, not the duck
     assert room.gain == pytest.approx(DUCK)
-    room.talk(0.06, a=True)  # 120 ms in all: a cough
+    room.talk(0.1, a=True)  # 120 ms in all: a cough
     room.talk(0.6, a=False)
     assert room.gain == 1.0
     room.wait(8)
@@ -212,6 +202,40 @@ def test_onset_over_her_voice_ducks_within_one_frame_and_a_cough_gives_it_back()
     assert sum(n for _t, _g, n in room.rendered) == sum(s.samples for s in room.core.turns[first["id"]].sentences)
     assert sorted({round(g, 3) for _t, g, _n in room.rendered}) == [round(DUCK, 3), 1.0]  # quieter, never cut
     assert room.of(act.SetPlaybackGain) == [act.SetPlaybackGain(pytest.approx(DUCK)), act.SetPlaybackGain(1.0)]
+
+
+def test_an_unsure_window_waits_for_the_utterance_start_and_a_sure_one_then_ducks():
+    room = Room()
+    luna_talking(room)
+    room.talk(0.06, a=True, probability=0.6)  # voiced, enough for an utterance, not sure enough to duck
+    assert room.gain == 1.0 and room.of(act.StartTranscription)
+    room.talk(FRAME, a=True, probability=0.95)
+    assert room.gain == pytest.approx(DUCK)
+
+
+def test_a_sure_window_that_never_becomes_an_utterance_is_a_false_duck_given_back_at_once():
+    room = Room()
+    luna_talking(room)
+    room.talk(FRAME, a=True, probability=0.9)  # a click Silero was sure about, for one window
+    room.talk(FRAME, a=False)
+    assert room.gain == 1.0  # on the next frame, not after an utterance and its transcript
+    assert room.core.stats["false_ducks"] == 1 and room.core.stats["false_interruptions"] == 0
+    assert len(room.of(act.StartTranscription)) == 1  # the question only: a click is never an utterance
+    room.wait(8)
+    first = room.turn_by("a")
+    assert first["state"] == "done" and first["spoken_text"] == first["reply_text"]
+    assert sum(n for _t, _g, n in room.rendered) == sum(s.samples for s in room.core.turns[first["id"]].sentences)
+
+
+def test_a_speaker_who_leaves_mid_onset_gives_her_volume_back():
+    room = Room()
+    room.join(("b", "Bob"))
+    luna_talking(room)
+    room.talk(FRAME, b=True, probability=0.9)
+    assert room.gain == pytest.approx(DUCK)
+    room.core.participant_left("b", room.now)
+    room.run()
+    assert room.gain == 1.0 and room.core.stats["false_ducks"] == 1
 
 
 def test_backchannel_restores_her_volume_after_its_transcript():

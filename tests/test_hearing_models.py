@@ -9,12 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from luna_voice.conversation.actions import SetPlaybackGain, StartTranscription
 from luna_voice.conversation.addressing import AddressDetector
 from luna_voice.conversation.transcript_filter import no_speech_reason
 from luna_voice.hearing.vad import SpeakerVad
 from luna_voice.providers.base import Transcript
 from luna_voice.providers.offline.whisper_stt import WhisperSTT
 from room_sounds import hear, keyboard, music, over, paused_speech, piper_speech, silence, sox_noise
+from scripted_room import Room, luna_talking
 
 QUESTION = "What time is it?"
 NAMES = ["Luna", "露娜", "Alice"]
@@ -107,3 +109,43 @@ async def test_whisper_spells_her_name_so_she_knows_she_is_addressed():
     ):
         heard = await whisper(np.concatenate([silence(0.3), piper_speech(text), silence(0.5)]))
         assert detector.is_addressed(heard.text), heard.text
+
+
+# ---------------------------------------------------------------------------------------- ducking on real audio
+LONG_REPLY = "Here is a long answer that keeps going. " * 40  # about 80 s of her voice in the scripted room
+
+
+def over_her_voice(room: Room, audio: np.ndarray) -> list[bool]:
+    """Alice's ``audio`` through the real Silero VAD into the core while Luna speaks; her ducked state per frame."""
+    luna_talking(room, LONG_REPLY)
+    vad, ducked = SpeakerVad(0.5), []
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    for i in range(0, len(pcm) - 320 + 1, 320):
+        frame = pcm[i : i + 320].tobytes()
+        room.frame({"a": (frame, vad.is_speech(frame), vad.probability)})
+        ducked.append(room.gain < 1.0)
+    assert room.core.turns[next(iter(room.core.turns))].state == "speaking"  # she was audible throughout
+    return ducked
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [
+        pytest.param(lambda: sox_noise("pinknoise", 30, -30), id="pink-loud"),
+        pytest.param(lambda: sox_noise("brownnoise", 30, -30), id="brown-hum"),
+        pytest.param(lambda: keyboard(30), id="keyboard"),
+        pytest.param(lambda: music(60), id="music"),  # Silero scores some of its notes 0.5–0.75
+    ],
+)
+def test_noise_typing_or_music_over_her_voice_never_ducks_her(noise):
+    room = Room()
+    assert not any(over_her_voice(room, noise()))
+    assert room.core.stats["ducks"] == 0
+
+
+def test_okay_over_her_voice_ducks_her_before_its_utterance_starts():
+    room = Room()
+    ducked = over_her_voice(room, np.concatenate([silence(0.5), piper_speech("Okay."), silence(0.3)]))
+    (start,) = [i for i, a in enumerate(room.log) if isinstance(a, StartTranscription) and a.speaker_id == "a"][1:]
+    first_duck = room.log.index(next(a for a in room.log if isinstance(a, SetPlaybackGain)))
+    assert any(ducked) and first_duck < start  # the first sure window, not the 60 ms utterance rule

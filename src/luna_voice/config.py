@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     barge_in_duck_db: float = Field(
         default=-15.0, le=0.0, description="Luna's level while someone starts talking over her (dB)."
     )
+    barge_in_duck_threshold: float = Field(
+        default=0.8, gt=0.0, le=1.0, description="Silero probability of one window that ducks Luna at once."
+    )
     vad_threshold: float = Field(default=0.5, gt=0.0, lt=1.0, description="Silero speech probability for 'voiced'.")
     min_speech_ms: int = Field(default=200, ge=0, description="Less voiced audio than this is noise, never a turn.")
     stt_min_confidence: float = Field(

@@ -33,6 +33,7 @@ from luna_voice.conversation.endpointing import EndpointConfig
 from luna_voice.conversation.events import TurnChanged
 from luna_voice.conversation.requests import RequestDetector, SayRefused
 from luna_voice.events import Event, StateChanged
+from luna_voice.hearing.vad import VoiceDetector
 from luna_voice.metrics import Metrics
 from luna_voice.providers.select import ProviderSet, select_providers
 from luna_voice.rooms.local_rooms import LocalRooms
@@ -58,11 +59,14 @@ class Service(LocalRooms):
         providers: ProviderSet | None = None,
         host: PageHost | None = None,
         audio_tap: AudioTap | None = None,
+        new_vad: Callable[[], VoiceDetector] | None = None,
     ) -> None:
         """``providers`` replaces the engines chosen from settings; ``audio_tap`` is called with every capture
-        frame Python receives (room id, participant id, page stamp in ms, pcm) — the bench's hooks."""
+        frame Python receives (room id, participant id, page stamp in ms, pcm); ``new_vad`` replaces the batched
+        Silero per speaker (the profile's "before": Silero on the event loop) — the bench's hooks."""
         self.settings = settings
         self.audio_tap = audio_tap
+        self.new_vad = new_vad
         self.providers = providers or select_providers(settings)
         self.prices = self.providers.prices(settings.prices)
         self._open_local_rooms(settings)
@@ -245,6 +249,7 @@ class Service(LocalRooms):
                 barge_in_min_ms=s.barge_in_min_ms,
                 min_word_confidence=s.stt_min_confidence,
                 duck_gain=10 ** (s.barge_in_duck_db / 20),
+                duck_threshold=s.barge_in_duck_threshold,
                 rate_limited_line=s.rate_limited_line,
                 unmute_when_addressed=s.host_mute == "unmute_when_addressed",
                 greeting=s.greeting,
@@ -272,6 +277,7 @@ class Service(LocalRooms):
             leave=lambda reason: bot.request_end(sc.ASKED_TO_LEAVE, reason),
             set_playback_gain=bot.set_playback_gain,
             vad_threshold=s.vad_threshold,
+            new_vad=self.new_vad,
             audio_tap=functools.partial(self.audio_tap, bot.room_id) if self.audio_tap is not None else None,
         )
 

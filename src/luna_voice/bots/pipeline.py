@@ -24,7 +24,7 @@ from luna_voice.conversation.domain import Usage
 from luna_voice.conversation.events import CoreEvent
 from luna_voice.conversation.turns import Turn
 from luna_voice.hearing import turn_model
-from luna_voice.hearing.vad import SpeakerVad, VoiceDetector
+from luna_voice.hearing.vad import Voice, VoiceDetector, shared_batcher
 from luna_voice.hearing.vad import shared_model as silero_model
 from luna_voice.providers.base import (
     ProviderError,
@@ -72,8 +72,9 @@ class Pipeline:
         self._unmute = unmute
         self._leave = leave
         self._set_playback_gain = set_playback_gain
-        self._new_vad = new_vad or (lambda: SpeakerVad(vad_threshold))
-        self._vads: dict[str, VoiceDetector] = {}  # one Silero state per speaker; the model is shared
+        # One Silero state per speaker; the model, and the thread that runs it off the event loop, are shared.
+        self._new_vad = new_vad or (lambda: shared_batcher().stream(vad_threshold))
+        self._vads: dict[str, VoiceDetector] = {}
         self._predict_end = predict_end
         self._playback_rate = core.cfg.playback_rate
         self._clock = clock  # monotonic: a wall-clock step must not stall or burst playback
@@ -137,6 +138,9 @@ class Pipeline:
             self.stay_ended()
         self._closed = True
         self._wake.set()
+        for vad in self._vads.values():
+            vad.close()
+        self._vads.clear()
         tasks = [t for t in (self._ticker, *self._tasks, *self._replies.values()) if t is not None]
         tasks += [task for _, task in self._speech.values()]
         for t in tasks:
@@ -159,7 +163,7 @@ class Pipeline:
 
     def provider_problems(self) -> dict[str, str]:
         """Providers that know they cannot work (a refused key, an unreachable service), with why."""
-        roles = {"stt": self.stt, "llm": self.llm, "tts": self.tts}
+        roles = {"stt": self.stt, "llm": self.llm, "tts": self.tts, "vad": shared_batcher()}
         return {role: problem for role, p in roles.items() if isinstance(problem := getattr(p, "problem", None), str)}
 
     # ------------------------------------------------------------------ inputs from the bridge
@@ -168,7 +172,8 @@ class Pipeline:
         self._run()
 
     def participant_left(self, pid: str) -> None:
-        self._vads.pop(pid, None)
+        if (vad := self._vads.pop(pid, None)) is not None:
+            vad.close()
         self.core.participant_left(pid, self._clock())
         self._run()
 
@@ -179,9 +184,14 @@ class Pipeline:
         vad = self._vads.get(pid)
         if vad is None:
             vad = self._vads[pid] = self._new_vad()
-        is_speech = vad.is_speech(pcm)
-        now = self._clock()
-        self.core.audio(pid, self._page_clock.to_local(timestamp_ms, now), pcm, is_speech, now)
+        t_end = self._page_clock.to_local(timestamp_ms, self._clock())  # mapped as it arrives, not as it is scored
+        vad.feed(pcm, lambda voice: self._heard(vad, pid, t_end, pcm, voice))
+
+    def _heard(self, vad: VoiceDetector, pid: str, t_end: float, pcm: bytes, voice: Voice) -> None:
+        """A frame's VAD verdict, in frame order per speaker; dropped if the speaker left (or came back) since."""
+        if self._closed or self._vads.get(pid) is not vad:
+            return
+        self.core.audio(pid, t_end, pcm, voice.speech, self._clock(), probability=voice.probability)
         self._run()
 
     def played(self, seq: int, idle: bool) -> None:

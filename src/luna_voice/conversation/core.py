@@ -13,9 +13,11 @@ Rules that are easy to get wrong, in one place:
   that a follow-on from the *same* speaker while she is still thinking (no audio yet) is merged into the turn
   being prepared (the reply is restarted with both parts). Queued turns older than ``stale_after_s`` by the
   time she is free are dropped as ``stale`` — answering a question from half a minute ago confuses a room.
-* Barge-in: the frame a human's speech starts while Luna is audible, her voice is ducked in the page (no audio is
-  dropped). ``barge_in_min_ms`` of voiced overlap, or a transcript that is more than a backchannel, stops her
-  (cancel reply and synthesis, ``clear`` the page). A backchannel, a cough or noise restores her volume: a
+* Barge-in: the first frame of a confident onset (one VAD window at ``duck_threshold``) while Luna is audible
+  ducks her voice in the page (no audio is dropped), without waiting for the utterance-start rule. If the voice
+  stops before an utterance starts (a click, a breath), her volume comes back at once: a *false duck*, counted.
+  ``barge_in_min_ms`` of voiced overlap, or a transcript that is more than a backchannel, stops her (cancel reply
+  and synthesis, ``clear`` the page). A backchannel, a cough or noise restores her volume: a
   *false interruption*, counted, with nothing lost. Only the played part of the reply is kept in history, known
   from the page's playback marks. Luna never hears herself: the page captures remote participants only.
 * Muted by someone else (a host's mute, a preset without audio): she stops speaking at once and drops what is
@@ -88,6 +90,8 @@ class CoreConfig:
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     barge_in_min_ms: int = 500  # voiced overlap that stops her; ducked meanwhile, so "okay", "yeah" pass
     duck_gain: float = 10 ** (-15 / 20)  # Luna's level while someone may be interrupting her (-15 dB)
+    # A VAD window this sure ducks her at once; music and noise rarely reach it (the VAD threshold, 0.5, they do).
+    duck_threshold: float = 0.8
     context_seconds: float = 300.0
     context_chars: int = 4000
     stale_after_s: float = 20.0
@@ -143,12 +147,14 @@ class Conversation:
             "barge_ins": 0,
             "ducks": 0,
             "false_interruptions": 0,
+            "false_ducks": 0,
             "playback_gaps": 0,
         }
         self._endpointers: dict[str, Endpointer] = {}
         self._open: dict[str, tuple[str, float]] = {}  # speaker -> (utterance id, speech started)
         self._overlap: dict[str, int] = {}  # speaker -> voiced ms while Luna was audible
         self._ducking: set[str] = set()  # utterances that overlapped Luna and are not resolved yet
+        self._onset_ducks: set[str] = set()  # speakers whose confident onset ducked her before an utterance started
         self._ducked = False
         # A lone "Luna," (the speaker paused after her name, so it was an utterance of its own): speaker -> (the
         # name as heard, when). Not answered by itself; it prefixes the same speaker's next words.
@@ -182,6 +188,8 @@ class Conversation:
         ep = self._endpointers.pop(pid, None)
         if ep is not None:
             self._endpoint(pid, ep.close(), now)
+        if pid in self._onset_ducks:
+            self._false_duck(pid)
         self.participants.pop(pid, None)
         self._publish_participants()
 
@@ -233,19 +241,36 @@ class Conversation:
     def participant_list(self) -> list[dict[str, str]]:
         return [{"id": pid, "name": name} for pid, name in self.participants.items()]
 
-    def audio(self, pid: str, t_end: float, pcm: bytes, is_speech: bool, now: float) -> None:
-        """One 20 ms capture frame of participant ``pid`` whose last sample was taken at ``t_end``."""
+    def audio(
+        self, pid: str, t_end: float, pcm: bytes, is_speech: bool, now: float, *, probability: float | None = None
+    ) -> None:
+        """One 20 ms capture frame of participant ``pid`` whose last sample was taken at ``t_end``. ``probability``
+        is the VAD's for its latest window; None (a detector without one) counts a voiced frame as sure."""
         self.stats["frames_in"] += 1
         ep = self._endpointers.get(pid)
         if ep is None:
             ep = self._endpointers[pid] = Endpointer(self.cfg.endpoint)
         self._endpoint(pid, ep.feed(t_end, pcm, is_speech), now)
+        sure = is_speech and (1.0 if probability is None else probability) >= self.cfg.duck_threshold
+        if not ep.speaking:  # before an utterance starts: a sure window ducks at once, a broken run gives it back
+            self._overlap.pop(pid, None)
+            if sure and self._audible():
+                self._onset_ducks.add(pid)
+                self._update_gain()
+            elif not is_speech and pid in self._onset_ducks:
+                self._false_duck(pid)
+            return
+        uid = self._open[pid][0]
+        if pid in self._onset_ducks:  # the onset became an utterance: its duck is the utterance's now
+            self._onset_ducks.discard(pid)
+            self._ducking.add(uid)
         # Barge-in counts only voiced audio *while Luna is audible*: speech that ended just before she
         # started, or a short "mm", does not cut her off.
-        if not (self._audible() and ep.speaking):
+        if not self._audible():
             self._overlap.pop(pid, None)
         elif is_speech:
-            self._duck(self._open[pid][0])
+            if sure:
+                self._duck(uid)
             self._overlap[pid] = self._overlap.get(pid, 0) + self.cfg.endpoint.frame_ms
             if self._overlap[pid] >= self.cfg.barge_in_min_ms:
                 assert self._active is not None
@@ -654,10 +679,13 @@ class Conversation:
 
     def _duck(self, utterance_id: str) -> None:
         self._ducking.add(utterance_id)
-        if not self._ducked:
-            self._ducked = True
-            self.stats["ducks"] += 1
-            self._out.append(act.SetPlaybackGain(self.cfg.duck_gain))
+        self._update_gain()
+
+    def _false_duck(self, pid: str) -> None:
+        """A sure onset that never became an utterance: her volume comes back at once."""
+        self._onset_ducks.discard(pid)
+        self.stats["false_ducks"] += 1
+        self._update_gain()
 
     def _resolve_duck(self, utterance_id: str) -> None:
         """An utterance over Luna's voice turned out harmless (a false interruption): once none is left, her
@@ -666,14 +694,20 @@ class Conversation:
             return
         self._ducking.discard(utterance_id)
         self.stats["false_interruptions"] += 1
-        if not self._ducking:
-            self._restore_volume()
+        self._update_gain()
 
     def _restore_volume(self) -> None:
         self._ducking.clear()
-        if self._ducked:
-            self._ducked = False
-            self._out.append(act.SetPlaybackGain(1.0))
+        self._onset_ducks.clear()
+        self._update_gain()
+
+    def _update_gain(self) -> None:
+        """Ducked while any onset or utterance over her voice is unresolved; the page hears only changes."""
+        ducked = bool(self._ducking or self._onset_ducks)
+        if ducked != self._ducked:
+            self._ducked = ducked
+            self.stats["ducks"] += ducked
+            self._out.append(act.SetPlaybackGain(self.cfg.duck_gain if ducked else 1.0))
 
     def _start(self, turn: Turn, may_stay_silent: bool, now: float) -> bool:
         """Ask for a reply to ``turn``; False if the reply engine asked us to wait (the turn fails at once)."""

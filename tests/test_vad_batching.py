@@ -1,0 +1,115 @@
+"""Silero off the event loop: one thread per process scores every speaker's pending windows in one batch.
+
+The real model on generated audio; verdicts come back to the loop, and each test waits for the ones it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import weakref
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import structlog
+
+from luna_voice.hearing.vad import SpeakerVad, VadBatcher, Voice, shared_model
+from room_sounds import music, piper_speech, silence
+
+FRAME = 320  # 20 ms at 16 kHz
+WAIT_S = 30.0
+
+
+def frames(audio: np.ndarray) -> list[bytes]:
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    return [pcm[i : i + FRAME].tobytes() for i in range(0, len(pcm) - FRAME + 1, FRAME)]
+
+
+class Verdicts:
+    """Collects (frame index, verdict) as they come back; ``until(n)`` waits for the n-th."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[int, Voice]] = []
+        self._more = asyncio.Event()
+
+    def heard(self, index: int):  # type: ignore[no-untyped-def]
+        def on(voice: Voice) -> None:
+            self.got.append((index, voice))
+            self._more.set()
+
+        return on
+
+    async def until(self, n: int) -> None:
+        async with asyncio.timeout(WAIT_S):
+            while len(self.got) < n:
+                self._more.clear()
+                await self._more.wait()
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return np.concatenate([silence(0.3), piper_speech("Luna, what do you think about the budget?"), silence(0.5)])
+
+
+async def test_batched_speakers_get_the_verdicts_they_would_get_alone_in_frame_order(speech):
+    """Alice speaks while Bob's microphone plays loud music; their windows share onnxruntime calls."""
+    alice, bob = frames(speech), frames(music(len(speech) / 16_000, level_db=-15))
+    model, opened = shared_model(), threading.Event()
+
+    def run_when_open(*args):  # type: ignore[no-untyped-def]
+        opened.wait(WAIT_S)  # the first call waits until both speakers have windows queued
+        return model.session.run(*args)
+
+    batcher = VadBatcher(load=lambda: SimpleNamespace(session=SimpleNamespace(run=run_when_open)))
+    streams = {"alice": batcher.stream(0.5), "bob": batcher.stream(0.5)}
+    got = {name: Verdicts() for name in streams}
+    for i, (a, b) in enumerate(zip(alice, bob, strict=True)):
+        streams["alice"].feed(a, got["alice"].heard(i))
+        streams["bob"].feed(b, got["bob"].heard(i))
+    opened.set()
+    for name in streams:
+        await got[name].until(len(alice))
+    assert batcher.windows >= 1.9 * batcher.calls  # one window of each speaker per call
+    for name, audio in (("alice", alice), ("bob", bob)):
+        alone = SpeakerVad(0.5)
+        expected = [(alone.is_speech(f), alone.probability) for f in audio]
+        assert [i for i, _ in got[name].got] == list(range(len(audio)))  # in frame order
+        assert [v.speech for _, v in got[name].got] == [s for s, _ in expected]
+        assert [v.probability for _, v in got[name].got] == pytest.approx([p for _, p in expected], abs=1e-4)
+    assert any(v.speech for _, v in got["alice"].got)
+
+
+async def test_a_speaker_who_leaves_frees_their_state_and_hears_nothing_late(speech):
+    batcher = VadBatcher()
+    leaving, staying = batcher.stream(0.5), batcher.stream(0.5)
+    left, stayed = Verdicts(), Verdicts()
+    for i, f in enumerate(frames(speech)[:50]):
+        leaving.feed(f, left.heard(i))
+    before = len(left.got)  # frames that needed no new window were answered at once
+    leaving.close()
+    gone = weakref.ref(leaving)
+    del leaving
+    staying.feed(frames(speech)[0], stayed.heard(0))  # one window: scored after everything submitted before it
+    staying.feed(frames(speech)[1], stayed.heard(1))
+    await stayed.until(2)
+    gc.collect()
+    assert gone() is None  # its state and queued windows were let go
+    assert len(left.got) == before < 50
+
+
+async def test_a_failing_model_leaves_frames_unvoiced_in_order_and_says_why(speech):
+    def broken_run(*_args):  # type: ignore[no-untyped-def]
+        raise RuntimeError("onnxruntime: bad allocation")
+
+    batcher = VadBatcher(load=lambda: SimpleNamespace(session=SimpleNamespace(run=broken_run)))
+    stream, got = batcher.stream(0.5), Verdicts()
+    with structlog.testing.capture_logs() as logs:
+        for i, f in enumerate(frames(speech)):
+            stream.feed(f, got.heard(i))
+        await got.until(len(frames(speech)))
+    assert [i for i, _ in got.got] == list(range(len(frames(speech))))
+    assert not any(v.speech for _, v in got.got)
+    assert batcher.problem is not None and "bad allocation" in batcher.problem
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["vad.failed"]  # once, not per window
