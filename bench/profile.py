@@ -170,10 +170,10 @@ def vad_delays() -> Iterator[list[float]]:
         arrived[id(pcm)] = time.perf_counter()
         frame(self, pid, timestamp_ms, pcm)
 
-    def timed_heard(self: Pipeline, vad: VoiceDetector, pid: str, t_end: float, pcm: bytes, voice: Voice) -> None:
+    def timed_heard(self: Pipeline, pid: str, t_end: float, pcm: bytes, voice: Voice) -> None:
         if (t := arrived.pop(id(pcm), None)) is not None:
             delays.append(time.perf_counter() - t)
-        heard(self, vad, pid, t_end, pcm, voice)
+        heard(self, pid, t_end, pcm, voice)
 
     Pipeline.frame, Pipeline._heard = timed_frame, timed_heard  # type: ignore[method-assign]
     try:

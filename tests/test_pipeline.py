@@ -9,11 +9,14 @@ Silero (``LoudIsVoiced``): these tests are about the driver's tasks; the VAD has
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fakes.openai_audio import FakeOpenAIAudio, Fault
@@ -25,8 +28,10 @@ from luna_voice.conversation.core import Conversation, CoreConfig
 from luna_voice.conversation.domain import ReplyRequest, SpokenReason, Usage
 from luna_voice.conversation.events import CoreEvent, LateUsage, TurnChanged
 from luna_voice.conversation.turns import TurnState
+from luna_voice.hearing.vad import VadBatcher, shared_model
 from luna_voice.providers.base import ProviderError, RateLimited, Transcript
 from luna_voice.providers.openai_stt import OpenAISTT
+from room_sounds import piper_speech
 
 RATE = 48_000
 
@@ -179,6 +184,7 @@ class Page:
     now: float = 1000.0
     clears: int = 0
     turns: dict[str, dict[str, Any]] = field(default_factory=dict)
+    new_vad: Callable[[], Any] = LoudIsVoiced
     pipe: Pipeline = field(init=False)
 
     def __post_init__(self) -> None:
@@ -197,7 +203,7 @@ class Page:
             clear_playback=self._clear,
             publish=self._publish,
             clock=lambda: self.now,
-            new_vad=LoudIsVoiced,
+            new_vad=self.new_vad,
         )
 
     @property
@@ -512,3 +518,50 @@ async def test_capture_frames_wake_the_ticker_only_for_work_due_sooner():
     elapsed = time.monotonic() - start
     await p.pipe.aclose()
     assert ticks - before <= 1 + int(elapsed / 0.1), (ticks - before, elapsed)
+
+
+async def test_a_speaker_who_leaves_while_silero_still_scores_their_words_is_never_heard_after():
+    """The real Silero, batched off the loop: Alice's question is fed, and she leaves while her first window is
+    being scored (the model waits for a gate) and the rest are queued. Nothing of hers reaches the core after she
+    left, so no utterance and no transcription; Bob, scored after her, is still heard."""
+    model, gate = shared_model(), threading.Event()
+
+    def run_after_gate(*args: Any) -> Any:
+        gate.wait(10)
+        return model.session.run(*args)
+
+    batcher = VadBatcher(load=lambda: SimpleNamespace(session=SimpleNamespace(run=run_after_gate)))
+    calls = Calls()
+    question = "Luna, what time is it?"
+    scripted = ScriptedSTT(calls, [question]), ScriptedLLM(calls, []), ScriptedTTS(calls)
+    p = Page(*scripted, new_vad=lambda: batcher.stream(0.5))
+    p.pipe.start()
+    p.pipe.participant_joined("a", "Alice")
+    p.pipe.participant_joined("b", "Bob")
+    heard: list[str] = []
+    bob = asyncio.Event()
+    core_audio = p.pipe.core.audio
+
+    def audio(pid: str, *args: Any, **kw: Any) -> None:  # the core as it was, noting who it hears
+        core_audio(pid, *args, **kw)
+        heard.append(pid)
+        if heard.count("b") == 3:
+            bob.set()
+
+    p.pipe.core.audio = audio  # type: ignore[method-assign]
+    pcm = (np.clip(piper_speech(question), -1, 1) * 32767).astype("<i2").tobytes()
+    for i in range(0, len(pcm) - 640 + 1, 640):
+        p.now += 0.02
+        p.pipe.frame("a", p.now * 1000, pcm[i : i + 640])
+    p.pipe.participant_left("a")
+    before = len(heard)  # her first frame (no window yet) only
+    gate.set()
+    for _ in range(3):
+        p.now += 0.02
+        p.pipe.frame("b", p.now * 1000, SILENT)
+    async with asyncio.timeout(10):
+        await bob.wait()
+    assert heard.count("a") == before < len(pcm) // 640  # none of hers after she left ...
+    assert heard[before:] == ["b", "b", "b"]  # ... while Bob, scored after her, is heard
+    assert p.stt.outcomes == [question]  # never transcribed
+    await p.pipe.aclose()

@@ -185,12 +185,10 @@ class Pipeline:
         if vad is None:
             vad = self._vads[pid] = self._new_vad()
         t_end = self._page_clock.to_local(timestamp_ms, self._clock())  # mapped as it arrives, not as it is scored
-        vad.feed(pcm, lambda voice: self._heard(vad, pid, t_end, pcm, voice))
+        vad.feed(pcm, lambda voice: self._heard(pid, t_end, pcm, voice))
 
-    def _heard(self, vad: VoiceDetector, pid: str, t_end: float, pcm: bytes, voice: Voice) -> None:
-        """A frame's VAD verdict, in frame order per speaker; dropped if the speaker left (or came back) since."""
-        if self._closed or self._vads.get(pid) is not vad:
-            return
+    def _heard(self, pid: str, t_end: float, pcm: bytes, voice: Voice) -> None:
+        """A frame's VAD verdict, in frame order per speaker (a closed detector drops those still on their way)."""
         self.core.audio(pid, t_end, pcm, voice.speech, self._clock(), probability=voice.probability)
         self._run()
 
