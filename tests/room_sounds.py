@@ -30,13 +30,20 @@ RATE = 16_000
 FRAME = 320  # 20 ms
 
 
-def piper_speech(text: str, rate: int = RATE, level_db: float = -20.0) -> np.ndarray:
+def piper_speech(text: str, rate: int = RATE, level_db: float = -20.0, *, varied: bool = True) -> np.ndarray:
     """``text`` in Piper's en_US "joe" voice (natural prosody, which the turn model listens to), trimmed of
-    leading and trailing silence, at ``level_db`` RMS."""
+    leading and trailing silence, at ``level_db`` RMS.
+
+    Piper draws random noise into each synthesis, so the same text differs a little every time (as a person's
+    voice does); ``varied=False`` switches that noise off, for a test whose claim is about one exact waveform.
+    """
+    from piper import SynthesisConfig
+
     from luna_voice.providers.offline.piper_tts import shared_voice
 
     voice = shared_voice()
-    pcm = np.concatenate([chunk.audio_int16_array for chunk in voice.synthesize(text)])
+    config = None if varied else SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    pcm = np.concatenate([chunk.audio_int16_array for chunk in voice.synthesize(text, syn_config=config)])
     x = soxr.resample(pcm.astype(np.float32) / 32768, voice.config.sample_rate, rate)
     voiced = np.flatnonzero(np.abs(x) > 0.02)
     return at_level(x[voiced[0] : voiced[-1] + 1], level_db)

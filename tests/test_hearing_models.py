@@ -145,7 +145,7 @@ def test_noise_typing_or_music_over_her_voice_never_ducks_her(noise):
 
 def test_okay_over_her_voice_ducks_her_before_its_utterance_starts():
     room = Room()
-    ducked = over_her_voice(room, np.concatenate([silence(0.5), piper_speech("Okay."), silence(0.3)]))
+    ducked = over_her_voice(room, np.concatenate([silence(0.5), piper_speech("Okay.", varied=False), silence(0.3)]))
     (start,) = [i for i, a in enumerate(room.log) if isinstance(a, StartTranscription) and a.speaker_id == "a"][1:]
     first_duck = room.log.index(next(a for a in room.log if isinstance(a, SetPlaybackGain)))
     assert any(ducked) and first_duck < start  # the first sure window, not the 60 ms utterance rule
