@@ -42,6 +42,16 @@ def test_finished_question_commits_when_the_model_says_complete():
     assert room.of(act.PredictEndOfTurn)[0].pcm  # the model hears the utterance
 
 
+def test_a_second_early_answer_ends_the_turn_at_once():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.turn_model["a"] = [0.6, 0.92]  # at 40 ms of silence "probably", at 140 ms "finished"
+    room.say("a", "Luna, what is the capital of Japan?", seconds=1.2, then_silence=0.3)
+    turn = room.turn_by("a")
+    assert turn["end"] == {"reason": "semantic", "probability": 0.92}
+    assert end_delay(turn) == pytest.approx(0.14, abs=FRAME / 2)
+
+
 def test_paused_sentence_stays_one_utterance():
     room = Room()
     room.join(("a", "Alice"))
@@ -69,14 +79,14 @@ def test_the_model_is_asked_again_as_the_silence_grows_and_the_latest_answer_set
     assert len(room.of(act.PredictEndOfTurn)) == 3  # at 40, 140 and 240 ms of silence; none after 300 ms
 
 
-def test_only_the_first_answer_may_end_a_turn_at_once():
+def test_a_late_confident_answer_waits_a_second_so_a_pause_is_not_a_cut():
     """Later in a pause the model calls many mid-sentence fragments finished: such an answer waits 1 s."""
     room = Room()
     room.join(("a", "Alice"))
-    room.turn_model["a"] = [0.2, 0.95, 0.97, 0.96]
+    room.turn_model["a"] = [0.2, 0.3, 0.97, 0.96]
     room.transcripts["a"] = "Could you tell me if the train is on time today?"
     room.talk(1.0, a=True)
-    room.talk(0.8, a=False)  # "Could you tell me if …": 0.95 at the second question
+    room.talk(0.8, a=False)  # "Could you tell me if …": 0.97 at the third question, 240 ms into the pause
     room.talk(0.8, a=True)
     room.talk(0.2, a=False)
     (turn,) = room.turns()

@@ -243,6 +243,7 @@ class Service(LocalRooms):
                     candidate_ms=s.turn_candidate_ms,
                     reask_ms=s.turn_reask_ms,
                     reask_until_ms=s.turn_reask_until_ms,
+                    confident_asks=s.turn_confident_asks,
                     complete_threshold=s.turn_complete_threshold,
                     confident_threshold=s.turn_confident_threshold,
                     likely_wait_ms=s.turn_likely_wait_ms,
