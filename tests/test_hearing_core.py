@@ -79,14 +79,15 @@ def test_the_model_is_asked_again_as_the_silence_grows_and_the_latest_answer_set
     assert len(room.of(act.PredictEndOfTurn)) == 3  # at 40, 140 and 240 ms of silence; none after 300 ms
 
 
-def test_a_late_confident_answer_waits_a_second_so_a_pause_is_not_a_cut():
-    """Later in a pause the model calls many mid-sentence fragments finished: such an answer waits 1 s."""
-    room = Room()
+def test_a_confident_answer_after_the_confident_asks_waits_a_second_so_a_pause_is_not_a_cut():
+    """Later in a pause the model calls many mid-sentence fragments finished: with ``confident_asks=1`` such an
+    answer waits 1 s."""
+    room = Room(endpoint=EndpointConfig(confident_asks=1))
     room.join(("a", "Alice"))
-    room.turn_model["a"] = [0.2, 0.3, 0.97, 0.96]
+    room.turn_model["a"] = [0.2, 0.95, 0.97, 0.96]
     room.transcripts["a"] = "Could you tell me if the train is on time today?"
     room.talk(1.0, a=True)
-    room.talk(0.8, a=False)  # "Could you tell me if …": 0.97 at the third question, 240 ms into the pause
+    room.talk(0.8, a=False)  # "Could you tell me if …": 0.95 at the second question, 140 ms into the pause
     room.talk(0.8, a=True)
     room.talk(0.2, a=False)
     (turn,) = room.turns()
