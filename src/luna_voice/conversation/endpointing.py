@@ -19,7 +19,7 @@ answer sets the wait:
 * ``p < complete_threshold``: mid-thought, the turn ends after ``max_wait_ms`` of silence.
 
 ``confident_asks`` trades speed for cuts: the model hears trailing silence as a cue, so its "complete" rises as
-a pause grows, for mid-sentence pauses as much as for finished questions. Measured on Piper (two paces) and
+a pause grows, for mid-sentence pauses as much as for finished questions. Measured on Piper (three paces) and
 espeak-ng Chinese speech (88 finished questions, 68 mid-sentence pauses; bench/README.md, "Hearing"), p >= 0.9
 came in the first answer (~100 ms after the last word) for 50 % of the questions and 6 % of the pauses; in one of
 the first two, 60 % and 13 %; in one of all three, 70 % and 24 %; in the old rule's single answer (one question
