@@ -108,6 +108,12 @@ PAUSED_ZH = [
 ]
 # The end-of-turn rule before this change, run on the same audio: one question to the model at 200 ms of silence.
 OLD_TURN_RULE = EndpointConfig(candidate_ms=200, reask_until_ms=0)
+# Other settings of the rule now (LUNA_TURN_CONFIDENT_ASKS, LUNA_TURN_CONFIDENT_THRESHOLD), on the same audio: fewer
+# answers that may end a turn at once cut fewer pauses and leave more questions to the 1 s wait.
+TURN_RULE_ALTERNATIVES = {
+    "first answer, p ≥ 0.85": EndpointConfig(confident_asks=1, confident_threshold=0.85),
+    "first two answers": EndpointConfig(confident_asks=2),
+}
 NOISES = {
     "pink −45 dB": lambda s: sox_noise("pinknoise", s, -45),
     "pink −30 dB": lambda s: sox_noise("pinknoise", s, -30),
@@ -221,18 +227,20 @@ async def hearing(quick: bool) -> dict[str, Any]:
     finished = [("piper", piper_speech(q)) for q in questions]
     finished += [("piper slow", piper_speech(q, pace=SLOW_PACE)) for q in questions[: len(questions) // 2]]
     finished += [("espeak zh", espeak_speech(q)) for q in (QUESTIONS_ZH[:4] if quick else QUESTIONS_ZH)]
-    delays: dict[str, list[float]] = {"now": [], "old_rule": [], "silence_rule": []}
+    rules = [
+        ("now", None),
+        ("old_rule", OLD_TURN_RULE),
+        ("silence_rule", EndpointConfig(semantic=False)),
+        *TURN_RULE_ALTERNATIVES.items(),
+    ]
+    delays: dict[str, list[float]] = {key: [] for key, _ in rules}
     by_voice: dict[str, list[float]] = {}
     inference: list[float] = []
     for voice, speech in finished:
         lead = 0.6 + rng.uniform(0, 0.4)
         end = lead + len(speech) / RATE
         clean = np.concatenate([silence(lead), speech, silence(3.0)])  # longer than the longest wait
-        for key, config in (
-            ("now", None),
-            ("old_rule", OLD_TURN_RULE),
-            ("silence_rule", EndpointConfig(semantic=False)),
-        ):
+        for key, config in rules:
             if cut := await hear(clean, config, inference=inference if key == "now" else None):
                 delays[key].append(cut[-1].committed - end)  # a model answer's inference time included
                 if key == "now":
@@ -246,15 +254,11 @@ async def hearing(quick: bool) -> dict[str, Any]:
     said = [(f, r, None) for f, r in paused]
     said += [(f, r, lambda t, rate: piper_speech(t, rate, pace=SLOW_PACE)) for f, r in paused[::2]]
     said += [(f, r, lambda t, rate: espeak_speech(t, rate=rate)) for f, r in (PAUSED_ZH[:2] if quick else PAUSED_ZH)]
-    cuts = {"now": 0, "old_rule": 0, "silence_rule": 0}
+    cuts = dict.fromkeys(delays, 0)
     for first, rest, speak in said:
         gap = rng.uniform(0.6, 0.9)
         audio = np.concatenate([silence(0.5), paused_speech(first, rest, gap, speak=speak), silence(3.0)])
-        for key, config in (
-            ("now", None),
-            ("old_rule", OLD_TURN_RULE),
-            ("silence_rule", EndpointConfig(semantic=False)),
-        ):
+        for key, config in rules:
             heard = await hear(audio, config)
             cuts[key] += len([h for h in heard if h.voiced_ms >= EndpointConfig().min_speech_ms]) > 1
     result["premature_cuts"] = {
@@ -262,6 +266,10 @@ async def hearing(quick: bool) -> dict[str, Any]:
         "pct": 100 * cuts["now"] / len(said),
         "old_rule_pct": 100 * cuts["old_rule"] / len(said),
         "baseline_pct": 100 * cuts["silence_rule"] / len(said),
+    }
+    result["turn_rule_alternatives"] = {
+        key: {"end_of_turn_ms": ms(delays[key]), "premature_cuts_pct": 100 * cuts[key] / len(said)}
+        for key in TURN_RULE_ALTERNATIVES
     }
     return result
 
@@ -409,6 +417,16 @@ def rows(r: dict[str, Any], floor_ms: float | None) -> list[list[str]]:
                 "baseline: the 500 ms silence rule",
             ]
         )
+        for name, alt in h["turn_rule_alternatives"].items():
+            out.append(
+                [
+                    f"H3 / H4 with {name}",
+                    f"{_n(alt['end_of_turn_ms']['p50'])} / {alt['premature_cuts_pct']:.0f}",
+                    "",
+                    "≤ 250 / ≤ 10",
+                    f"the same audio; p95 {_n(alt['end_of_turn_ms']['p95'])} ms",
+                ]
+            )
     k = r.get("ducking", {"error": "not run"})
     if "error" in k:
         out.append(["H5 ducking", "n/a", "", "", k["error"]])
