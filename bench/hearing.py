@@ -107,12 +107,12 @@ PAUSED_ZH = [
     ("这个问题的原因是", "服务器的内存不够。"),
 ]
 # The end-of-turn rule before this change, run on the same audio: one question to the model at 200 ms of silence.
-OLD_TURN_RULE = EndpointConfig(candidate_ms=200, reask_until_ms=0)
+OLD_TURN_RULE = EndpointConfig(candidate_ms=200, reask_until_ms=0, confident_threshold=0.9)
 # Other settings of the rule now (LUNA_TURN_CONFIDENT_ASKS, LUNA_TURN_CONFIDENT_THRESHOLD), on the same audio: fewer
 # answers that may end a turn at once cut fewer pauses and leave more questions to the 1 s wait.
 TURN_RULE_ALTERNATIVES = {
-    "first answer, p ≥ 0.85": EndpointConfig(confident_asks=1, confident_threshold=0.85),
-    "first two answers": EndpointConfig(confident_asks=2),
+    "first two answers, p ≥ 0.9": EndpointConfig(confident_asks=2, confident_threshold=0.9),
+    "any of three answers, p ≥ 0.9": EndpointConfig(confident_asks=3, confident_threshold=0.9),
 }
 NOISES = {
     "pink −45 dB": lambda s: sox_noise("pinknoise", s, -45),

@@ -32,18 +32,18 @@ def end_delay(turn: dict) -> float:
 def test_finished_question_commits_when_the_model_says_complete():
     room = Room()
     room.join(("a", "Alice"))
-    room.turn_model["a"] = [0.93]
+    room.turn_model["a"] = [0.87]  # the first answer's threshold is 0.85 (measured: bench/README.md)
     room.say("a", "Luna, what time is it?", seconds=1.0, then_silence=0.3)
     turn = room.turn_by("a")
-    assert turn["end"] == {"reason": "semantic", "probability": 0.93}
+    assert turn["end"] == {"reason": "semantic", "probability": 0.87}
     # asked at the second silent frame, not after 200 ms (the old rule) nor 500 ms (the silence rule)
     assert end_delay(turn) == pytest.approx(0.04, abs=FRAME / 2)
     assert len(room.of(act.PredictEndOfTurn)) == 1
     assert room.of(act.PredictEndOfTurn)[0].pcm  # the model hears the utterance
 
 
-def test_a_second_early_answer_ends_the_turn_at_once():
-    room = Room()
+def test_with_two_confident_asks_a_second_early_answer_ends_the_turn_at_once():
+    room = Room(endpoint=EndpointConfig(confident_asks=2))
     room.join(("a", "Alice"))
     room.turn_model["a"] = [0.6, 0.92]  # at 40 ms of silence "probably", at 140 ms "finished"
     room.say("a", "Luna, what is the capital of Japan?", seconds=1.2, then_silence=0.3)
@@ -79,10 +79,9 @@ def test_the_model_is_asked_again_as_the_silence_grows_and_the_latest_answer_set
     assert len(room.of(act.PredictEndOfTurn)) == 3  # at 40, 140 and 240 ms of silence; none after 300 ms
 
 
-def test_a_confident_answer_after_the_confident_asks_waits_a_second_so_a_pause_is_not_a_cut():
-    """Later in a pause the model calls many mid-sentence fragments finished: with ``confident_asks=1`` such an
-    answer waits 1 s."""
-    room = Room(endpoint=EndpointConfig(confident_asks=1))
+def test_a_later_confident_answer_waits_a_second_so_a_pause_is_not_a_cut():
+    """Later in a pause the model calls many mid-sentence fragments finished: such an answer waits 1 s."""
+    room = Room()
     room.join(("a", "Alice"))
     room.turn_model["a"] = [0.2, 0.95, 0.97, 0.96]
     room.transcripts["a"] = "Could you tell me if the train is on time today?"
