@@ -7,9 +7,11 @@ Everything is float32 mono at 16 kHz in -1..1 unless a rate is given.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import time
 import wave
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from luna_voice.conversation.endpointing import (
     EndCandidate,
     EndpointConfig,
     Endpointer,
+    EndpointEvent,
     UtteranceEnded,
     UtteranceStarted,
 )
@@ -30,9 +33,11 @@ RATE = 16_000
 FRAME = 320  # 20 ms
 
 
-def piper_speech(text: str, rate: int = RATE, level_db: float = -20.0, *, varied: bool = True) -> np.ndarray:
+def piper_speech(
+    text: str, rate: int = RATE, level_db: float = -20.0, pace: float = 1.0, *, varied: bool = True
+) -> np.ndarray:
     """``text`` in Piper's en_US "joe" voice (natural prosody, which the turn model listens to), trimmed of
-    leading and trailing silence, at ``level_db`` RMS.
+    leading and trailing silence, at ``level_db`` RMS. ``pace`` > 1 speaks slower (Piper's length scale).
 
     Piper draws random noise into each synthesis, so the same text differs a little every time (as a person's
     voice does); ``varied=False`` switches that noise off, for a test whose claim is about one exact waveform.
@@ -42,21 +47,39 @@ def piper_speech(text: str, rate: int = RATE, level_db: float = -20.0, *, varied
     from luna_voice.providers.offline.piper_tts import shared_voice
 
     voice = shared_voice()
-    config = None if varied else SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
-    pcm = np.concatenate([chunk.audio_int16_array for chunk in voice.synthesize(text, syn_config=config)])
-    x = soxr.resample(pcm.astype(np.float32) / 32768, voice.config.sample_rate, rate)
+    still = None if varied else 0.0
+    config = SynthesisConfig(length_scale=None if pace == 1.0 else pace, noise_scale=still, noise_w_scale=still)
+    chunks = voice.synthesize(text, syn_config=config)
+    pcm = np.concatenate([chunk.audio_int16_array for chunk in chunks])
+    return _trimmed(soxr.resample(pcm.astype(np.float32) / 32768, voice.config.sample_rate, rate), level_db)
+
+
+def espeak_speech(text: str, voice: str = "cmn-latn-pinyin", rate: int = RATE, level_db: float = -20.0) -> np.ndarray:
+    """``text`` in an espeak-ng voice (the offline Chinese voice by default: Hanzi read with their tones),
+    trimmed and levelled like ``piper_speech``. Robotic, but a second speaker with its own melody."""
+    wav = subprocess.run(["espeak-ng", "-v", voice, "--stdout", text], capture_output=True, check=True).stdout
+    with wave.open(io.BytesIO(wav)) as w:
+        src, pcm = w.getframerate(), np.frombuffer(w.readframes(w.getnframes()), "<i2")
+    return _trimmed(soxr.resample(pcm.astype(np.float32) / 32768, src, rate), level_db)
+
+
+def _trimmed(x: np.ndarray, level_db: float) -> np.ndarray:
     voiced = np.flatnonzero(np.abs(x) > 0.02)
     return at_level(x[voiced[0] : voiced[-1] + 1], level_db)
 
 
-def paused_speech(first: str, rest: str, pause_s: float, rate: int = RATE) -> np.ndarray:
+def paused_speech(
+    first: str, rest: str, pause_s: float, rate: int = RATE, speak: Callable[[str, int], np.ndarray] | None = None
+) -> np.ndarray:
     """``first rest`` said as one sentence, with a ``pause_s`` silence inserted between the two parts.
 
     The sentence is synthesized whole, so the voice before the pause keeps its mid-sentence melody (two separate
     syntheses would end the first part with a sentence's falling pitch, which no speaker pausing mid-thought
-    has). The cut is the quietest 10 ms within 250 ms of where ``first`` alone would end.
+    has). The cut is the quietest 10 ms within 250 ms of where ``first`` alone would end. ``speak(text, rate)``
+    is the voice (``piper_speech`` by default).
     """
-    whole, alone = piper_speech(f"{first} {rest}", rate), piper_speech(first, rate)
+    speak = speak or piper_speech
+    whole, alone = speak(f"{first} {rest}", rate), speak(first, rate)
     hop = rate // 100
     energy = np.sqrt(np.mean(whole[: len(whole) // hop * hop].reshape(-1, hop) ** 2, axis=1))
     lo, hi = (max(1, round((len(alone) / rate + d) * 100)) for d in (-0.25, 0.25))
@@ -131,39 +154,53 @@ def over(background: np.ndarray, *parts: tuple[float, np.ndarray], rate: int = R
 class Heard:
     started: float  # audio seconds of the first voiced frame
     end_of_speech: float
-    committed: float  # audio seconds when the utterance was ended
+    committed: float  # audio seconds when the utterance was ended (a model answer's arrival included)
     reason: str
     probability: float | None
     voiced_ms: int
     model_s: float  # inference time of the turn model's answer, if that answer ended it at once (else 0)
 
 
-async def hear(audio: np.ndarray, config: EndpointConfig | None = None, threshold: float = 0.5) -> list[Heard]:
+async def hear(
+    audio: np.ndarray,
+    config: EndpointConfig | None = None,
+    threshold: float = 0.5,
+    inference: list[float] | None = None,
+) -> list[Heard]:
     """Replay ``audio`` through one speaker's front end: Silero VAD, the endpointer and the real turn model.
 
-    Time is the audio's own: the model is awaited where it is asked, so its answer lands at that instant; its
-    inference time is reported alongside (``model_s``) for the bench to add.
+    Time is the audio's own: a question to the model is answered at the instant it was asked plus the measured
+    inference time (appended to ``inference`` if given), between frames, as the pipeline's worker thread would.
     """
     cfg = config or EndpointConfig()
     vad, ep = SpeakerVad(threshold), Endpointer(cfg)
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
     out: list[Heard] = []
+    answers: list[tuple[float, int, float | None, float]] = []  # arrival, request, probability, inference
     started = 0.0
-    for i in range(0, len(pcm) - FRAME + 1, FRAME):
-        t = (i + FRAME) / RATE
-        frame = pcm[i : i + FRAME].tobytes()
-        events = [(e, 0.0) for e in ep.feed(t, frame, vad.is_speech(frame))]
-        while events:
-            ev, model_s = events.pop(0)
+
+    async def handle(events: list[EndpointEvent], at: float, model_s: float = 0.0) -> None:
+        nonlocal started
+        for ev in events:
             if isinstance(ev, UtteranceStarted):
                 started = ev.at
             elif isinstance(ev, EndCandidate):
                 asked = time.perf_counter()
                 p = await turn_model.probability_complete(ev.pcm)
-                inference = time.perf_counter() - asked
-                events += [(e, inference) for e in ep.prediction(ev.request, p)]
+                took = time.perf_counter() - asked
+                if inference is not None:
+                    inference.append(took)
+                answers.append((at + took, ev.request, p, took))
             elif isinstance(ev, UtteranceEnded):
-                out.append(Heard(started, ev.end_of_speech, t, ev.reason.value, ev.probability, ev.voiced_ms, model_s))
+                out.append(Heard(started, ev.end_of_speech, at, ev.reason.value, ev.probability, ev.voiced_ms, model_s))
+
+    for i in range(0, len(pcm) - FRAME + 1, FRAME):
+        t = (i + FRAME) / RATE
+        while answers and answers[0][0] <= t:
+            arrived, request, p, took = answers.pop(0)
+            await handle(ep.prediction(request, p), arrived, took)
+        frame = pcm[i : i + FRAME].tobytes()
+        await handle(ep.feed(t, frame, vad.is_speech(frame)), t)
     return out
 
 

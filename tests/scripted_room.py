@@ -33,6 +33,7 @@ class Room:
             price=lambda u: u.stt_seconds * 0.1,
             find_request=RequestDetector(names.is_addressed, names.without_names),
         )
+        names.present = self.core.participants.values()
         self.log: list[act.Action] = []
         self.transcripts: dict[str, str | list[str]] = {}  # speaker -> text for their next utterance(s)
         self.confidence: dict[str, Confidence] = {}  # speaker -> STT confidence of their next transcript

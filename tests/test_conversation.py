@@ -32,6 +32,19 @@ def test_addressed_by_name_in_a_group(text):
     assert request.speaker_name == "Alice" and request.addressed and request.text == text
 
 
+def test_a_misheard_name_calls_her_unless_someone_in_the_room_carries_it():
+    """STT writes "Luna, …" as "Lena, …" over noise; in a room with a Lena, that is Lena being called."""
+    room = Room()
+    room.join(*GROUP)
+    room.say("a", "Lena, what time is it?")
+    room.wait(3)
+    assert room.turn_by("a")["reason"] == "addressed_by_name"
+    room.join(("c", "Lena"))
+    room.say("b", "Lena, what time is it?")
+    room.wait(3)
+    assert (room.turn_by("b")["decision"], room.turn_by("b")["reason"]) == ("listen", "not_addressed")
+
+
 def test_not_addressed_in_a_group_stays_silent():
     room = Room()
     room.join(*GROUP)

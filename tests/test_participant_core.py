@@ -272,7 +272,7 @@ DETECT = RequestDetector(AddressDetector().is_addressed, AddressDetector().witho
         ("Stop, Luna.", "stop"),
         ("luna please stop talking", "stop"),
         ("OK Luna, that's enough.", "stop"),
-        ("Lunar stop", "stop"),  # STT's near-miss of her name still counts
+        ("Lunar, stop", "stop"),  # STT's near-miss of her name still counts as a call (vocative: see addressing)
         ("露娜，停一下！", "stop"),
         ("露娜别说了", "stop"),
         ("Luna, be quiet please.", "quiet"),

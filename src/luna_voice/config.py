@@ -118,11 +118,16 @@ class Settings(BaseSettings):
         description="STT confidence gate: mean token probability below which a transcript is noise (exp(-1)).",
     )
     turn_model: bool = Field(default=True, description="Semantic end of turn (Smart Turn v3.2); off = silence rule.")
-    turn_candidate_ms: int = Field(default=200, description="Silence before asking the turn model.")
+    turn_candidate_ms: int = Field(default=40, ge=20, description="Silence before the turn model's first question.")
+    turn_reask_ms: int = Field(default=100, ge=20, description="Ask the turn model again as the silence grows by this.")
+    turn_reask_until_ms: int = Field(default=300, ge=0, description="No more questions after this much silence.")
+    turn_confident_asks: int = Field(default=1, ge=1, description="Answers to this many first questions may commit.")
     turn_complete_threshold: float = Field(
         default=0.5, gt=0.0, lt=1.0, description="Below: the speaker is mid-thought."
     )
-    turn_confident_threshold: float = Field(default=0.9, gt=0.0, le=1.0, description="At or above: commit at once.")
+    turn_confident_threshold: float = Field(
+        default=0.85, gt=0.0, le=1.0, description="An early answer at or above: commit at once."
+    )
     turn_likely_wait_ms: int = Field(default=1000, description="Silence that ends a turn the model called likely done.")
     turn_max_wait_ms: int = Field(default=2500, description="Silence that ends a turn the model called unfinished.")
     host_mute: Literal["unmute_when_addressed", "stay_muted"] = Field(

@@ -241,6 +241,9 @@ class Service(LocalRooms):
                     min_speech_ms=s.min_speech_ms,
                     semantic=s.turn_model,
                     candidate_ms=s.turn_candidate_ms,
+                    reask_ms=s.turn_reask_ms,
+                    reask_until_ms=s.turn_reask_until_ms,
+                    confident_asks=s.turn_confident_asks,
                     complete_threshold=s.turn_complete_threshold,
                     confident_threshold=s.turn_confident_threshold,
                     likely_wait_ms=s.turn_likely_wait_ms,
@@ -264,6 +267,7 @@ class Service(LocalRooms):
             price=lambda usage: price(usage, self.prices),
             find_request=RequestDetector(names.is_addressed, names.without_names),
         )
+        names.present = core.participants.values()  # a sound-alike of her name that someone here carries is theirs
         return Pipeline(
             core,
             stt=self.providers.make_stt(),
