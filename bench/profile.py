@@ -36,7 +36,8 @@ from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.config import Settings
-from luna_voice.hearing.vad import SpeakerVad, Voice, VoiceDetector, shared_batcher
+from luna_voice.hearing.vad import SpeakerVad, VadBatcher, Voice, VoiceDetector, shared_batcher
+from luna_voice.providers.offline._shared import load_once
 
 PERIOD_S = 6.0  # the person asks this often
 REPLY_S = 2.5
@@ -50,6 +51,7 @@ class Variant:
     chromium_args: list[str]
     old_modules: tuple[str, ...] = ()  # keys of OLD_MODULES
     vad_on_loop: bool = False  # Silero per speaker on the event loop's thread, as before the batcher
+    vad_gate: bool = True  # silent windows skip the model (False: every window is scored, as before the gate)
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
         for module in self.old_modules:
@@ -59,7 +61,13 @@ class Variant:
         return {"args": self.chromium_args, "prepare_context": self.prepare}
 
     def new_vad(self) -> Callable[[], VoiceDetector] | None:
-        return (lambda: SpeakerVad(Settings.model_fields["vad_threshold"].default)) if self.vad_on_loop else None
+        threshold = Settings.model_fields["vad_threshold"].default
+        if self.vad_on_loop:
+            return lambda: SpeakerVad(threshold, gate=self.vad_gate)
+        return None if self.vad_gate else lambda: ungated_batcher().stream(threshold)
+
+
+ungated_batcher = load_once(lambda: VadBatcher(gate=False))
 
 
 def _serve(body: str) -> Callable[[Route], Awaitable[None]]:
@@ -83,10 +91,11 @@ OLD_CHROMIUM_ARGS = [
 # Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
 # Flag sets measured and dropped are listed in bench/README.md ("Profile").
 VARIANTS = [
-    Variant("before", OLD_CHROMIUM_ARGS, ("lib/worker-socket.js",), vad_on_loop=True),
-    Variant("+worker socket", OLD_CHROMIUM_ARGS, vad_on_loop=True),
-    Variant("+one renderer", CHROMIUM_ARGS, vad_on_loop=True),
-    Variant("+batched VAD (after)", CHROMIUM_ARGS),  # Silero batched on its own thread
+    Variant("before", OLD_CHROMIUM_ARGS, ("lib/worker-socket.js",), vad_on_loop=True, vad_gate=False),
+    Variant("+worker socket", OLD_CHROMIUM_ARGS, vad_on_loop=True, vad_gate=False),
+    Variant("+one renderer", CHROMIUM_ARGS, vad_on_loop=True, vad_gate=False),
+    Variant("+batched VAD", CHROMIUM_ARGS, vad_gate=False),  # Silero batched on its own thread
+    Variant("+silence gate (after)", CHROMIUM_ARGS),  # silent windows skip the model
 ]
 
 
@@ -135,7 +144,11 @@ def threads(procs: dict[int, str]) -> dict[tuple[int, int], tuple[str, str, int]
         except OSError:
             continue
         for tid in tids:
-            name = "silero-vad" if tid == shared_batcher().native_id else _thread(_read(f"/proc/{pid}/task/{tid}/comm"))
+            name = (
+                "silero-vad"
+                if tid in (shared_batcher().native_id, ungated_batcher().native_id)
+                else _thread(_read(f"/proc/{pid}/task/{tid}/comm"))
+            )
             out[(pid, tid)] = (kind, name, _cpu_ns(pid, tid))
     return out
 

@@ -62,7 +62,8 @@ async def test_batched_speakers_get_the_verdicts_they_would_get_alone_in_frame_o
         opened.wait(WAIT_S)  # the first call waits until both speakers have windows queued
         return model.session.run(*args)
 
-    batcher = VadBatcher(load=lambda: SimpleNamespace(session=SimpleNamespace(run=run_when_open)))
+    # Without the silence gate: all windows are queued before the first call, so none could skip it anyway.
+    batcher = VadBatcher(load=lambda: SimpleNamespace(session=SimpleNamespace(run=run_when_open)), gate=False)
     streams = {"alice": batcher.stream(0.5), "bob": batcher.stream(0.5)}
     got = {name: Verdicts() for name in streams}
     for i, (a, b) in enumerate(zip(alice, bob, strict=True)):
@@ -73,7 +74,7 @@ async def test_batched_speakers_get_the_verdicts_they_would_get_alone_in_frame_o
         await got[name].until(len(alice))
     assert batcher.windows >= 1.9 * batcher.calls  # one window of each speaker per call
     for name, audio in (("alice", alice), ("bob", bob)):
-        alone = SpeakerVad(0.5)
+        alone = SpeakerVad(0.5, gate=False)
         expected = [(alone.is_speech(f), alone.probability) for f in audio]
         assert [i for i, _ in got[name].got] == list(range(len(audio)))  # in frame order
         assert [v.speech for _, v in got[name].got] == [s for s, _ in expected]
@@ -91,8 +92,9 @@ async def test_a_speaker_who_leaves_frees_their_state_and_hears_nothing_late(spe
     leaving.close()
     gone = weakref.ref(leaving)
     del leaving
-    staying.feed(frames(speech)[0], stayed.heard(0))  # one window: scored after everything submitted before it
-    staying.feed(frames(speech)[1], stayed.heard(1))
+    words = frames(speech)[20:]  # past the leading silence, which needs no inference
+    staying.feed(words[0], stayed.heard(0))  # one window: scored after everything submitted before it
+    staying.feed(words[1], stayed.heard(1))
     await stayed.until(2)
     gc.collect()
     assert gone() is None  # its state and queued windows were let go
@@ -113,3 +115,21 @@ async def test_a_failing_model_leaves_frames_unvoiced_in_order_and_says_why(spee
     assert not any(v.speech for _, v in got.got)
     assert batcher.problem is not None and "bad allocation" in batcher.problem
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["vad.failed"]  # once, not per window
+
+
+async def test_a_silent_speaker_costs_no_inference_and_is_heard_the_same_when_they_speak():
+    """A muted or quiet participant's track still brings 50 frames a second of digital silence."""
+    said = np.concatenate([silence(3.0), piper_speech("Luna, is the budget ready?", varied=False), silence(2.0)])
+    audio = frames(said)
+    verdicts = {}
+    for gate in (False, True):
+        batcher = VadBatcher(gate=gate)
+        stream, got = batcher.stream(0.5), Verdicts()
+        for i, frame in enumerate(audio):  # as live: each frame's verdict is back before the next frame comes
+            stream.feed(frame, got.heard(i))
+            await got.until(i + 1)
+        verdicts[gate] = ([v.speech for _, v in got.got], batcher.windows, stream.skipped)
+    (ungated, every_window, _), (gated, scored, skipped) = verdicts[False], verdicts[True]
+    assert any(gated) and gated == ungated  # the same speech, frame for frame: onsets and word ends included
+    assert scored + skipped == every_window
+    assert skipped > 0.7 * every_window  # the 5 s of silence around 2 s of speech cost no inference
