@@ -363,6 +363,18 @@ async def test_a_healthy_service_has_no_problem_and_the_probe_bills_nothing(fake
     assert usage.tts_characters == len(EN)
 
 
+async def test_a_probe_lost_on_the_way_is_asked_again_and_a_healthy_service_shows_no_problem(
+    fake: FakeAzureTts, make
+) -> None:
+    fake.lose_requests = 1  # read, never answered: as a request made while the SDK's first dial was in flight
+    tts = make(dial_timeout_s=0.0, timeout_s=1.0)
+    await tts.warm()
+    assert tts.problem is None
+    assert [s.text for s in fake.synthesises] == ["", ""]  # asked twice, nothing billable either time
+    _, usage = await speak(tts, EN)
+    assert usage.tts_characters == len(EN)
+
+
 async def test_after_a_stop_whose_redial_fails_the_next_sentence_fails_at_once(fake: FakeAzureTts, make) -> None:
     """Barge-in drops the socket; if the key is revoked meanwhile, the next sentence fails fast and says why."""
     tts = make(timeout_s=30.0, dial_timeout_s=0.3)

@@ -105,6 +105,7 @@ class FakeAzureTts:
         self.reject_status: int | None = None  # answer the handshake with this HTTP status
         self.first_chunk_delay_s = 0.0
         self.gate: asyncio.Event | None = None  # when set to an Event, hold the stream after the first chunk
+        self.lose_requests = 0  # this many next requests are read and never answered (lost on the way)
         # What the fake saw.
         self.connections: list[UspConnection] = []
         self.synthesises: list[UspSynthesis] = []
@@ -171,7 +172,10 @@ class FakeAzureTts:
                     voice, text = spoken_text(body)
                     synthesis = UspSynthesis(headers["x-requestid"], body, voice, text, output_format)
                     self.synthesises.append(synthesis)
-                    pending.put_nowait(synthesis)
+                    if self.lose_requests:
+                        self.lose_requests -= 1
+                    else:
+                        pending.put_nowait(synthesis)
         except ConnectionClosed:
             pass
         finally:

@@ -285,21 +285,38 @@ class AzureTextToSpeech:
             self._dialling = False
 
     async def _probe(self, synth: speechsdk.SpeechSynthesizer) -> None:
-        """Speak nothing, to learn whether the service takes our requests at all (auth, network)."""
-        call = self._call = _Call()
+        """Speak nothing, to learn whether the service takes our requests at all (auth, network).
+
+        A probe that gets no answer is asked once more before the service is called timed out: a request made while
+        the SDK's first dial is still in flight can be lost with no event (seen once in CI under load), and a healthy
+        service must not show a problem for it.
+        """
         ssml = build_ssml("", self.voice)
-        _off_loop(lambda: synth.speak_ssml_async(ssml).get())
-        try:
-            async for _ in self._chunks(call):
-                pass
-            self.problem = None
-        except ProviderError as exc:
-            if exc.reason in ("auth refused", "unreachable", "timeout"):
-                self.problem = exc.reason
-            log.warning("tts.probe_failed", provider=self.name, reason=exc.reason)
-        finally:
-            if not call.ended:
-                self._stop(synth)
+        for attempt in (1, 2):
+            if attempt == 2:  # once the lost one is stopped and the socket dialled again (bounded): not mid-dial
+                synth = await self._settle()
+                if self._dialling:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._connected.wait(), self.timeout_s)
+                    self._dialling = False
+            call = self._call = _Call()
+            _off_loop(lambda s=synth: s.speak_ssml_async(ssml).get())
+            try:
+                async for _ in self._chunks(call):
+                    pass
+                self.problem = None
+                return
+            except ProviderError as exc:
+                if exc.reason == "timeout" and attempt == 1:
+                    log.info("tts.probe_retry", provider=self.name)
+                    continue
+                if exc.reason in ("auth refused", "unreachable", "timeout"):
+                    self.problem = exc.reason
+                log.warning("tts.probe_failed", provider=self.name, reason=exc.reason)
+                return
+            finally:
+                if not call.ended:
+                    self._stop(synth)
 
     def _wire(self, synth: speechsdk.SpeechSynthesizer, connection: speechsdk.Connection) -> None:
         """Hand SDK-thread callbacks to the loop, each tagged (on the SDK thread) with the call current then."""
