@@ -503,14 +503,17 @@ async def test_capture_frames_wake_the_ticker_only_for_work_due_sooner():
     p = page([])
     ticks = 0
     tick = p.pipe.core.tick
+    passed = asyncio.Event()
 
     def counting_tick(now: float) -> None:
         nonlocal ticks
         ticks += 1
+        passed.set()
         tick(now)
 
     p.pipe.core.tick = counting_tick  # type: ignore[method-assign]
-    await asyncio.sleep(0.01)  # the ticker's first pass: then it sleeps up to 100 ms
+    async with asyncio.timeout(5):
+        await passed.wait()  # a ticker pass: then it sleeps up to 100 ms
     start, before = time.monotonic(), ticks
     for _ in range(25):
         p.pipe.frame("a", p.now * 1000, SILENT)
