@@ -1,0 +1,94 @@
+// bench/profile.py serves this snapshot of bot_page/audio/playback-worklet.js (as of commit 6ca20b4) for the rungs before
+// the worklets had direct channels to the socket worker.
+// Playback worklet: a ring buffer of PCM from Python, rendered into Luna's microphone track.
+// Python sends speech ahead of real time and this worklet paces it, so `clear` can drop everything queued at
+// once. It reports which frames were actually rendered ("played" marks), so Python knows what the room heard.
+// `gain` ducks the voice while someone may be interrupting her: a short linear ramp (no click), nothing dropped,
+// so the marks still count every sample the room heard, quieter or not.
+
+const SECONDS = 30;
+const PREBUFFER_S = 0.06; // wait for this much audio before starting, or ...
+const START_WAIT_S = 0.1; // ... at most this long after the first sample arrived
+const MARK_EVERY_S = 0.05;
+const GAIN_RAMP_S = 0.01;
+
+class PlaybackProcessor extends AudioWorkletProcessor {
+  constructor() {
+    super();
+    this.size = Math.round(sampleRate * SECONDS);
+    this.buf = new Float32Array(this.size);
+    this.read = 0; // absolute sample positions; index = pos % size
+    this.write = 0;
+    this.marks = []; // [endPosition, seq] in push order
+    this.playing = false;
+    this.firstAt = null;
+    this.lastSeq = -1;
+    this.lastReport = 0;
+    this.overflowed = 0;
+    this.gain = 1;
+    this.targetGain = 1;
+    this.gainStep = 1 / (GAIN_RAMP_S * sampleRate);
+    this.port.onmessage = ({ data }) => this.onMessage(data);
+  }
+
+  onMessage(msg) {
+    if (msg.type === "pcm") {
+      const pcm = new Int16Array(msg.buffer);
+      const room = this.size - (this.write - this.read);
+      const n = Math.min(pcm.length, room);
+      if (n < pcm.length) this.overflowed += pcm.length - n;
+      for (let i = 0; i < n; i++) this.buf[(this.write + i) % this.size] = pcm[i] / 0x8000;
+      this.write += n;
+      this.marks.push([this.write, msg.seq]);
+      if (this.firstAt === null) this.firstAt = currentTime;
+    } else if (msg.type === "gain") {
+      this.targetGain = Math.min(1, Math.max(0, Number(msg.gain)));
+    } else if (msg.type === "clear") {
+      const dropped = this.write - this.read;
+      this.read = this.write;
+      this.marks = [];
+      this.playing = false;
+      this.firstAt = null;
+      this.port.postMessage({ type: "cleared", dropped_ms: (1000 * dropped) / sampleRate });
+    }
+  }
+
+  process(_inputs, outputs) {
+    const out = outputs[0][0];
+    const queued = this.write - this.read;
+    if (!this.playing && queued > 0) {
+      const waited = currentTime - this.firstAt;
+      if (queued >= PREBUFFER_S * sampleRate || waited >= START_WAIT_S) this.playing = true;
+    }
+    if (this.playing) {
+      const n = Math.min(out.length, queued);
+      for (let i = 0; i < n; i++) {
+        if (this.gain !== this.targetGain) {
+          const d = this.targetGain - this.gain;
+          this.gain = Math.abs(d) <= this.gainStep ? this.targetGain : this.gain + Math.sign(d) * this.gainStep;
+        }
+        out[i] = this.gain * this.buf[(this.read + i) % this.size];
+      }
+      out.fill(0, n);
+      this.read += n;
+      while (this.marks.length && this.marks[0][0] <= this.read) this.lastSeq = this.marks.shift()[1];
+      if (this.read === this.write) {
+        this.playing = false;
+        this.firstAt = null;
+        this.port.postMessage({ type: "played", seq: this.lastSeq, idle: true });
+        this.lastReport = currentTime;
+        return true;
+      }
+    } else {
+      out.fill(0);
+      this.gain = this.targetGain; // nothing audible to ramp
+    }
+    if (this.playing && currentTime - this.lastReport >= MARK_EVERY_S) {
+      this.port.postMessage({ type: "played", seq: this.lastSeq, idle: false });
+      this.lastReport = currentTime;
+    }
+    return true;
+  }
+}
+
+registerProcessor("luna-playback", PlaybackProcessor);
