@@ -16,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import functools
+import json
 import os
 import pstats
 import re
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -49,13 +52,13 @@ class Variant:
 
     name: str
     chromium_args: list[str]
-    old_modules: dict[str, str] = field(default_factory=dict)  # page path → the module's old source
+    old_modules: Callable[[], dict[str, str]] | None = None  # page path → the module's old source
     vad_on_loop: bool = False  # Silero per speaker on the event loop's thread, as before the batcher
     vad_gate: bool = True  # silent windows skip the model (False: every window is scored, as before the gate)
     served: set[str] = field(default_factory=set)  # old modules the page asked for: a route missed is an error
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
-        for module, body in self.old_modules.items():
+        for module, body in self.old_modules().items() if self.old_modules else ():
             await context.route(f"**/bot/{module}", _serve(body, module, self.served))
 
     def host(self) -> dict[str, Any]:
@@ -79,18 +82,67 @@ def _serve(body: str, module: str, served: set[str]) -> Callable[[Route], Awaita
     return serve
 
 
-_OLD_PAGE = Path(__file__).parent / "old_page"
-# The page before its worklets had channels of their own to the socket worker: every capture frame and every
-# playback message crossed the page's main thread (snapshots of commit 6ca20b4, in bench/old_page/).
-RELAYED = {
-    m: (_OLD_PAGE / m).read_text()
-    for m in ("bot.js", "audio/relayed-capture-worklet.js", "audio/relayed-playback-worklet.js", "lib/worker-socket.js")
+# The page before its worklets had channels of their own to the socket worker (every capture frame and every
+# playback message crossed its main thread), read from git history when a rung needs it: no copy is committed.
+OLD_PAGE_COMMIT = "6ca20b4"
+_REPO = Path(__file__).resolve().parent.parent
+# Playwright's routes see neither a worklet's module request nor a shared worker's script request, so the old
+# bot.js loads its worklets, and the old worker-socket.js its worker, from blobs of what the page fetched.
+_WORKLET_BLOB = """async function oldWorklet(name) {
+  const source = await (await fetch(new URL(`./audio/relayed-${name}`, import.meta.url))).text();
+  const protocol = JSON.stringify(new URL("./protocol.js", import.meta.url).href);
+  return URL.createObjectURL(new Blob([source.replace('"../protocol.js"', protocol)], { type: "text/javascript" }));
 }
-# ... and before that, the bridge WebSocket on the page itself, where Playwright reports each frame
-PAGE_SOCKET = {
-    **RELAYED,
-    "lib/worker-socket.js": "export class WorkerSocket extends WebSocket { constructor(url) { super(url); } }",
-}
+"""
+
+
+def _git_show(path: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(_REPO), "show", f"{OLD_PAGE_COMMIT}:{path}"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        raise SystemExit(f"profile: the old page needs git history ({OLD_PAGE_COMMIT}:{path}): {detail}") from None
+    return out.stdout
+
+
+def _patched(source: str, old: str, new: str) -> str:
+    """``source`` with ``old`` replaced once; the old module must still read as expected, or the rung would lie."""
+    if source.count(old) != 1:
+        raise SystemExit(f"profile: the old page module no longer has {old!r} once")
+    return source.replace(old, new)
+
+
+@functools.cache
+def relayed() -> dict[str, str]:
+    """Page path → source of the relaying page's modules (bot.js, its worklets, the socket and its worker)."""
+    bot = _git_show("bot_page/bot.js")
+    for name in ("capture-worklet.js", "playback-worklet.js"):
+        line = f'await ctx.audioWorklet.addModule(new URL("./audio/{name}", import.meta.url));'
+        bot = _patched(bot, line, f'await ctx.audioWorklet.addModule(await oldWorklet("{name}"));')
+    bot = _patched(bot, "// --- audio graph", _WORKLET_BLOB + "\n// --- audio graph")
+    worker = json.dumps(_git_show("bot_page/lib/socket-worker.js"))
+    socket = _patched(
+        _git_show("bot_page/lib/worker-socket.js"),
+        'new SharedWorker(new URL("./socket-worker.js", import.meta.url), { name })',
+        f'new SharedWorker(URL.createObjectURL(new Blob([{worker}], {{ type: "text/javascript" }})), {{ name }})',
+    )
+    return {
+        "bot.js": bot,
+        "audio/relayed-capture-worklet.js": _git_show("bot_page/audio/capture-worklet.js"),
+        "audio/relayed-playback-worklet.js": _git_show("bot_page/audio/playback-worklet.js"),
+        "lib/worker-socket.js": socket,
+    }
+
+
+def page_socket() -> dict[str, str]:
+    """... and before that, the bridge WebSocket on the page itself, where Playwright reports each frame."""
+    return {
+        **relayed(),
+        "lib/worker-socket.js": "export class WorkerSocket extends WebSocket { constructor(url) { super(url); } }",
+    }
+
 
 # Chromium's flags before the cuts: one --disable-features of our own, which replaced Playwright's list and left
 # each bot's context an omnibox WebUI renderer and the browser a spare renderer.
@@ -101,11 +153,11 @@ OLD_CHROMIUM_ARGS = [
 # Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
 # Flag sets measured and dropped are listed in bench/README.md ("Profile").
 VARIANTS = [
-    Variant("before", OLD_CHROMIUM_ARGS, PAGE_SOCKET, vad_on_loop=True, vad_gate=False),
-    Variant("+worker socket", OLD_CHROMIUM_ARGS, RELAYED, vad_on_loop=True, vad_gate=False),
-    Variant("+one renderer", CHROMIUM_ARGS, RELAYED, vad_on_loop=True, vad_gate=False),
-    Variant("+batched VAD", CHROMIUM_ARGS, RELAYED, vad_gate=False),  # Silero batched on its own thread
-    Variant("+silence gate", CHROMIUM_ARGS, RELAYED),  # silent windows skip the model
+    Variant("before", OLD_CHROMIUM_ARGS, page_socket, vad_on_loop=True, vad_gate=False),
+    Variant("+worker socket", OLD_CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False),
+    Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False),
+    Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False),  # Silero batched on its own thread
+    Variant("+silence gate", CHROMIUM_ARGS, relayed),  # silent windows skip the model
     Variant("+direct worklets (after)", CHROMIUM_ARGS),  # audio off the page's main thread
 ]
 
@@ -322,7 +374,7 @@ async def run(
         for v in variants if r % 2 == 0 else variants[::-1]:  # A B B A: none always goes first
             runs[v.name].append(await _window(rig, v, audio, browser, window_s))
         for v in variants:
-            if missed := set(v.old_modules) - v.served:
+            if missed := set(v.old_modules() if v.old_modules else ()) - v.served:
                 raise RuntimeError(f"{v.name}: the page never asked for {sorted(missed)}; the rung is not what it says")
     return {"variants": {v.name: {"chromium_args": v.chromium_args, **merge(runs[v.name])} for v in variants}}
 
