@@ -166,7 +166,7 @@ async def run_pacing(quick: bool, isolation: str) -> dict[str, Any]:
     return {"mode": "quick" if quick else "full", "machine": machine(isolation), "took_s": took, "pacing": result}
 
 
-async def run_profile(quick: bool, isolation: str) -> dict[str, Any]:
+async def run_profile(quick: bool, isolation: str, only: str | None) -> dict[str, Any]:
     from bench import profile
     from bench.harness import Rig
     from bench.instant import ReplyAudio
@@ -177,7 +177,10 @@ async def run_profile(quick: bool, isolation: str) -> dict[str, Any]:
     rounds, window_s = (2, 10.0) if quick else (4, 20.0)
     with tempfile.TemporaryDirectory(prefix="luna-bench-") as tmp:
         async with Rig() as rig:
-            result = await profile.run(rig, ReplyAudio(), Path(tmp), rounds=rounds, window_s=window_s)
+            variants = profile.chosen(only)
+            result = await profile.run(
+                rig, ReplyAudio(), Path(tmp), rounds=rounds, window_s=window_s, variants=variants
+            )
     took = round(time.monotonic() - started, 1)
     return {"mode": "quick" if quick else "full", "machine": machine(isolation), "took_s": took, "profile": result}
 
@@ -357,7 +360,9 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="fewer samples; under 3 minutes on 2 cores")
     parser.add_argument("--out", type=Path, help="the JSON (default bench/results/latest.json or profile.json)")
-    parser.add_argument("--only", help="comma-separated scenarios, e.g. floor_hearing,hearing,ducking")
+    parser.add_argument(
+        "--only", help="comma-separated scenarios, e.g. floor_hearing,hearing,ducking (profile: words of variants)"
+    )
     parser.add_argument("--compare", action="store_true", help="run the scenarios before and after the cuts")
     parser.add_argument(
         "--bots", help="the scale scenario's numbers of bots, comma-separated (default 1,2,4 or 1,2,4,8)"
@@ -368,7 +373,7 @@ def main() -> None:
     if args.scenario == "profile":
         from bench import profile
 
-        data = asyncio.run(run_profile(args.quick, isolation))
+        data = asyncio.run(run_profile(args.quick, isolation, args.only))
         text = _headed("profile", data, profile.report(data["profile"]))
     elif args.scenario == "pacing":
         from bench import pacing

@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import functools
+import json
 import os
 import pstats
 import re
+import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +52,14 @@ class Variant:
 
     name: str
     chromium_args: list[str]
-    old_modules: tuple[str, ...] = ()  # keys of OLD_MODULES
+    old_modules: Callable[[], dict[str, str]] | None = None  # page path → the module's old source
     vad_on_loop: bool = False  # Silero per speaker on the event loop's thread, as before the batcher
     vad_gate: bool = True  # silent windows skip the model (False: every window is scored, as before the gate)
+    served: set[str] = field(default_factory=set)  # old modules the page asked for: a route missed is an error
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
-        for module in self.old_modules:
-            await context.route(f"**/bot/{module}", _serve(OLD_MODULES[module]))
+        for module, body in self.old_modules().items() if self.old_modules else ():
+            await context.route(f"**/bot/{module}", _serve(body, module, self.served))
 
     def host(self) -> dict[str, Any]:
         return {"args": self.chromium_args, "prepare_context": self.prepare}
@@ -70,17 +74,75 @@ class Variant:
 ungated_batcher = load_once(lambda: VadBatcher(gate=False))
 
 
-def _serve(body: str) -> Callable[[Route], Awaitable[None]]:
+def _serve(body: str, module: str, served: set[str]) -> Callable[[Route], Awaitable[None]]:
     async def serve(route: Route) -> None:  # one parameter: Playwright passes the request to a second
+        served.add(module)
         await route.fulfill(content_type="text/javascript", body=body)
 
     return serve
 
 
-OLD_MODULES = {
-    # the bridge WebSocket on the page itself, where Playwright reports each frame
-    "lib/worker-socket.js": "export class WorkerSocket extends WebSocket { constructor(url) { super(url); } }",
+# The page before its worklets had channels of their own to the socket worker (every capture frame and every
+# playback message crossed its main thread), read from git history when a rung needs it: no copy is committed.
+OLD_PAGE_COMMIT = "6ca20b4"
+_REPO = Path(__file__).resolve().parent.parent
+# Playwright's routes see neither a worklet's module request nor a shared worker's script request, so the old
+# bot.js loads its worklets, and the old worker-socket.js its worker, from blobs of what the page fetched.
+_WORKLET_BLOB = """async function oldWorklet(name) {
+  const source = await (await fetch(new URL(`./audio/relayed-${name}`, import.meta.url))).text();
+  const protocol = JSON.stringify(new URL("./protocol.js", import.meta.url).href);
+  return URL.createObjectURL(new Blob([source.replace('"../protocol.js"', protocol)], { type: "text/javascript" }));
 }
+"""
+
+
+def _git_show(path: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(_REPO), "show", f"{OLD_PAGE_COMMIT}:{path}"], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or exc
+        raise SystemExit(f"profile: the old page needs git history ({OLD_PAGE_COMMIT}:{path}): {detail}") from None
+    return out.stdout
+
+
+def _patched(source: str, old: str, new: str) -> str:
+    """``source`` with ``old`` replaced once; the old module must still read as expected, or the rung would lie."""
+    if source.count(old) != 1:
+        raise SystemExit(f"profile: the old page module no longer has {old!r} once")
+    return source.replace(old, new)
+
+
+@functools.cache
+def relayed() -> dict[str, str]:
+    """Page path → source of the relaying page's modules (bot.js, its worklets, the socket and its worker)."""
+    bot = _git_show("bot_page/bot.js")
+    for name in ("capture-worklet.js", "playback-worklet.js"):
+        line = f'await ctx.audioWorklet.addModule(new URL("./audio/{name}", import.meta.url));'
+        bot = _patched(bot, line, f'await ctx.audioWorklet.addModule(await oldWorklet("{name}"));')
+    bot = _patched(bot, "// --- audio graph", _WORKLET_BLOB + "\n// --- audio graph")
+    worker = json.dumps(_git_show("bot_page/lib/socket-worker.js"))
+    socket = _patched(
+        _git_show("bot_page/lib/worker-socket.js"),
+        'new SharedWorker(new URL("./socket-worker.js", import.meta.url), { name })',
+        f'new SharedWorker(URL.createObjectURL(new Blob([{worker}], {{ type: "text/javascript" }})), {{ name }})',
+    )
+    return {
+        "bot.js": bot,
+        "audio/relayed-capture-worklet.js": _git_show("bot_page/audio/capture-worklet.js"),
+        "audio/relayed-playback-worklet.js": _git_show("bot_page/audio/playback-worklet.js"),
+        "lib/worker-socket.js": socket,
+    }
+
+
+def page_socket() -> dict[str, str]:
+    """... and before that, the bridge WebSocket on the page itself, where Playwright reports each frame."""
+    return {
+        **relayed(),
+        "lib/worker-socket.js": "export class WorkerSocket extends WebSocket { constructor(url) { super(url); } }",
+    }
+
 
 # Chromium's flags before the cuts: one --disable-features of our own, which replaced Playwright's list and left
 # each bot's context an omnibox WebUI renderer and the browser a spare renderer.
@@ -91,12 +153,22 @@ OLD_CHROMIUM_ARGS = [
 # Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
 # Flag sets measured and dropped are listed in bench/README.md ("Profile").
 VARIANTS = [
-    Variant("before", OLD_CHROMIUM_ARGS, ("lib/worker-socket.js",), vad_on_loop=True, vad_gate=False),
-    Variant("+worker socket", OLD_CHROMIUM_ARGS, vad_on_loop=True, vad_gate=False),
-    Variant("+one renderer", CHROMIUM_ARGS, vad_on_loop=True, vad_gate=False),
-    Variant("+batched VAD", CHROMIUM_ARGS, vad_gate=False),  # Silero batched on its own thread
-    Variant("+silence gate (after)", CHROMIUM_ARGS),  # silent windows skip the model
+    Variant("before", OLD_CHROMIUM_ARGS, page_socket, vad_on_loop=True, vad_gate=False),
+    Variant("+worker socket", OLD_CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False),
+    Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False),
+    Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False),  # Silero batched on its own thread
+    Variant("+silence gate", CHROMIUM_ARGS, relayed),  # silent windows skip the model
+    Variant("+direct worklets (after)", CHROMIUM_ARGS),  # audio off the page's main thread
 ]
+
+
+def chosen(only: str | None) -> list[Variant]:
+    """The variants whose names contain one of ``only``'s comma-separated words (all without it)."""
+    words = [w.strip().lower() for w in only.split(",")] if only else []
+    picked = [v for v in VARIANTS if not words or any(w in v.name.lower() for w in words)]
+    if not picked:
+        raise SystemExit(f"no profile variant matches {only!r}: {[v.name for v in VARIANTS]}")
+    return picked
 
 
 # ------------------------------------------------------------------------------------------ processes, threads
@@ -290,16 +362,21 @@ def _top(prof: cProfile.Profile, n: int = 15) -> list[list[Any]]:
     return [[f"{f}:{line}:{func}", calls, round(tt * 1000, 1)] for (f, line, func), (_c, calls, tt, _ct, _) in rows]
 
 
-async def run(rig: Rig, audio: ReplyAudio, tmp: Path, *, rounds: int, window_s: float) -> dict[str, Any]:
+async def run(
+    rig: Rig, audio: ReplyAudio, tmp: Path, *, rounds: int, window_s: float, variants: list[Variant]
+) -> dict[str, Any]:
     audio.pcm = sg.to_int16(_REPLY)
     browser = await rig.browser(
         _wav(tmp, "profile", _loop(sg.speech("Luna, say something.", sg.MIC_RATE), PERIOD_S)), loop=True
     )
-    runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in VARIANTS}
+    runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     for r in range(rounds):
-        for v in VARIANTS if r % 2 == 0 else VARIANTS[::-1]:  # A B B A: none always goes first
+        for v in variants if r % 2 == 0 else variants[::-1]:  # A B B A: none always goes first
             runs[v.name].append(await _window(rig, v, audio, browser, window_s))
-    return {"variants": {v.name: {"chromium_args": v.chromium_args, **merge(runs[v.name])} for v in VARIANTS}}
+        for v in variants:
+            if missed := set(v.old_modules() if v.old_modules else ()) - v.served:
+                raise RuntimeError(f"{v.name}: the page never asked for {sorted(missed)}; the rung is not what it says")
+    return {"variants": {v.name: {"chromium_args": v.chromium_args, **merge(runs[v.name])} for v in variants}}
 
 
 def merge(windows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 // whose MediaStreamDestination track is Luna's microphone in the room. The bridge protocol is documented in
 // src/luna_voice/bridge/protocol.py, which generates ./protocol.js. The page builds its audio graph itself at
 // load (no test hooks), so an AudioContext left suspended by the autoplay policy shows up here and not only in
-// production.
+// production. Audio does not cross this page's main thread: each worklet has a channel of its own to the bridge's
+// shared worker (lib/socket-worker.js); only control messages (JSON) come here.
 import { WorkerSocket } from "./lib/worker-socket.js";
 import * as wire from "./protocol.js";
 
@@ -11,13 +12,12 @@ import * as wire from "./protocol.js";
 const b64 = location.hash.slice(1).replace(/-/g, "+").replace(/_/g, "/");
 const cfg = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))));
 const statusEl = document.getElementById("status");
-const participants = new Map(); // id -> {index, name, trackId, sink, source, node, seq}
+const participants = new Map(); // id -> {index, name, trackId, sink, source, node, capture, heardAt}
 let nextIndex = 1;
+let nextCapture = 1; // ids of capture channels in the socket worker
 let bridge;
 let room;
 let ended = false;
-
-const wallClockMs = () => performance.timeOrigin + performance.now();
 
 function send(obj) {
   if (bridge && bridge.readyState === WebSocket.OPEN) bridge.send(JSON.stringify(obj));
@@ -52,13 +52,14 @@ playback.connect(mic);
 playback.connect(silentOut);
 const micTrack = mic.stream.getAudioTracks()[0];
 if (ctx.state !== "running") await ctx.resume().catch(() => {});
-playback.port.onmessage = ({ data }) => send(data); // "played" marks and "cleared"
 
 // --- bridge -----------------------------------------------------------------------------------------------
 function openBridge() {
   return new Promise((resolve, reject) => {
     bridge = new WorkerSocket(cfg.bridgeUrl, cfg.botId); // not a page WebSocket: see lib/worker-socket.js
-    bridge.binaryType = "arraybuffer";
+    const { port1, port2 } = new MessageChannel(); // playback PCM, clear and duck in; "played"/"cleared" out
+    playback.port.postMessage({ type: "bridge", port: port1 }, [port1]);
+    bridge.playback(port2);
     bridge.onopen = () => {
       bridge.send(JSON.stringify({
         type: "hello", token: cfg.token, backend: cfg.backend, audio_context: ctx.state,
@@ -71,39 +72,20 @@ function openBridge() {
       statusEl.textContent = `bridge closed ${ev.code} ${ev.reason}`;
       if (!ended && room) room.leave(); // Python is gone: do not stay in the room unattended
     };
-    bridge.onmessage = ({ data }) => {
-      if (typeof data === "string") {
-        const msg = JSON.parse(data);
-        if (msg.type === "clear") playback.port.postMessage({ type: "clear" });
-        else if (msg.type === "duck") playback.port.postMessage({ type: "gain", gain: msg.gain });
-        else if (msg.type === "leave") leave();
-        else if (msg.type === "unmute" && room && room.unmute) room.unmute();
-        else if (msg.type === "chat") chat(msg.text);
-        return;
-      }
-      const view = new DataView(data);
-      if (data.byteLength < wire.HEADER_BYTES || view.getUint8(wire.OFFSET_KIND) !== wire.KIND_PLAYBACK) return;
-      const seq = view.getUint32(wire.OFFSET_SEQ, true);
-      const buffer = data.slice(wire.HEADER_BYTES);
-      playback.port.postMessage({ type: "pcm", seq, buffer }, [buffer]);
+    bridge.onmessage = ({ data }) => { // JSON only: the worker hands audio, clear and duck to the worklet
+      const msg = JSON.parse(data);
+      if (msg.type === "leave") leave();
+      else if (msg.type === "unmute" && room && room.unmute) room.unmute();
+      else if (msg.type === "chat") chat(msg.text);
     };
   });
 }
 
 // --- per-participant capture -------------------------------------------------------------------------------
-function frameHeader(index, seq) {
-  const head = new DataView(new ArrayBuffer(wire.HEADER_BYTES));
-  head.setUint8(wire.OFFSET_VERSION, wire.VERSION);
-  head.setUint8(wire.OFFSET_KIND, wire.KIND_CAPTURE);
-  head.setUint16(wire.OFFSET_PARTICIPANT, index, true);
-  head.setUint32(wire.OFFSET_SEQ, seq >>> 0, true);
-  head.setFloat64(wire.OFFSET_TIMESTAMP, wallClockMs(), true);
-  return head.buffer;
-}
-
 function stopCapture(p) {
   if (p.node) {
     // a disconnected worklet would go on posting frames of zeros under this participant's index
+    bridge.uncapture(p.capture); // before participant_left, on the same port: no frame of theirs follows it
     p.node.port.onmessage = null;
     p.node.port.postMessage("stop");
     p.node.disconnect();
@@ -116,7 +98,7 @@ function stopCapture(p) {
 
 function participantJoined({ id, name }) {
   if (participants.has(id)) return participants.get(id);
-  const p = { index: nextIndex++, id, name, seq: 0, trackId: null, attaching: Promise.resolve(), heardAt: performance.now() };
+  const p = { index: nextIndex++, id, name, trackId: null, attaching: Promise.resolve(), heardAt: performance.now() };
   participants.set(id, p);
   send({ type: "participant_joined", index: p.index, id, name });
   return p;
@@ -142,15 +124,13 @@ async function attach(p, track) {
   await sink.play().catch((err) => log("warn", `sink for ${p.name} refused to play: ${err}`));
   if (p.sink !== sink) return; // dropped while the sink started
   p.source = ctx.createMediaStreamSource(stream);
-  p.node = new AudioWorkletNode(ctx, "luna-capture", { numberOfInputs: 1, outputChannelCount: [1] });
-  p.node.port.onmessage = ({ data }) => {
-    if (new Int16Array(data).some((v) => v !== 0)) p.heardAt = performance.now(); // for the room's watchdog
-    if (!bridge || bridge.readyState !== WebSocket.OPEN) return;
-    const frame = new Uint8Array(wire.HEADER_BYTES + data.byteLength);
-    frame.set(new Uint8Array(frameHeader(p.index, p.seq++)), 0);
-    frame.set(new Uint8Array(data), wire.HEADER_BYTES);
-    bridge.send(frame.buffer);
-  };
+  const options = { numberOfInputs: 1, outputChannelCount: [1], processorOptions: { direct: true } };
+  p.node = new AudioWorkletNode(ctx, "luna-capture", options);
+  p.node.port.onmessage = () => (p.heardAt = performance.now()); // "heard", twice a second: the room's watchdog
+  const { port1, port2 } = new MessageChannel(); // the frames' own way to the bridge
+  p.capture = nextCapture++;
+  p.node.port.postMessage({ type: "bridge", port: port1 }, [port1]);
+  bridge.capture(p.capture, p.index, port2);
   p.source.connect(p.node);
   p.node.connect(silentOut);
 }

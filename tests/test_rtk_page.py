@@ -216,6 +216,12 @@ class Python:
     frames: dict[int, list[bp.AudioFrame]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     ws: web.WebSocketResponse | None = None
+    # answers GET /blocked, which the page requests synchronously to block its main thread (BLOCK_MAIN_THREAD)
+    while_blocked: Callable[[], Awaitable[str]] | None = None
+
+    async def blocked(self, _request: web.Request) -> web.Response:
+        assert self.while_blocked is not None, "the test did not say what to do while the page is blocked"
+        return web.Response(text=await self.while_blocked())
 
     async def bridge(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=bp.MAX_FRAME_BYTES)
@@ -295,6 +301,7 @@ async def python() -> AsyncIterator[Python]:
     app = web.Application()
     app.router.add_static("/bot", BOT_PAGE)
     app.router.add_get("/bridge/{bot_id}", side.bridge)
+    app.router.add_get("/blocked", side.blocked)
     runner = web.AppRunner(app, shutdown_timeout=0.5)
     await runner.setup()
     port = free_port()
@@ -494,6 +501,46 @@ async def test_each_persons_audio_arrives_through_the_sdks_consumers(open_luna, 
     assert abs(dominant_hz(python.frames[alice][5:30]) - TONES["peer-alice"]) < 20
     assert abs(dominant_hz(python.frames[bob][5:30]) - TONES["peer-bob"]) < 20
     assert set(python.frames) == {alice, bob}
+
+
+# The page's main thread blocked as a long task there (the SDK, GC) would: a synchronous request to Python's side
+# runs nothing else on that thread until Python answers, and Python answers when it is done or has given up.
+BLOCK_MAIN_THREAD = """() => {
+  const request = new XMLHttpRequest();
+  request.open("GET", "/blocked", false);
+  request.send();
+  return request.responseText;
+}"""
+
+
+@page_test
+async def test_audio_flows_both_ways_while_the_pages_main_thread_is_blocked(open_luna, python):
+    """Audio does not cross the page's main thread, where the RTK SDK and GC run: each worklet has its own channel
+    to the bridge's worker. While that thread is blocked, Alice's frames still reach Python, and what Python plays
+    is rendered into Luna's track (the playback worklet's "played" mark for it comes back)."""
+    page = await open_luna()
+    await joined(python, page)
+    alice = python.index_of("peer-alice")
+    tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * np.arange(24_000) / 48_000)).astype(np.int16).tobytes()
+
+    async def while_blocked() -> str:
+        heard = len(python.frames[alice])
+        seqs = range(1000, 1000 + len(tone) // 1920)
+        for seq, at in zip(seqs, range(0, len(tone), 1920), strict=True):  # 0.5 s, ahead of real time
+            await python.send_playback(seq, tone[at : at + 1920])
+
+        async def both_ways() -> bool:
+            played = any(isinstance(m, bp.Played) and m.seq == seqs[-1] for m in python.messages)
+            return played and len(python.frames[alice]) >= heard + 25
+
+        try:
+            await until(both_ways, 10, "half a second of Alice and the tone played, with the main thread blocked")
+        except AssertionError as exc:
+            return str(exc)
+        return "both ways"
+
+    python.while_blocked = while_blocked
+    assert await page.evaluate(BLOCK_MAIN_THREAD) == "both ways"
 
 
 # A replaced track: the stub cannot make the SDK replace a live consumer's track (that needs a real media server

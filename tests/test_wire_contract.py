@@ -56,7 +56,8 @@ def test_no_page_script_keeps_its_own_copy_of_the_contract() -> None:
     assert {"bot.js", "demo.js", "capture-worklet.js"} <= {p.name for p in scripts}
     rates = re.compile(r"\b(16_?000|48_?000|320)\b")
     copies = {f"{p.relative_to(BOT_PAGE)}: {m.group(0)}" for p in scripts for m in rates.finditer(_code(p))}
-    # bot.js builds and reads the frames: every header access goes through the generated offsets
+    # the socket worker builds and reads the frames: every header access goes through the generated offsets
     offsets = re.compile(r"\b[gs]et(Uint|Int|Float)\d+\(\s*\d")
-    copies |= {f"bot.js: {m.group(0)}" for m in offsets.finditer(_code(BOT_PAGE / "bot.js"))}
+    framers = [BOT_PAGE / "bot.js", BOT_PAGE / "lib/socket-worker.js"]
+    copies |= {f"{p.relative_to(BOT_PAGE)}: {m.group(0)}" for p in framers for m in offsets.finditer(_code(p))}
     assert not copies, f"use bot_page/protocol.js instead: {sorted(copies)}"

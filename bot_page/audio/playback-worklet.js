@@ -1,6 +1,8 @@
 // Playback worklet: a ring buffer of PCM from Python, rendered into Luna's microphone track.
 // Python sends speech ahead of real time and this worklet paces it, so `clear` can drop everything queued at
 // once. It reports which frames were actually rendered ("played" marks), so Python knows what the room heard.
+// PCM, clear and gain come, and marks go, on a channel of its own to the bridge's shared worker (the page hands it
+// one per bridge), so the page's main thread is not on her voice's path.
 // `gain` ducks the voice while someone may be interrupting her: a short linear ramp (no click), nothing dropped,
 // so the marks still count every sample the room heard, quieter or not.
 
@@ -26,7 +28,13 @@ class PlaybackProcessor extends AudioWorkletProcessor {
     this.gain = 1;
     this.targetGain = 1;
     this.gainStep = 1 / (GAIN_RAMP_S * sampleRate);
-    this.port.onmessage = ({ data }) => this.onMessage(data);
+    this.bridge = null; // the socket worker's channel
+    this.port.onmessage = ({ data }) => {
+      if (data.type !== "bridge") return;
+      this.bridge?.close();
+      this.bridge = data.port;
+      this.bridge.onmessage = ({ data: msg }) => this.onMessage(msg);
+    };
   }
 
   onMessage(msg) {
@@ -47,7 +55,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.marks = [];
       this.playing = false;
       this.firstAt = null;
-      this.port.postMessage({ type: "cleared", dropped_ms: (1000 * dropped) / sampleRate });
+      this.bridge.postMessage({ type: "cleared", dropped_ms: (1000 * dropped) / sampleRate });
     }
   }
 
@@ -73,7 +81,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       if (this.read === this.write) {
         this.playing = false;
         this.firstAt = null;
-        this.port.postMessage({ type: "played", seq: this.lastSeq, idle: true });
+        this.bridge.postMessage({ type: "played", seq: this.lastSeq, idle: true });
         this.lastReport = currentTime;
         return true;
       }
@@ -82,7 +90,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.gain = this.targetGain; // nothing audible to ramp
     }
     if (this.playing && currentTime - this.lastReport >= MARK_EVERY_S) {
-      this.port.postMessage({ type: "played", seq: this.lastSeq, idle: false });
+      this.bridge.postMessage({ type: "played", seq: this.lastSeq, idle: false });
       this.lastReport = currentTime;
     }
     return true;

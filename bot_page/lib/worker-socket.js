@@ -2,21 +2,21 @@
 // it drives to its client (CDP Network events with the payload in base64): for the bridge that is about a hundred
 // frames a second which Chromium, Playwright's driver and Python serialised for nothing (bench/README.md,
 // "profile"). Playwright does not attach to shared workers, so a socket there costs only the hop between the page
-// and the worker. WorkerSocket has the part of the WebSocket interface that bot.js uses.
+// and the worker. WorkerSocket has the part of the WebSocket interface that bot.js uses, plus the wiring of the
+// worklets' own channels to the worker (capture, uncapture, playback), which keeps audio off the main thread.
 
 export class WorkerSocket {
   constructor(url, name) {
     this.readyState = WebSocket.CONNECTING;
-    this.binaryType = "arraybuffer"; // the only type the worker delivers
     this.onopen = this.onclose = this.onerror = this.onmessage = null;
-    const worker = new SharedWorker(new URL("./socket-worker.js", import.meta.url), { name });
+    const worker = new SharedWorker(new URL("./socket-worker.js", import.meta.url), { name, type: "module" });
     this.port = worker.port;
     this.port.onmessage = ({ data }) => this.#event(data);
     this.port.postMessage({ open: url });
   }
 
   #event(data) {
-    if (typeof data === "string" || data instanceof ArrayBuffer) {
+    if (typeof data === "string") {
       this.onmessage?.({ data });
     } else if (data.event === "open") {
       this.readyState = WebSocket.OPEN;
@@ -32,6 +32,21 @@ export class WorkerSocket {
   send(data) {
     if (this.readyState !== WebSocket.OPEN) throw new DOMException("the bridge is not open", "InvalidStateError");
     this.port.postMessage(data, data instanceof ArrayBuffer ? [data] : []);
+  }
+
+  /** Frames posted on `port` (a capture worklet's channel) go over the bridge as participant `index`'s. */
+  capture(id, index, port) {
+    this.port.postMessage({ capture: id, index, port }, [port]);
+  }
+
+  /** Closes capture `id`'s channel; sent before participant_left, on the same port, so no frame follows it. */
+  uncapture(id) {
+    this.port.postMessage({ uncapture: id });
+  }
+
+  /** Playback PCM, clear and duck go to `port` (the playback worklet's channel); its marks come back on it. */
+  playback(port) {
+    this.port.postMessage({ playback: port }, [port]);
   }
 
   close(code, reason) {
