@@ -130,6 +130,12 @@ class Settings(BaseSettings):
     )
     turn_likely_wait_ms: int = Field(default=1000, description="Silence that ends a turn the model called likely done.")
     turn_max_wait_ms: int = Field(default=2500, description="Silence that ends a turn the model called unfinished.")
+    continuation_wait_s: float = Field(
+        default=1.5,
+        ge=0.0,
+        description="A plainly unfinished transcript ('Could you tell me if') waits this long after its end of speech "
+        "for the same speaker's next words and is joined to them; 0 = answer it at once.",
+    )
     host_mute: Literal["unmute_when_addressed", "stay_muted"] = Field(
         default="unmute_when_addressed",
         description="After someone else mutes Luna she keeps listening; she unmutes herself when next addressed by "
