@@ -119,6 +119,7 @@ TURN_RULE_ALTERNATIVES = {
     "first two answers, p ≥ 0.9": EndpointConfig(confident_asks=2, confident_threshold=0.9),
     "any of three answers, p ≥ 0.9": EndpointConfig(confident_asks=3, confident_threshold=0.9),
     "first answer, p ≥ 0.7": EndpointConfig(confident_threshold=0.7),
+    "first answer, p ≥ 0.6": EndpointConfig(confident_threshold=0.6),
     "first two answers, p ≥ 0.7": EndpointConfig(confident_asks=2, confident_threshold=0.7),
 }
 RULES = {
@@ -309,6 +310,7 @@ async def hearing(quick: bool) -> dict[str, Any]:
     said += [(f, r, lambda t, rate: espeak_speech(t, rate=rate)) for f, r in (PAUSED_ZH[:2] if quick else PAUSED_ZH)]
     cuts = dict.fromkeys(RULES, 0)  # the front end split the sentence (utterance level)
     answered_cuts = dict.fromkeys(RULES, 0)  # ... and the core asked for a reply to a piece on its own (turn level)
+    answered_alone: dict[str, list[str]] = {key: [] for key in RULES}  # those pieces
     for first, rest, speak in said:
         gap = rng.uniform(0.6, 0.9)
         sentence = paused_speech(first, rest, gap, speak=speak)
@@ -319,6 +321,8 @@ async def hearing(quick: bool) -> dict[str, Any]:
             r = await converse(audio, transcribe, config)
             cuts[key] += len(r.committed) > 1
             answered_cuts[key] += len(r.asked) > 1
+            if len(r.asked) > 1:
+                answered_alone[key].append(r.asked[0].text)
     n = len(said)
     result["premature_cuts"] = {
         "n": n,
@@ -334,6 +338,7 @@ async def hearing(quick: bool) -> dict[str, Any]:
             "end_of_turn_no_hold_ms": ms(delays[key]),
             "premature_cuts_pct": 100 * answered_cuts[key] / n,
             "utterance_cuts_pct": 100 * cuts[key] / n,
+            "answered_alone": answered_alone[key],
         }
         for key in RULES
     }
@@ -482,7 +487,8 @@ def rows(r: dict[str, Any], floor_ms: float | None) -> list[list[str]]:
                 "≤ 10",
                 f"{c['n']} paused sentences (Piper, slow Piper, espeak zh: its transcripts the generator's text); "
                 f"split into utterances {c['utterance_pct']:.0f} %; old rule {c['old_rule_pct']:.0f} % "
-                f"(with the hold {c['old_rule_held_pct']:.0f} %); baseline: the 500 ms silence rule, split",
+                f"(with the hold {c['old_rule_held_pct']:.0f} %); baseline: the 500 ms silence rule, split; "
+                f"answered alone: {h['turn_rule_alternatives']['now']['answered_alone']}",
             ]
         )
         for name, alt in h["turn_rule_alternatives"].items():
@@ -494,7 +500,8 @@ def rows(r: dict[str, Any], floor_ms: float | None) -> list[list[str]]:
                         "",
                         "≤ 250 / ≤ 10",
                         f"the same audio and hold; p95 {_n(alt['end_of_turn_ms']['p95'])} ms; without the hold "
-                        f"{_n(alt['end_of_turn_no_hold_ms']['p50'])} / {alt['utterance_cuts_pct']:.0f}",
+                        f"{_n(alt['end_of_turn_no_hold_ms']['p50'])} / {alt['utterance_cuts_pct']:.0f}; "
+                        f"answered alone: {alt['answered_alone']}",
                     ]
                 )
     k = r.get("ducking", {"error": "not run"})
