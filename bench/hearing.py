@@ -32,6 +32,7 @@ from tests.room_sounds import (
     piper_speech,
     silence,
     sox_noise,
+    whisper,
 )
 
 from bench import signals as sg
@@ -128,7 +129,6 @@ RULES = {
     "silence_rule": EndpointConfig(semantic=False),
     **TURN_RULE_ALTERNATIVES,
 }
-STT_TAIL_S = 0.3  # audio after the end of speech the STT gets for a piece (the wait's silence says nothing)
 NOISES = {
     "pink −45 dB": lambda s: sox_noise("pinknoise", s, -45),
     "pink −30 dB": lambda s: sox_noise("pinknoise", s, -30),
@@ -194,40 +194,31 @@ async def old(audio: np.ndarray) -> list[str]:
     return texts
 
 
-def _whisper(audio: np.ndarray) -> Transcriber:
-    """Whisper tiny.en on what the front end cut, as the core's STT (each piece once: the rules share them)."""
-    cache: dict[tuple[float, float], tuple[str, Any]] = {}
-
-    async def transcribe(started: float, end_of_speech: float) -> tuple[str, Any]:
-        key = (round(started, 2), round(end_of_speech, 2))
-        if key not in cache:
-            cache[key] = await _transcribe(_segment(audio, started, end_of_speech + STT_TAIL_S))
-        return cache[key]
-
-    return transcribe
-
-
-def _known(said: str | tuple[str, str], pause: float | None) -> Transcriber:
-    """The generator's own text as the transcript (tiny.en writes no Chinese): a piece that ends before the
-    ``pause`` (audio seconds) is the first part, one that starts after it the rest, any other the whole."""
+def _known(said: str | tuple[str, str], pause: tuple[float, float, float, float] | None) -> Transcriber:
+    """The generator's own text as the transcript (tiny.en writes no Chinese). For a paused sentence, ``pause``
+    is (speech start, pause start, pause end, speech end) in audio seconds, and a piece gets the characters of
+    each part in proportion to the time it covers (espeak reads characters at an even pace)."""
 
     async def transcribe(started: float, end_of_speech: float) -> tuple[str, Any]:
         if isinstance(said, str):
             return said, None
-        first, rest = said
-        if pause is not None and end_of_speech <= pause + 0.05:
-            return first, None
-        if pause is not None and started >= pause - 0.05:
-            return rest, None
-        return first + rest, None
+        assert pause is not None
+        s0, p0, p1, s1 = pause
+        text = ""
+        for part, a, b in ((said[0], s0, p0), (said[1], p1, s1)):
+            lo, hi = (min(1.0, max(0.0, (t - a) / (b - a))) for t in (started, end_of_speech))
+            text += part[round(lo * len(part)) : round(hi * len(part))]
+        return text, None
 
     return transcribe
 
 
-def _pause_at(sentence: np.ndarray) -> float:
-    """Where ``paused_speech`` inserted its silence: the longest run of exact zeros (seconds)."""
+def _pause(sentence: np.ndarray, at: float) -> tuple[float, float, float, float]:
+    """(speech start, pause start, pause end, speech end) of a ``paused_speech`` placed at ``at`` seconds: its
+    inserted silence is the longest run of exact zeros."""
     voiced = np.flatnonzero(sentence != 0)
-    return float(voiced[int(np.argmax(np.diff(voiced)))] / RATE)
+    i = int(np.argmax(np.diff(voiced)))
+    return at, at + voiced[i] / RATE, at + voiced[i + 1] / RATE, at + len(sentence) / RATE
 
 
 def _zh(text: str) -> bool:
@@ -288,7 +279,7 @@ async def hearing(quick: bool) -> dict[str, Any]:
         lead = 0.6 + rng.uniform(0, 0.4)
         end = lead + len(speech) / RATE
         clean = np.concatenate([silence(lead), speech, silence(3.0)])  # longer than the longest wait
-        transcribe = _known(oracle, None) if oracle else _whisper(clean)
+        transcribe = _known(oracle, None) if oracle else whisper(clean)
         for key, config in RULES.items():
             r = await converse(clean, transcribe, config, inference=inference if key == "now" else None)
             if r.committed:
@@ -315,8 +306,8 @@ async def hearing(quick: bool) -> dict[str, Any]:
         gap = rng.uniform(0.6, 0.9)
         sentence = paused_speech(first, rest, gap, speak=speak)
         audio = np.concatenate([silence(0.5), sentence, silence(3.0)])
-        transcribe = _known((first, rest), 0.5 + _pause_at(sentence)) if speak is not None and _zh(first) else None
-        transcribe = transcribe or _whisper(audio)
+        transcribe = _known((first, rest), _pause(sentence, 0.5)) if speak is not None and _zh(first) else None
+        transcribe = transcribe or whisper(audio)
         for key, config in RULES.items():
             r = await converse(audio, transcribe, config)
             cuts[key] += len(r.committed) > 1

@@ -228,6 +228,28 @@ class Conversed:
 
 
 Transcriber = Callable[[float, float], Awaitable[tuple[str, Confidence | None]]]
+PREROLL_S = 0.3  # audio before the first voiced frame the STT gets (EndpointConfig.preroll_ms)
+STT_TAIL_S = 0.3  # ... and after the end of speech (the rest of a wait's silence says nothing)
+
+
+def whisper(audio: np.ndarray, names: tuple[str, ...] = ("Luna", "露娜")) -> Transcriber:
+    """Offline Whisper (tiny.en) as the core's STT on ``audio``, each piece once (replays of several rules
+    share them), with her names as its prompt and keywords as the pipeline gives them."""
+    from luna_voice.providers.offline.whisper_stt import WhisperSTT
+
+    cache: dict[tuple[float, float], tuple[str, Confidence | None]] = {}
+
+    async def transcribe(started: float, end_of_speech: float) -> tuple[str, Confidence | None]:
+        key = (round(started, 2), round(end_of_speech, 2))
+        if key not in cache:
+            piece = audio[max(0, int((started - PREROLL_S) * RATE)) : int((end_of_speech + STT_TAIL_S) * RATE)]
+            stream = WhisperSTT().open_stream(prompt=", ".join(names), keywords=names)
+            await stream.push((np.clip(piece, -1, 1) * 32767).astype("<i2").tobytes())
+            result = await stream.finish()
+            cache[key] = result.text, result.confidence
+        return cache[key]
+
+    return transcribe
 
 
 async def converse(
@@ -280,7 +302,7 @@ async def converse(
                 core.transcript(a.utterance_id, text, language, Usage(), now, confidence=confidence)
                 await run(now)
             elif isinstance(a, RequestReply):
-                asked.append(Asked(a.request.text, now, core.turns[a.turn_id].to_dict()["hold"]))
+                asked.append(Asked(a.request.text, now, core.turns[a.turn_id].to_dict().get("hold")))
 
     for i in range(0, len(pcm) - FRAME + 1, FRAME):
         t = (i + FRAME) / RATE

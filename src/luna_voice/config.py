@@ -126,7 +126,7 @@ class Settings(BaseSettings):
         default=0.5, gt=0.0, lt=1.0, description="Below: the speaker is mid-thought."
     )
     turn_confident_threshold: float = Field(
-        default=0.85, gt=0.0, le=1.0, description="An early answer at or above: commit at once."
+        default=0.7, gt=0.0, le=1.0, description="An early answer at or above: commit at once."
     )
     turn_likely_wait_ms: int = Field(default=1000, description="Silence that ends a turn the model called likely done.")
     turn_max_wait_ms: int = Field(default=2500, description="Silence that ends a turn the model called unfinished.")
