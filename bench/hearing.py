@@ -119,7 +119,7 @@ OLD_TURN_RULE = EndpointConfig(candidate_ms=200, reask_until_ms=0, confident_thr
 TURN_RULE_ALTERNATIVES = {
     "first two answers, p ≥ 0.9": EndpointConfig(confident_asks=2, confident_threshold=0.9),
     "any of three answers, p ≥ 0.9": EndpointConfig(confident_asks=3, confident_threshold=0.9),
-    "first answer, p ≥ 0.7": EndpointConfig(confident_threshold=0.7),
+    "first answer, p ≥ 0.85 (the default before the hold)": EndpointConfig(confident_threshold=0.85),
     "first answer, p ≥ 0.6": EndpointConfig(confident_threshold=0.6),
     "first two answers, p ≥ 0.7": EndpointConfig(confident_asks=2, confident_threshold=0.7),
 }
