@@ -220,7 +220,9 @@ def test_an_unfinished_transcript_is_held_and_joined_to_the_speaker_s_next_words
     assert (whole["hold"], whole["decision"]) == ("joined", "answer")
     assert not room.of(act.CancelReply)  # nothing was asked of the reply engine twice
     lines = room.core.transcript_record.lines() if room.core.transcript_record else []
-    assert [line.text for line in lines if not line.luna] == ["Could you tell me if the train is on time today?"]
+    (line,) = [line for line in lines if not line.luna]
+    assert line.text == "Could you tell me if the train is on time today?"
+    assert line.start == fragment["timings"]["speech_started"] and whole["timings"]["speech_started"] == line.start
 
 
 def test_a_held_fragment_nobody_finishes_is_answered_when_the_wait_runs_out():

@@ -29,6 +29,10 @@ Rules that are easy to get wrong, in one place:
   ``speak.started`` and ``speak.completed``/``speak.interrupted``/``speak.failed`` with what the room heard.
 * Leaving for good (``stay_ended``), whatever the cause, closes the turn in progress as interrupted with what the
   room heard: every turn that reached the reply engine gets its one closing call, even when Luna is gone.
+* A transcript that is plainly unfinished ("Could you tell me if", ``continuation.py``) is held until
+  ``continuation_wait_s`` after its end of speech: the same speaker's next words (an utterance that started within
+  the wait, whenever its transcript comes) are joined to it as one turn; if none come it is answered as it is.
+  Someone else's words never join it. The turn model ends turns on the sound; this is the words' veto.
 * The meeting transcript (``transcript.py``) gets every utterance heard and every reply as the room heard it.
 * No turns from noise: an utterance with less than ``min_speech_ms`` of voice, or whose transcript the filter
   rejects (STT confidence, punctuation, only names, known hallucinations), is recorded as ``no_speech`` and is
@@ -325,6 +329,7 @@ class Conversation:
         if (held := self._held.pop(turn.speaker_id, None)) is not None:  # they went on: one turn, the whole sentence
             text = turn.heard_text = join_sentences((held.turn.heard_text, text))
             turn.hold, held.turn.hold = Hold.JOINED, Hold.MERGED
+            turn.timings["speech_started"] = held.turn.timings["speech_started"]  # the sentence began there
             self._settle(held.turn, TurnState.MERGED, now)
         if (
             self.cfg.continuation_wait_s > 0
