@@ -267,6 +267,7 @@ def test_a_speaker_who_goes_on_within_the_wait_is_joined_even_when_their_transcr
     room.talk(1.0, a=True)
     room.talk(1.5, a=False)
     assert requested(room) == []
+    assert room.core.next_deadline(room.now) > room.now  # it waits for the transcript, not by spinning the ticker
     room.auto_transcript = True
     (uid,) = room.unanswered
     room.core.transcript(uid, "the weather this weekend.", None, Usage(), room.now)

@@ -579,9 +579,11 @@ class Conversation:
         self._pump(now)
 
     def next_deadline(self, now: float) -> float | None:
-        """When ``tick`` has work next (pacing, a stalled speaker or an overdue transcript), or None."""
+        """When ``tick`` has work next (pacing, a stalled speaker, an overdue transcript or a held fragment whose
+        wait runs out), or None. A fragment whose speaker went on waits for their transcript, not for the clock."""
         due = self._pacer.next_due(now)
-        transcripts = [d for _turn, d in self._by_utterance.values()] + [h.due for h in self._held.values()]
+        transcripts = [d for _turn, d in self._by_utterance.values()]
+        transcripts += [h.due for pid, h in self._held.items() if not self._going_on(pid, h.due)]
         if transcripts:
             due = min(transcripts) if due is None else min(due, *transcripts)
         if any(ep.speaking for ep in self._endpointers.values()):
