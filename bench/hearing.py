@@ -22,6 +22,8 @@ import webrtcvad
 from tests.room_sounds import (
     RATE,
     Heard,
+    Transcriber,
+    converse,
     espeak_speech,
     hear,
     keyboard,
@@ -30,6 +32,7 @@ from tests.room_sounds import (
     piper_speech,
     silence,
     sox_noise,
+    whisper,
 )
 
 from bench import signals as sg
@@ -38,6 +41,8 @@ from bench.instant import ReplyAudio
 from bench.scenarios import SETTLE_S, ms
 from luna_voice.bots.session import PageSession
 from luna_voice.conversation.addressing import AddressDetector
+from luna_voice.conversation.chunking import is_cjk
+from luna_voice.conversation.core import CoreConfig
 from luna_voice.conversation.endpointing import EndpointConfig, Endpointer, UtteranceEnded, UtteranceStarted
 from luna_voice.conversation.transcript_filter import no_speech_reason
 from luna_voice.providers.offline.whisper_stt import WhisperSTT, shared_model
@@ -108,11 +113,21 @@ PAUSED_ZH = [
 ]
 # The end-of-turn rule before this change, run on the same audio: one question to the model at 200 ms of silence.
 OLD_TURN_RULE = EndpointConfig(candidate_ms=200, reask_until_ms=0, confident_threshold=0.9)
-# Other settings of the rule now (LUNA_TURN_CONFIDENT_ASKS, LUNA_TURN_CONFIDENT_THRESHOLD), on the same audio: fewer
-# answers that may end a turn at once cut fewer pauses and leave more questions to the 1 s wait.
+# Other settings of the rule now (LUNA_TURN_CONFIDENT_ASKS, LUNA_TURN_CONFIDENT_THRESHOLD), on the same audio: more
+# answers that may end a turn at once end more questions early and cut more pauses, which the hold of unfinished
+# transcripts may catch.
 TURN_RULE_ALTERNATIVES = {
     "first two answers, p ≥ 0.9": EndpointConfig(confident_asks=2, confident_threshold=0.9),
     "any of three answers, p ≥ 0.9": EndpointConfig(confident_asks=3, confident_threshold=0.9),
+    "first answer, p ≥ 0.85 (the default before the hold)": EndpointConfig(confident_threshold=0.85),
+    "first answer, p ≥ 0.6": EndpointConfig(confident_threshold=0.6),
+    "first two answers, p ≥ 0.7": EndpointConfig(confident_asks=2, confident_threshold=0.7),
+}
+RULES = {
+    "now": EndpointConfig(),
+    "old_rule": OLD_TURN_RULE,
+    "silence_rule": EndpointConfig(semantic=False),
+    **TURN_RULE_ALTERNATIVES,
 }
 NOISES = {
     "pink −45 dB": lambda s: sox_noise("pinknoise", s, -45),
@@ -179,8 +194,35 @@ async def old(audio: np.ndarray) -> list[str]:
     return texts
 
 
-async def _silence_rule(audio: np.ndarray) -> list[Heard]:
-    return await hear(audio, EndpointConfig(semantic=False))
+def _known(said: str | tuple[str, str], pause: tuple[float, float, float, float] | None) -> Transcriber:
+    """The generator's own text as the transcript (tiny.en writes no Chinese). For a paused sentence, ``pause``
+    is (speech start, pause start, pause end, speech end) in audio seconds, and a piece gets the characters of
+    each part in proportion to the time it covers (espeak reads characters at an even pace)."""
+
+    async def transcribe(started: float, end_of_speech: float) -> tuple[str, Any]:
+        if isinstance(said, str):
+            return said, None
+        assert pause is not None
+        s0, p0, p1, s1 = pause
+        text = ""
+        for part, a, b in ((said[0], s0, p0), (said[1], p1, s1)):
+            lo, hi = (min(1.0, max(0.0, (t - a) / (b - a))) for t in (started, end_of_speech))
+            text += part[round(lo * len(part)) : round(hi * len(part))]
+        return text, None
+
+    return transcribe
+
+
+def _pause(sentence: np.ndarray, at: float) -> tuple[float, float, float, float]:
+    """(speech start, pause start, pause end, speech end) of a ``paused_speech`` placed at ``at`` seconds: its
+    inserted silence is the longest run of exact zeros."""
+    voiced = np.flatnonzero(sentence != 0)
+    i = int(np.argmax(np.diff(voiced)))
+    return at, at + voiced[i] / RATE, at + voiced[i + 1] / RATE, at + len(sentence) / RATE
+
+
+def _zh(text: str) -> bool:
+    return any(is_cjk(c) for c in text)
 
 
 async def hearing(quick: bool) -> dict[str, Any]:
@@ -223,53 +265,73 @@ async def hearing(quick: bool) -> dict[str, Any]:
         "answered_noise_baseline_pct": 100 * answered["baseline_noise"] / n,
     }
 
-    # End of turn: the H2 questions in silence, half of them again at a slower pace, and Chinese questions.
-    finished = [("piper", piper_speech(q)) for q in questions]
-    finished += [("piper slow", piper_speech(q, pace=SLOW_PACE)) for q in questions[: len(questions) // 2]]
-    finished += [("espeak zh", espeak_speech(q)) for q in (QUESTIONS_ZH[:4] if quick else QUESTIONS_ZH)]
-    rules = [
-        ("now", None),
-        ("old_rule", OLD_TURN_RULE),
-        ("silence_rule", EndpointConfig(semantic=False)),
-        *TURN_RULE_ALTERNATIVES.items(),
-    ]
-    delays: dict[str, list[float]] = {key: [] for key, _ in rules}
+    # End of turn and cuts, every rule on the same audio: each replay runs the real core (endpointer, turn model,
+    # the hold of unfinished transcripts) with Whisper's transcripts of the pieces it cut. "Without the hold" is the
+    # same replay read at the endpointer's commits: the hold changes nothing the endpointer does.
+    finished = [("piper", piper_speech(q), None) for q in questions]
+    finished += [("piper slow", piper_speech(q, pace=SLOW_PACE), None) for q in questions[: len(questions) // 2]]
+    finished += [("espeak zh", espeak_speech(q), q) for q in (QUESTIONS_ZH[:4] if quick else QUESTIONS_ZH)]
+    delays: dict[str, list[float]] = {key: [] for key in RULES}
+    held_delays: dict[str, list[float]] = {key: [] for key in RULES}
     by_voice: dict[str, list[float]] = {}
     inference: list[float] = []
-    for voice, speech in finished:
+    for voice, speech, oracle in finished:
         lead = 0.6 + rng.uniform(0, 0.4)
         end = lead + len(speech) / RATE
         clean = np.concatenate([silence(lead), speech, silence(3.0)])  # longer than the longest wait
-        for key, config in rules:
-            if cut := await hear(clean, config, inference=inference if key == "now" else None):
-                delays[key].append(cut[-1].committed - end)  # a model answer's inference time included
+        transcribe = _known(oracle, None) if oracle else whisper(clean)
+        for key, config in RULES.items():
+            r = await converse(clean, transcribe, config, inference=inference if key == "now" else None)
+            if r.committed:
+                delays[key].append(r.committed[-1] - end)  # a model answer's inference time included
+            if r.asked:
+                held_delays[key].append(r.asked[-1].at - end)  # ... and the wait of a question wrongly held
                 if key == "now":
-                    by_voice.setdefault(voice, []).append(cut[-1].committed - end)
-    result["end_of_turn_ms"] = ms(delays["now"])
+                    by_voice.setdefault(voice, []).append(r.asked[-1].at - end)
+    result["end_of_turn_ms"] = ms(held_delays["now"])
+    result["end_of_turn_no_hold_ms"] = ms(delays["now"])
     result["end_of_turn_old_rule_ms"] = ms(delays["old_rule"])
     result["end_of_turn_baseline_ms"] = ms(delays["silence_rule"])
     result["end_of_turn_by_voice_p50_ms"] = {v: ms(d)["p50"] for v, d in by_voice.items()}
+    result["end_of_turn_questions"] = {"n": len(finished), "answered": len(held_delays["now"])}
     result["turn_model_inference_ms"] = ms(inference)
 
     said = [(f, r, None) for f, r in paused]
     said += [(f, r, lambda t, rate: piper_speech(t, rate, pace=SLOW_PACE)) for f, r in paused[::2]]
     said += [(f, r, lambda t, rate: espeak_speech(t, rate=rate)) for f, r in (PAUSED_ZH[:2] if quick else PAUSED_ZH)]
-    cuts = dict.fromkeys(delays, 0)
+    cuts = dict.fromkeys(RULES, 0)  # the front end split the sentence (utterance level)
+    answered_cuts = dict.fromkeys(RULES, 0)  # ... and the core asked for a reply to a piece on its own (turn level)
+    answered_alone: dict[str, list[str]] = {key: [] for key in RULES}  # those pieces
     for first, rest, speak in said:
         gap = rng.uniform(0.6, 0.9)
-        audio = np.concatenate([silence(0.5), paused_speech(first, rest, gap, speak=speak), silence(3.0)])
-        for key, config in rules:
-            heard = await hear(audio, config)
-            cuts[key] += len([h for h in heard if h.voiced_ms >= EndpointConfig().min_speech_ms]) > 1
+        sentence = paused_speech(first, rest, gap, speak=speak)
+        audio = np.concatenate([silence(0.5), sentence, silence(3.0)])
+        transcribe = _known((first, rest), _pause(sentence, 0.5)) if speak is not None and _zh(first) else None
+        transcribe = transcribe or whisper(audio)
+        for key, config in RULES.items():
+            r = await converse(audio, transcribe, config)
+            cuts[key] += len(r.committed) > 1
+            answered_cuts[key] += len(r.asked) > 1
+            if len(r.asked) > 1:
+                answered_alone[key].append(r.asked[0].text)
+    n = len(said)
     result["premature_cuts"] = {
-        "n": len(said),
-        "pct": 100 * cuts["now"] / len(said),
-        "old_rule_pct": 100 * cuts["old_rule"] / len(said),
-        "baseline_pct": 100 * cuts["silence_rule"] / len(said),
+        "n": n,
+        "pct": 100 * answered_cuts["now"] / n,
+        "utterance_pct": 100 * cuts["now"] / n,
+        "old_rule_pct": 100 * cuts["old_rule"] / n,
+        "old_rule_held_pct": 100 * answered_cuts["old_rule"] / n,
+        "baseline_pct": 100 * cuts["silence_rule"] / n,
     }
     result["turn_rule_alternatives"] = {
-        key: {"end_of_turn_ms": ms(delays[key]), "premature_cuts_pct": 100 * cuts[key] / len(said)}
-        for key in TURN_RULE_ALTERNATIVES
+        key: {
+            "end_of_turn_ms": ms(held_delays[key]),
+            "end_of_turn_no_hold_ms": ms(delays[key]),
+            "premature_cuts_pct": 100 * answered_cuts[key] / n,
+            "utterance_cuts_pct": 100 * cuts[key] / n,
+            "answered_alone": answered_alone[key],
+        }
+        for key in RULES
     }
     return result
 
@@ -394,39 +456,45 @@ def rows(r: dict[str, Any], floor_ms: float | None) -> list[list[str]]:
         )
         d, b, inf = h["end_of_turn_ms"], h["end_of_turn_baseline_ms"], h["turn_model_inference_ms"]
         voices = ", ".join(f"{v} {_n(p)}" for v, p in h["end_of_turn_by_voice_p50_ms"].items())
-        old = h["end_of_turn_old_rule_ms"]
+        old, bare, q = h["end_of_turn_old_rule_ms"], h["end_of_turn_no_hold_ms"], h["end_of_turn_questions"]
         out.append(
             [
-                "H3 end of turn: end of speech → commit, p50 ms",
+                "H3 end of turn: end of speech → reply asked, p50 ms",
                 _n(d["p50"]),
                 _n(b["p50"]),
                 "≤ 250",
-                f"p95 {_n(d['p95'])}; n={d['n']} ({voices}); Smart Turn inference p50 {_n(inf['p50'])} ms "
-                f"(n={inf['n']}) included; old rule (one ask at 200 ms) p50 {_n(old['p50'])} p95 {_n(old['p95'])}; "
-                "baseline: the 500 ms silence rule",
+                f"p95 {_n(d['p95'])}; {q['answered']}/{q['n']} questions answered ({voices}); a question wrongly "
+                f"held waits {CoreConfig.continuation_wait_s:g} s, included; Smart Turn inference p50 "
+                f"{_n(inf['p50'])} ms (n={inf['n']}) included; without the hold p50 {_n(bare['p50'])}; old rule "
+                f"(one ask at 200 ms) p50 {_n(old['p50'])} p95 {_n(old['p95'])}; baseline: the 500 ms silence rule",
             ]
         )
         c = h["premature_cuts"]
         out.append(
             [
-                "H4 premature cuts, 600–900 ms pause, %",
+                "H4 premature cuts (a piece answered alone), 600–900 ms pause, %",
                 f"{c['pct']:.0f}",
                 f"{c['baseline_pct']:.0f}",
                 "≤ 10",
-                f"{c['n']} paused sentences (Piper, slow Piper, espeak zh); old rule {c['old_rule_pct']:.0f} %; "
-                "baseline: the 500 ms silence rule",
+                f"{c['n']} paused sentences (Piper, slow Piper, espeak zh: its transcripts the generator's text); "
+                f"split into utterances {c['utterance_pct']:.0f} %; old rule {c['old_rule_pct']:.0f} % "
+                f"(with the hold {c['old_rule_held_pct']:.0f} %); baseline: the 500 ms silence rule, split; "
+                f"answered alone: {h['turn_rule_alternatives']['now']['answered_alone']}",
             ]
         )
         for name, alt in h["turn_rule_alternatives"].items():
-            out.append(
-                [
-                    f"H3 / H4 with {name}",
-                    f"{_n(alt['end_of_turn_ms']['p50'])} / {alt['premature_cuts_pct']:.0f}",
-                    "",
-                    "≤ 250 / ≤ 10",
-                    f"the same audio; p95 {_n(alt['end_of_turn_ms']['p95'])} ms",
-                ]
-            )
+            if name in TURN_RULE_ALTERNATIVES:
+                out.append(
+                    [
+                        f"H3 / H4 with {name}",
+                        f"{_n(alt['end_of_turn_ms']['p50'])} / {alt['premature_cuts_pct']:.0f}",
+                        "",
+                        "≤ 250 / ≤ 10",
+                        f"the same audio and hold; p95 {_n(alt['end_of_turn_ms']['p95'])} ms; without the hold "
+                        f"{_n(alt['end_of_turn_no_hold_ms']['p50'])} / {alt['utterance_cuts_pct']:.0f}; "
+                        f"answered alone: {alt['answered_alone']}",
+                    ]
+                )
     k = r.get("ducking", {"error": "not run"})
     if "error" in k:
         out.append(["H5 ducking", "n/a", "", "", k["error"]])

@@ -11,13 +11,18 @@ import io
 import subprocess
 import time
 import wave
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import soxr
 
+from luna_voice.conversation.actions import FinishTranscription, PredictEndOfTurn, RequestReply
+from luna_voice.conversation.addressing import AddressDetector, is_backchannel
+from luna_voice.conversation.chunking import SentenceChunker, is_cjk
+from luna_voice.conversation.core import Conversation, CoreConfig
+from luna_voice.conversation.domain import Confidence, Usage
 from luna_voice.conversation.endpointing import (
     EndCandidate,
     EndpointConfig,
@@ -26,6 +31,7 @@ from luna_voice.conversation.endpointing import (
     UtteranceEnded,
     UtteranceStarted,
 )
+from luna_voice.conversation.requests import RequestDetector
 from luna_voice.hearing import turn_model
 from luna_voice.hearing.vad import SpeakerVad
 
@@ -202,6 +208,113 @@ async def hear(
         frame = pcm[i : i + FRAME].tobytes()
         await handle(ep.feed(t, frame, vad.is_speech(frame)), t)
     return out
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The core asked the reply engine to answer ``text`` (one answered turn) at ``at``, audio seconds."""
+
+    text: str
+    at: float
+    hold: str | None  # the turn's ``Turn.hold``: joined to a held fragment, expired, ...
+
+
+@dataclass(frozen=True)
+class Conversed:
+    asked: list[Asked]  # in order
+    # When the endpointer committed each utterance long enough to transcribe (audio seconds): what the core
+    # would ask at without the hold of unfinished transcripts, which changes nothing the endpointer does.
+    committed: list[float]
+
+
+Transcriber = Callable[[float, float], Awaitable[tuple[str, Confidence | None]]]
+PREROLL_S = 0.3  # audio before the first voiced frame the STT gets (EndpointConfig.preroll_ms)
+STT_TAIL_S = 0.3  # ... and after the end of speech (the rest of a wait's silence says nothing)
+
+
+def whisper(audio: np.ndarray, names: tuple[str, ...] = ("Luna", "露娜")) -> Transcriber:
+    """Offline Whisper (tiny.en) as the core's STT on ``audio``, each piece once (replays of several rules
+    share them), with her names as its prompt and keywords as the pipeline gives them."""
+    from luna_voice.providers.offline.whisper_stt import WhisperSTT
+
+    cache: dict[tuple[float, float], tuple[str, Confidence | None]] = {}
+
+    async def transcribe(started: float, end_of_speech: float) -> tuple[str, Confidence | None]:
+        key = (round(started, 2), round(end_of_speech, 2))
+        if key not in cache:
+            piece = audio[max(0, int((started - PREROLL_S) * RATE)) : int((end_of_speech + STT_TAIL_S) * RATE)]
+            stream = WhisperSTT().open_stream(prompt=", ".join(names), keywords=names)
+            await stream.push((np.clip(piece, -1, 1) * 32767).astype("<i2").tobytes())
+            result = await stream.finish()
+            cache[key] = result.text, result.confidence
+        return cache[key]
+
+    return transcribe
+
+
+async def converse(
+    audio: np.ndarray,
+    transcribe: Transcriber,
+    config: EndpointConfig | None = None,
+    *,
+    continuation_wait_s: float | None = None,
+    inference: list[float] | None = None,
+) -> Conversed:
+    """Replay ``audio`` as one person's speech in a one-to-one room through the real conversation core (its
+    endpointer, Silero VAD before it, the real turn model, the hold of unfinished transcripts): which turns it
+    would answer, and when.
+
+    Time is the audio's own, as in ``hear``. ``transcribe(started, end_of_speech)`` stands in for the STT and
+    answers at once (the wait for a transcript is the STT's, not end of turn's). The reply engine never answers,
+    so a follow-on the core merges into a turn already sent to it counts as a second request, as it costs one.
+    """
+    core_cfg = CoreConfig(room_id="replay", playback_rate=RATE, endpoint=config or EndpointConfig())
+    if continuation_wait_s is not None:
+        core_cfg = replace(core_cfg, continuation_wait_s=continuation_wait_s)
+    names = AddressDetector()
+    core = Conversation(
+        core_cfg,
+        is_addressed=names.is_addressed,
+        is_backchannel=is_backchannel,
+        new_chunker=SentenceChunker,
+        find_request=RequestDetector(names.is_addressed, names.without_names),
+    )
+    names.present = core.participants.values()
+    core.participant_joined("a", "Alice", 0.0)
+    vad = SpeakerVad(0.5)
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
+    answers: list[tuple[float, int, float | None]] = []  # arrival, request, probability
+    asked: list[Asked] = []
+
+    async def run(now: float) -> None:
+        for a in core.drain():
+            if isinstance(a, PredictEndOfTurn):
+                t0 = time.perf_counter()
+                p = await turn_model.probability_complete(a.pcm)
+                took = time.perf_counter() - t0
+                if inference is not None:
+                    inference.append(took)
+                answers.append((now + took, a.request, p))
+            elif isinstance(a, FinishTranscription):
+                turn = next(t for t in core.turns.values() if t.utterance_id == a.utterance_id)
+                text, confidence = await transcribe(turn.timings["speech_started"], turn.timings["end_of_speech"])
+                language = "zh" if any(is_cjk(c) for c in text) else "en"
+                core.transcript(a.utterance_id, text, language, Usage(), now, confidence=confidence)
+                await run(now)
+            elif isinstance(a, RequestReply):
+                asked.append(Asked(a.request.text, now, core.turns[a.turn_id].to_dict().get("hold")))
+
+    for i in range(0, len(pcm) - FRAME + 1, FRAME):
+        t = (i + FRAME) / RATE
+        while answers and answers[0][0] <= t:
+            arrived, request, p = answers.pop(0)
+            core.end_of_turn("a", request, p, arrived)
+            await run(arrived)
+        frame = pcm[i : i + FRAME].tobytes()
+        core.audio("a", t, frame, vad.is_speech(frame), t)
+        core.tick(t)
+        await run(t)
+    return Conversed(asked, [t.timings["end_of_turn"] for t in core.turns.values() if t.no_speech != "short"])
 
 
 def write_wav(path: Path, x: np.ndarray, rate: int = RATE) -> Path:

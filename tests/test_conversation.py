@@ -190,12 +190,12 @@ def test_same_speaker_while_luna_thinks_is_merged():
     room = Room()
     room.join(("a", "Alice"))
     room.auto_reply = False
-    room.say("a", "Luna, what about")
-    room.say("a", "the weather tomorrow?")
+    room.say("a", "Luna, how is the weather")  # sounds finished, and reads finished: answered at once
+    room.say("a", "in Paris tomorrow?")
     merged, second = room.turn_by("a"), room.turn_by("a", 1)
-    assert merged["state"] == "merged"
+    assert merged["state"] == "merged" and merged["hold"] is None
     requests = room.of(act.RequestReply)
-    assert requests[-1].request.text == "Luna, what about the weather tomorrow?"
+    assert requests[-1].request.text == "Luna, how is the weather in Paris tomorrow?"
     assert act.CancelReply(merged["id"]) in room.log
     assert second["state"] == "thinking"
 
@@ -213,8 +213,8 @@ def test_every_requested_turn_gets_exactly_one_closing_call():
     room = Room(policy="llm")
     room.join(*GROUP)
     room.auto_reply = False
-    room.say("a", "Luna, what about")
-    room.say("a", "the weather tomorrow?")  # merged into a new turn
+    room.say("a", "Luna, how is the weather")
+    room.say("a", "in Paris tomorrow?")  # merged into a new turn
     merged, second = room.turn_by("a"), room.turn_by("a", 1)
     room.core.reply_failed(second["id"], "timeout", room.now)  # failed before a word was played
     room.run()

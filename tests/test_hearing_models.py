@@ -15,7 +15,18 @@ from luna_voice.conversation.transcript_filter import no_speech_reason
 from luna_voice.hearing.vad import SpeakerVad
 from luna_voice.providers.base import Transcript
 from luna_voice.providers.offline.whisper_stt import WhisperSTT
-from room_sounds import hear, keyboard, music, over, paused_speech, piper_speech, silence, sox_noise
+from room_sounds import (
+    converse,
+    hear,
+    keyboard,
+    music,
+    over,
+    paused_speech,
+    piper_speech,
+    silence,
+    sox_noise,
+)
+from room_sounds import whisper as whisper_stt
 from scripted_room import Room, luna_talking
 
 QUESTION = "What time is it?"
@@ -45,6 +56,21 @@ async def test_a_paused_sentence_stays_one_utterance():
     said = paused_speech("So I was wondering whether", "we could move the meeting to Friday.", 0.8)
     (heard,) = await hear(np.concatenate([silence(0.5), said, silence(3.0)]))
     assert heard.end_of_speech > 0.5 + len(said) / 16_000 - 0.3  # it spans the pause, to the end
+
+
+async def test_a_clause_the_turn_model_calls_finished_is_still_one_answered_turn():
+    """The default answers a first p >= 0.7 at once, so the front end cuts "Could you tell me if" at its pause. What
+    the room meets is the core's answer: Whisper's transcript of the piece trails off ("...if the..."), the core
+    holds it and joins it to the rest, and the reply engine is asked once, for the whole sentence."""
+    said = paused_speech(
+        "Could you tell me if", "the train is on time today?", 0.8, speak=lambda t, r: piper_speech(t, r, varied=False)
+    )
+    audio = np.concatenate([silence(0.5), said, silence(3.0)])
+    replay = await converse(audio, whisper_stt(audio))
+    assert len(replay.committed) == 2  # two utterances: the eager endpointer cut it
+    (asked,) = replay.asked
+    assert asked.hold == "joined"
+    assert asked.text.lower().startswith("could you tell me if") and "on time today" in asked.text.lower()
 
 
 async def test_a_finished_question_commits_early(question):

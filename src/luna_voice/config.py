@@ -126,10 +126,16 @@ class Settings(BaseSettings):
         default=0.5, gt=0.0, lt=1.0, description="Below: the speaker is mid-thought."
     )
     turn_confident_threshold: float = Field(
-        default=0.85, gt=0.0, le=1.0, description="An early answer at or above: commit at once."
+        default=0.7, gt=0.0, le=1.0, description="An early answer at or above: commit at once."
     )
     turn_likely_wait_ms: int = Field(default=1000, description="Silence that ends a turn the model called likely done.")
     turn_max_wait_ms: int = Field(default=2500, description="Silence that ends a turn the model called unfinished.")
+    continuation_wait_s: float = Field(
+        default=1.5,
+        ge=0.0,
+        description="A plainly unfinished transcript ('Could you tell me if') waits this long after its end of speech "
+        "for the same speaker's next words and is joined to them; 0 = answer it at once.",
+    )
     host_mute: Literal["unmute_when_addressed", "stay_muted"] = Field(
         default="unmute_when_addressed",
         description="After someone else mutes Luna she keeps listening; she unmutes herself when next addressed by "

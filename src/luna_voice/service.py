@@ -251,6 +251,7 @@ class Service(LocalRooms):
                 ),
                 barge_in_min_ms=s.barge_in_min_ms,
                 min_word_confidence=s.stt_min_confidence,
+                continuation_wait_s=s.continuation_wait_s,
                 duck_gain=10 ** (s.barge_in_duck_db / 20),
                 duck_threshold=s.barge_in_duck_threshold,
                 rate_limited_line=s.rate_limited_line,

@@ -29,6 +29,10 @@ Rules that are easy to get wrong, in one place:
   ``speak.started`` and ``speak.completed``/``speak.interrupted``/``speak.failed`` with what the room heard.
 * Leaving for good (``stay_ended``), whatever the cause, closes the turn in progress as interrupted with what the
   room heard: every turn that reached the reply engine gets its one closing call, even when Luna is gone.
+* A transcript that is plainly unfinished ("Could you tell me if", ``continuation.py``) is held until
+  ``continuation_wait_s`` after its end of speech: the same speaker's next words (an utterance that started within
+  the wait, whenever its transcript comes) are joined to it as one turn; if none come it is answered as it is.
+  Someone else's words never join it. The turn model ends turns on the sound; this is the words' veto.
 * The meeting transcript (``transcript.py``) gets every utterance heard and every reply as the room heard it.
 * No turns from noise: an utterance with less than ``min_speech_ms`` of voice, or whose transcript the filter
   rejects (STT confidence, punctuation, only names, known hallucinations), is recorded as ``no_speech`` and is
@@ -45,6 +49,7 @@ from typing import Protocol
 
 from luna_voice.conversation import actions as act
 from luna_voice.conversation.chunking import is_cjk
+from luna_voice.conversation.continuation import unfinished
 from luna_voice.conversation.domain import Confidence, ReplyRequest, RoomLine, SpokenReason, Usage
 from luna_voice.conversation.endpointing import (
     EndCandidate,
@@ -71,7 +76,7 @@ from luna_voice.conversation.policy import PolicyName, TurnPolicy
 from luna_voice.conversation.requests import RequestOutcome, RequestRecord, SayRefused, VoiceRequest
 from luna_voice.conversation.transcript import Line, MeetingTranscript
 from luna_voice.conversation.transcript_filter import WORDS_FLOOR, Drop, no_speech_reason
-from luna_voice.conversation.turns import Sentence, Turn, TurnKind, TurnState
+from luna_voice.conversation.turns import Hold, Sentence, Turn, TurnKind, TurnState, join_sentences
 
 
 class Chunker(Protocol):
@@ -109,6 +114,15 @@ class CoreConfig:
     # STT confidence gate: a transcript whose mean token probability is below this is dropped as ``no_speech``
     # when the engine also doubts there was speech, or gives no such score (see ``transcript_filter``).
     min_word_confidence: float = WORDS_FLOOR
+    # A plainly unfinished transcript ("Could you tell me if", ``continuation.py``) waits this long after its end of
+    # speech for the same speaker to go on, and is joined to their next words; 0 answers it at once.
+    continuation_wait_s: float = 1.5
+
+
+@dataclass(frozen=True)
+class _Held:
+    turn: Turn  # an unfinished transcript, not answered yet
+    due: float  # answered as it is if its speaker has not gone on by then
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,7 @@ class Conversation:
         # A lone "Luna," (the speaker paused after her name, so it was an utterance of its own): speaker -> (the
         # name as heard, when). Not answered by itself; it prefixes the same speaker's next words.
         self._called: dict[str, tuple[str, float]] = {}
+        self._held: dict[str, _Held] = {}  # speaker -> their unfinished transcript, waiting for the rest
         self._by_utterance: dict[str, tuple[Turn, float]] = {}  # utterance id -> (its turn, transcript due by)
         self._active: Turn | None = None
         self._chunker: Chunker | None = None
@@ -311,6 +326,39 @@ class Conversation:
         called, at = self._called.pop(turn.speaker_id, ("", 0.0))
         if called and turn.timings["speech_started"] - at <= self.cfg.follow_up_window_s:
             text = turn.heard_text = f"{called} {text}"  # what they said to her, in one piece
+        if (held := self._held.pop(turn.speaker_id, None)) is not None:  # they went on: one turn, the whole sentence
+            text = turn.heard_text = join_sentences((held.turn.heard_text, text))
+            turn.hold, held.turn.hold = Hold.JOINED, Hold.MERGED
+            turn.timings["speech_started"] = held.turn.timings["speech_started"]  # the sentence began there
+            self._settle(held.turn, TurnState.MERGED, now)
+        if (
+            self.cfg.continuation_wait_s > 0
+            and unfinished(text)
+            and not self._is_backchannel(text)  # "Okay," over her voice is not half a sentence
+            and self._find_request(text) is None
+        ):
+            turn.hold = Hold.HELD  # "Could you tell me if": wait for the rest before answering
+            self._held[turn.speaker_id] = _Held(turn, turn.timings["end_of_speech"] + self.cfg.continuation_wait_s)
+            self._words_over_her(utterance_id, now)  # half a sentence is more than a backchannel
+            return self._publish_turn(turn)
+        self._hear(turn, now)
+
+    def _release(self, pid: str, now: float) -> None:
+        """Nobody finished ``pid``'s held fragment: answer it as it is (it is never lost)."""
+        held = self._held.pop(pid)
+        held.turn.hold = Hold.EXPIRED
+        held.turn.mark("released", now)
+        self._hear(held.turn, now)
+
+    def _words_over_her(self, utterance_id: str, now: float) -> None:
+        """Words that are more than a backchannel, from an utterance that ducked her: she stops."""
+        if utterance_id in self._ducking and self._active is not None:
+            self.stats["barge_ins"] += 1
+            self._interrupt(self._active, now)
+
+    def _hear(self, turn: Turn, now: float) -> None:
+        """A transcript that is speech and not held: remember it, then act on it (request, answer, listen)."""
+        text, utterance_id, language = turn.heard_text, turn.utterance_id, turn.language
         self._remember(turn.speaker_name, text, turn.timings["end_of_speech"])
         self._record_line(
             Line(turn.speaker_id, turn.speaker_name, turn.timings["speech_started"], turn.timings["end_of_speech"],
@@ -326,9 +374,7 @@ class Conversation:
         if not addressed and self._is_backchannel(text):
             self._resolve_duck(utterance_id)
             return self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="backchannel")
-        if utterance_id in self._ducking and self._active is not None:  # more than a backchannel, over her voice
-            self.stats["barge_ins"] += 1
-            self._interrupt(self._active, now)
+        self._words_over_her(utterance_id, now)
         if self._quiet:
             return self._settle(turn, TurnState.SKIPPED, now, decision="listen", reason="asked_to_be_quiet")
         d = self.policy.decide(
@@ -516,11 +562,16 @@ class Conversation:
         if self._gone:
             return
         self._gone = self._leaving = True
+        for pid in list(self._held):  # heard, recorded, not answered
+            self._release(pid, now)
         self._silence(now)
 
     def tick(self, now: float) -> None:
         for pid, ep in list(self._endpointers.items()):
             self._endpoint(pid, ep.check(now), now)
+        for pid, held in list(self._held.items()):
+            if now >= held.due and not self._going_on(pid, held.due):
+                self._release(pid, now)
         for uid, (_turn, due) in list(self._by_utterance.items()):
             if now >= due:
                 self._out.append(act.CancelTranscription(uid))
@@ -528,9 +579,11 @@ class Conversation:
         self._pump(now)
 
     def next_deadline(self, now: float) -> float | None:
-        """When ``tick`` has work next (pacing, a stalled speaker or an overdue transcript), or None."""
+        """When ``tick`` has work next (pacing, a stalled speaker, an overdue transcript or a held fragment whose
+        wait runs out), or None. A fragment whose speaker went on waits for their transcript, not for the clock."""
         due = self._pacer.next_due(now)
         transcripts = [d for _turn, d in self._by_utterance.values()]
+        transcripts += [h.due for pid, h in self._held.items() if not self._going_on(pid, h.due)]
         if transcripts:
             due = min(transcripts) if due is None else min(due, *transcripts)
         if any(ep.speaking for ep in self._endpointers.values()):
@@ -543,6 +596,13 @@ class Conversation:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _going_on(self, pid: str, due: float) -> bool:
+        """Whether ``pid`` started speaking again by ``due`` and that utterance has no transcript yet: its words
+        may finish the fragment they left hanging."""
+        if pid in self._open and self._open[pid][1] <= due:
+            return True
+        return any(t.speaker_id == pid and t.timings["speech_started"] <= due for t, _ in self._by_utterance.values())
+
     def _endpoint(self, pid: str, events: list[EndpointEvent], now: float) -> None:
         for ev in events:
             if isinstance(ev, UtteranceStarted):

@@ -38,7 +38,8 @@ class TurnState(StrEnum):
 
 _S = TurnState
 _NEXT: dict[TurnState, frozenset[TurnState]] = {
-    _S.TRANSCRIBING: frozenset({_S.QUEUED, _S.THINKING, _S.SKIPPED, _S.FAILED, _S.HANDLED}),
+    # merged: an unfinished transcript held for the speaker's next words, which came (``Hold.MERGED``)
+    _S.TRANSCRIBING: frozenset({_S.QUEUED, _S.THINKING, _S.SKIPPED, _S.FAILED, _S.HANDLED, _S.MERGED}),
     # skipped: muted by a host; cancelled: someone asked her to stop, hush or leave
     _S.QUEUED: frozenset({_S.THINKING, _S.STALE, _S.FAILED, _S.SKIPPED, _S.CANCELLED}),
     # A reply whose sentences all come back without audio ends done/failed without ever speaking; a stop
@@ -56,6 +57,16 @@ TERMINAL = frozenset(s for s in TurnState if s.terminal)
 
 class InvalidTransition(RuntimeError):
     """The core tried a move the turn state machine forbids: a bug, never an input error."""
+
+
+class Hold(StrEnum):
+    """An unfinished transcript ("Could you tell me if") held for the same speaker's next words
+    (``continuation.py``), and what came of it."""
+
+    HELD = "held"  # waiting for the speaker to go on
+    MERGED = "merged"  # they did: this fragment is the first part of their next turn
+    JOINED = "joined"  # this turn's heard text begins with a held fragment of theirs
+    EXPIRED = "expired"  # nobody went on within the wait: answered as it was
 
 
 class TurnKind(StrEnum):
@@ -127,6 +138,7 @@ class Turn:
     stt_final_after_s: float | None = None
     kind: TurnKind = TurnKind.UTTERANCE
     request: RequestRecord | None = None  # a voice request this utterance made, with its outcome
+    hold: Hold | None = None  # held as unfinished, joined to a held fragment, ...
 
     def move(self, to: TurnState) -> None:
         """The only way a turn changes state; a forbidden move raises instead of corrupting the history."""
@@ -167,6 +179,7 @@ class Turn:
             "error": self.error,
             "end": {"reason": self.end_reason, "probability": self.end_probability},
             "no_speech": self.no_speech,
+            "hold": None if self.hold is None else str(self.hold),
             "timings": dict(self.timings),
             "latency": self.latency_ms(),
             "stt_final_after_ms": None if self.stt_final_after_s is None else round(self.stt_final_after_s * 1000, 1),
