@@ -22,6 +22,7 @@ import os
 import pstats
 import re
 import subprocess
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,6 +40,7 @@ from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.config import Settings
+from luna_voice.hearing import turn_model
 from luna_voice.hearing.vad import SpeakerVad, VadBatcher, Voice, VoiceDetector, shared_batcher
 from luna_voice.providers.offline._shared import load_once
 
@@ -206,21 +208,34 @@ def luna_tree(driver: int) -> dict[int, str]:
     return {pid: _kind(_argv(pid)) for pid in {driver} | _descendants(driver)}
 
 
+def python_threads() -> dict[int, str]:
+    """This process's threads by what they do (Python 3.11 does not name its threads for the kernel, so they
+    are all ``python`` in ``comm``): the event loop, the VAD batcher, Smart Turn's executor, ``asyncio_`` (the
+    default executor: ``to_thread``), and ``python (native)`` for threads Python did not start."""
+    names = {t.native_id: _thread(t.name) for t in threading.enumerate() if t.native_id is not None}
+    names[threading.main_thread().native_id or 0] = "event loop"
+    for batcher in (shared_batcher(), ungated_batcher()):
+        names[batcher.native_id or 0] = "silero-vad"
+    executor = getattr(turn_model.shared_analyzer(), "_executor", None)
+    for t in getattr(executor, "_threads", ()):
+        names[t.native_id] = "smart-turn"
+    return names
+
+
 def threads(procs: dict[int, str]) -> dict[tuple[int, int], tuple[str, str, int]]:
-    """(pid, tid) → (process kind, thread name, CPU ns so far). Python 3.11 does not name its threads for the
-    kernel, so the VAD batcher's is named here."""
+    """(pid, tid) → (process kind, thread name, CPU ns so far)."""
     out = {}
+    ours = python_threads()
     for pid, kind in procs.items():
         try:
             tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         except OSError:
             continue
         for tid in tids:
-            name = (
-                "silero-vad"
-                if tid in (shared_batcher().native_id, ungated_batcher().native_id)
-                else _thread(_read(f"/proc/{pid}/task/{tid}/comm"))
-            )
+            if pid == os.getpid():
+                name = ours.get(tid, "python (native)")
+            else:
+                name = _thread(_read(f"/proc/{pid}/task/{tid}/comm"))
             out[(pid, tid)] = (kind, name, _cpu_ns(pid, tid))
     return out
 
@@ -434,7 +449,7 @@ def report(result: dict[str, Any]) -> str:
         {key for n in names for key, p in cpu[n].items() if p >= 0.3}, key=lambda key: -cpu[names[0]].get(key, 0)
     )
     thread_rows = [[f"{k} / {t}", *(_pct(cpu[n].get((k, t), 0.0)) for n in names)] for k, t in top]
-    py = {n: cpu[n].get(("service (this process)", "python"), 0.0) for n in names}
+    py = {n: cpu[n].get(("service (this process)", "event loop"), 0.0) for n in names}
     parts = sorted(
         {p for n in names for p in vs[n]["python_parts"]}, key=lambda p: -vs[names[0]]["python_parts"].get(p, 0)
     )

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, StrictBool, ValidationError
 
 from luna_voice.rooms.tickets import PeerKind, RoomTickets
 
@@ -56,8 +56,18 @@ class Chat(BaseModel):
     text: str  # cut to MAX_CHAT_CHARS when relayed
 
 
-class Relay(RootModel[Annotated[Signal | Chat, Field(discriminator="type")]]):
-    """What a peer sends once in the room: signalling for one peer, or a chat message for everyone."""
+class Mic(BaseModel):
+    """A person muted or unmuted their microphone; everyone else is told, as RealtimeKit's ``audioUpdate`` does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["mic"]
+    enabled: StrictBool
+
+
+class Relay(RootModel[Annotated[Signal | Chat | Mic, Field(discriminator="type")]]):
+    """What a peer sends once in the room: signalling for one peer, a chat message or its microphone's state for
+    everyone."""
 
 
 M = TypeVar("M", Join, Relay)
@@ -86,9 +96,10 @@ class Peer:
     name: str
     kind: str
     ws: web.WebSocketResponse
+    mic: bool = True  # a newcomer's microphone is on until it says otherwise
 
-    def public(self) -> dict[str, str]:
-        return {"id": self.id, "name": self.name, "kind": self.kind}
+    def public(self) -> dict[str, str | bool]:
+        return {"id": self.id, "name": self.name, "kind": self.kind, "mic": self.mic}
 
 
 @dataclass
@@ -98,7 +109,7 @@ class LocalRoomHub:
     rooms: dict[str, dict[str, Peer]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def participants(self, room_id: str) -> list[dict[str, str]]:
+    def participants(self, room_id: str) -> list[dict[str, str | bool]]:
         return [p.public() for p in self.rooms.get(room_id, {}).values()]
 
     async def close_all(self, reason: str) -> None:
@@ -130,6 +141,11 @@ class LocalRoomHub:
                 if isinstance(relayed, Chat):  # everyone else sees it; the demo shows it in the captions
                     chat = {"type": "chat", "from": peer.public(), "text": relayed.text[:MAX_CHAT_CHARS]}
                     await self._broadcast(room_id, chat, skip=peer.id)
+                    continue
+                if isinstance(relayed, Mic):
+                    if relayed.enabled != peer.mic:
+                        peer.mic = relayed.enabled
+                        await self._broadcast(room_id, {"type": "peer_mic", "peer": peer.public()}, skip=peer.id)
                     continue
                 target = self.rooms.get(room_id, {}).get(relayed.to)
                 if target and not target.ws.closed:
