@@ -34,7 +34,7 @@ import numpy as np
 from playwright.async_api import BrowserContext, Route
 
 from bench import signals as sg
-from bench.harness import Rig, _descendants, _parent, _read, hears, memory_mb
+from bench.harness import Rig, _descendants, _parent, _read, hears, memory_mb, until
 from bench.instant import ReplyAudio
 from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _loop, _reply, _wav, ms
 from luna_voice.bots.host import CHROMIUM_ARGS
@@ -58,6 +58,7 @@ class Variant:
     vad_on_loop: bool = False  # Silero per speaker on the event loop's thread, as before the batcher
     vad_gate: bool = True  # silent windows skip the model (False: every window is scored, as before the gate)
     served: set[str] = field(default_factory=set)  # old modules the page asked for: a route missed is an error
+    muted_guest: bool = False  # a second person in the room, muted all along (most people in a meeting are)
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
         for module, body in self.old_modules().items() if self.old_modules else ():
@@ -146,6 +147,16 @@ def page_socket() -> dict[str, str]:
     }
 
 
+def unmuted() -> dict[str, str]:
+    """The local room's adapter without the microphone state: every person captured, muted or not. (The static
+    route ignores the query, which keeps this route from serving itself.)"""
+    return {
+        "rooms/local.js": 'import { createRoom as live } from "./local.js?as-shipped";\n'
+        "export const createRoom = (config, handlers) => live(config, { ...handlers, audioTrack: (t) =>"
+        " t.track && handlers.audioTrack({ ...t, enabled: true }) });\n"
+    }
+
+
 # Chromium's flags before the cuts: one --disable-features of our own, which replaced Playwright's list and left
 # each bot's context an omnibox WebUI renderer and the browser a spare renderer.
 OLD_CHROMIUM_ARGS = [
@@ -160,7 +171,10 @@ VARIANTS = [
     Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False),
     Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False),  # Silero batched on its own thread
     Variant("+silence gate", CHROMIUM_ARGS, relayed),  # silent windows skip the model
-    Variant("+direct worklets (after)", CHROMIUM_ARGS),  # audio off the page's main thread
+    Variant("+direct worklets", CHROMIUM_ARGS),  # audio off the page's main thread
+    # the same Luna with a muted second person: captured as before, then dropped while muted (what ships)
+    Variant("muted guest captured", CHROMIUM_ARGS, unmuted, muted_guest=True),
+    Variant("+muted guest dropped (after)", CHROMIUM_ARGS, muted_guest=True),
 ]
 
 
@@ -324,17 +338,20 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         await svc.summon(room)
         person = await rig.human(browser, svc, room, "Carol")
         await hears(svc, room, "Carol")
+        guest = await rig.human(browser, svc, room, "Dave", mic=False) if variant.muted_guest else None
+        if guest is not None:  # announced, and his track negotiated (or not captured at all)
+            await until(lambda: _announced(svc, room, "Dave"), 30, "Dave at Luna's page")
         await asyncio.sleep(SETTLE_S)
         t_rec = await person.start_recording()
         procs = {**luna_tree(driver), os.getpid(): "service (this process)"}
-        pid = svc.service.pid_of(room, "Carol")
+        pid, muted = svc.service.pid_of(room, "Carol") or "", svc.service.pid_of(room, "Dave") or ""
         seen = svc.service.frames_seen[room]
 
-        frames0, t0, before = seen[pid or ""], time.monotonic(), threads(procs)
+        frames0, muted0, t0, before = seen[pid], seen[muted], time.monotonic(), threads(procs)
         with vad_delays() as delays:
             await asyncio.sleep(window_s)
         wall, after = time.monotonic() - t0, threads(procs)
-        frames = seen[pid or ""] - frames0
+        frames, muted_frames = seen[pid] - frames0, seen[muted] - muted0
         tree = luna_tree(driver)
         pss = memory_mb(set(tree))[1]
         pss_by_kind = {k: memory_mb({p for p, kind in tree.items() if kind == k})[1] for k in set(tree.values())}
@@ -347,6 +364,8 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         ear = await person.stop_recording(t_rec)
         status = await svc.dismiss(room)
         await person.close()
+        if guest is not None:
+            await guest.close()
     finally:
         await svc.close()
         rig.services.remove(svc)
@@ -361,6 +380,7 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         "pss_by_kind_mb": pss_by_kind,
         "idle_pss_mb": idle_pss,
         "frames_per_s": frames / wall,
+        "muted_frames_per_s": muted_frames / wall if guest is not None else float("nan"),
         "vad_delay_s": delays,
         "replies_heard": len(lengths),
         "underrun_pct": 100 * silent / total if total else float("nan"),
@@ -368,6 +388,10 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         "clicks_lost_pct": 100 * float(np.isnan(lat).mean()) if lat.size else float("nan"),
         "playback_gaps": status["stats"]["playback_gaps"],
     }
+
+
+async def _announced(svc: Any, room: str, name: str) -> bool:
+    return svc.service.pid_of(room, name) is not None
 
 
 def _top(prof: cProfile.Profile, n: int = 15) -> list[list[Any]]:
@@ -410,6 +434,7 @@ def merge(windows: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "idle_pss_mb": float(np.mean([w["idle_pss_mb"] for w in windows])),
         "frames_per_s": float(np.mean([w["frames_per_s"] for w in windows])),
+        "muted_frames_per_s": float(np.mean([w["muted_frames_per_s"] for w in windows])),
         "vad_delay_ms": ms([d for w in windows for d in w["vad_delay_s"]]),
         "replies_heard": sum(w["replies_heard"] for w in windows),
         "underrun_pct": float(np.nanmean([w["underrun_pct"] for w in windows])),
@@ -456,6 +481,7 @@ def report(result: dict[str, Any]) -> str:
     py_rows = [[p, *(_pct(py[n] * vs[n]["python_parts"].get(p, 0.0)) for n in names)] for p in parts]
     audio = [
         ["capture frames/s from the person (50 expected)", *(f"{vs[n]['frames_per_s']:.1f}" for n in names)],
+        ["... from the muted guest", *(f"{vs[n]['muted_frames_per_s']:.1f}" for n in names)],
         [
             "frame → its VAD verdict in the core, p50 / p95 ms",
             *(f"{vs[n]['vad_delay_ms']['p50']:.2f} / {vs[n]['vad_delay_ms']['p95']:.2f}" for n in names),

@@ -1,6 +1,6 @@
 // The human side of the local demo room: join with the microphone, see who is here, summon Luna, read the
 // captions, and record what you hear. Scriptable as a person would use it (tests drive it this way):
-//   ?name=NAME&autojoin=1[&processing=0]
+//   ?name=NAME&autojoin=1[&processing=0][&mic=0 (join muted)]
 //   window.lunaDemo.join() / leave() / participants() -> [{id, name, mic}] / summon(body) / dismiss()
 //   window.lunaDemo.setMic(enabled)  (the "Mute microphone" button; the others, Luna included, are told)
 //   window.lunaDemo.startRecording([name]) / stopRecording() -> {sampleRate, pcm}  (pcm: base64 int16 LE mono;
@@ -86,7 +86,8 @@ function meterLoop() {
     t.el.classList.toggle("speaking", rms > 0.01);
     t.el.querySelector(".meter").style.width = `${Math.min(100, rms * 400)}%`;
   }
-  requestAnimationFrame(meterLoop);
+  setMic(micOn);
+requestAnimationFrame(meterLoop);
 }
 
 async function micTrack() {
@@ -165,7 +166,7 @@ function participants() {
   return room ? room.participants().map(({ id, name, mic }) => ({ id, name, mic })) : [];
 }
 
-let micOn = true;
+let micOn = params.get("mic") !== "0"; // ?mic=0: join muted
 function setMic(enabled) {
   micOn = !!enabled;
   if (room) room.setMic(micOn);
@@ -367,6 +368,7 @@ async function showEngines() {
   $("engines").textContent = `Engines: hearing ${p.stt}, replies ${p.llm}, voice ${p.tts}${demo}.`;
 }
 
+setMic(micOn);
 requestAnimationFrame(meterLoop);
 showEngines().catch(() => {});
 watch();

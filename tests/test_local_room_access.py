@@ -157,14 +157,16 @@ async def test_a_muted_microphone_is_told_to_everyone_and_to_newcomers(open_demo
         assert told == {"type": "peer_mic", "peer": {**welcome["peers"][0], "mic": False}}
         _, people = await open_demo.call("GET", "/local/rooms/r/participants")
         assert {p["name"]: p["mic"] for p in people["participants"]} == {"Alice": False, "Luna": True}
-        outcome, newcomer = await join(open_demo, "r", name="Bob")
+        outcome, newcomer = await join(open_demo, "r", name="Bob", mic=False)  # joins muted
         assert outcome == "welcome"
         assert {p["name"]: p["mic"] for p in newcomer["peers"]} == {"Alice": False, "Luna": True}  # type: ignore[index]
+        bob = json.loads((await luna.receive(timeout=5)).data)
+        assert bob["type"] == "peer_joined" and bob["peer"]["mic"] is False
+        assert json.loads((await luna.receive(timeout=5)).data)["type"] == "peer_left"
 
         await alice.send_str(json.dumps({"type": "mic", "enabled": True}))
-        while (told := json.loads((await luna.receive(timeout=5)).data))["type"] != "peer_mic":
-            pass  # Bob came and went meanwhile
-        assert told["peer"]["mic"] is True
+        told = json.loads((await luna.receive(timeout=5)).data)
+        assert told["type"] == "peer_mic" and told["peer"]["mic"] is True
 
         await alice.send_str(json.dumps({"type": "mic", "enabled": "no"}))
         while (closed := await alice.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT:

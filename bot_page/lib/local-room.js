@@ -1,7 +1,7 @@
 // Local room: a WebRTC mesh on loopback, signalled through the service's hub (/local/rooms/{id}/signal).
 // Used by Luna's page (through rooms/local.js) and by the human demo page. It knows nothing of Luna.
 //
-// Hub protocol (JSON over WebSocket): we send {type:"join", name, kind, ticket?}; the hub answers
+// Hub protocol (JSON over WebSocket): we send {type:"join", name, kind, ticket?, mic}; the hub answers
 // {type:"welcome", id, peers:[{id,name,kind}], ice} and then relays {type:"peer_joined"|"peer_left", peer} and
 // {type:"signal", from, data}. The newcomer makes the offer to every peer already there, so a pair never
 // negotiates from both ends at once. When the service has an API token, `ticket` (a single-use room ticket from
@@ -42,10 +42,8 @@ export class LocalRoom extends EventTarget {
       const ws = new WebSocket(this.signalUrl);
       this.ws = ws;
       let welcomed = false;
-      ws.onopen = () => {
-        ws.send(JSON.stringify({ type: "join", name: this.name, kind: this.kind, ticket: this.ticket }));
-        if (!this.mic) ws.send(JSON.stringify({ type: "mic", enabled: false })); // muted before joining
-      };
+      ws.onopen = () =>
+        ws.send(JSON.stringify({ type: "join", name: this.name, kind: this.kind, ticket: this.ticket, mic: this.mic }));
       ws.onerror = () => {
         if (!welcomed) reject(new Error(`cannot reach the local room hub at ${this.signalUrl}`));
       };
@@ -94,11 +92,18 @@ export class LocalRoom extends EventTarget {
     this.ws.send(JSON.stringify({ type: "chat", text }));
   }
 
-  // Muted, the track stays open but sends silence (as a muted microphone does), and the others are told.
+  // Muted, nothing is sent (as RealtimeKit pauses a muted producer, so the others receive no packets), the
+  // microphone stays open for the unmute, and the others are told.
   setMic(enabled) {
     this.mic = !!enabled;
     if (this.localTrack) this.localTrack.enabled = this.mic;
+    for (const { pc } of this.peers.values()) this.sendTrack(pc);
     if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "mic", enabled: this.mic }));
+  }
+
+  sendTrack(pc) {
+    const sender = pc.getSenders().find((s) => s.track === this.localTrack || s.track === null);
+    if (sender && this.localTrack) sender.replaceTrack(this.mic ? this.localTrack : null).catch(() => {});
   }
 
   leave() {
@@ -113,6 +118,7 @@ export class LocalRoom extends EventTarget {
     this.peers.set(id, peer);
     if (this.localTrack) pc.addTrack(this.localTrack, new MediaStream([this.localTrack]));
     else pc.addTransceiver("audio", { direction: "recvonly" });
+    if (!this.mic) this.sendTrack(pc);
     pc.onicecandidate = ({ candidate }) => {
       if (candidate && this.keepCandidate(candidate.candidate)) {
         this.send(id, { candidate: candidate.toJSON() });

@@ -39,6 +39,7 @@ class Join(BaseModel):
     name: str = "guest"  # cut to 64 characters on join
     kind: PeerKind = "human"
     ticket: str | None = Field(default=None, max_length=200)
+    mic: StrictBool = True  # False: joins muted
 
 
 class Signal(BaseModel):
@@ -173,7 +174,7 @@ class LocalRoomHub:
         members = self.rooms.setdefault(room_id, {})
         if len(members) >= MAX_PEERS_PER_ROOM:
             raise _Refused(CLOSE_FULL, "local room is full")
-        peer = Peer(id=f"p{next(self._ids)}", name=join.name.strip()[:64] or "guest", kind=kind, ws=ws)
+        peer = Peer(id=f"p{next(self._ids)}", name=join.name.strip()[:64] or "guest", kind=kind, ws=ws, mic=join.mic)
         await ws.send_str(
             json.dumps(
                 {"type": "welcome", "id": peer.id, "peers": [p.public() for p in members.values()], "ice": self.ice}
