@@ -86,8 +86,7 @@ function meterLoop() {
     t.el.classList.toggle("speaking", rms > 0.01);
     t.el.querySelector(".meter").style.width = `${Math.min(100, rms * 400)}%`;
   }
-  setMic(micOn);
-requestAnimationFrame(meterLoop);
+  requestAnimationFrame(meterLoop);
 }
 
 async function micTrack() {

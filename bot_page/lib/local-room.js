@@ -95,6 +95,7 @@ export class LocalRoom extends EventTarget {
   // Muted, nothing is sent (as RealtimeKit pauses a muted producer, so the others receive no packets), the
   // microphone stays open for the unmute, and the others are told.
   setMic(enabled) {
+    if (this.mic === !!enabled) return;
     this.mic = !!enabled;
     if (this.localTrack) this.localTrack.enabled = this.mic;
     for (const { pc } of this.peers.values()) this.sendTrack(pc);
