@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 from playwright.async_api import BrowserContext, Route
+from threadpoolctl import threadpool_limits
 
 from bench import signals as sg
 from bench.harness import Rig, _descendants, _parent, _read, hears, memory_mb, until
@@ -59,6 +60,7 @@ class Variant:
     vad_gate: bool = True  # silent windows skip the model (False: every window is scored, as before the gate)
     served: set[str] = field(default_factory=set)  # old modules the page asked for: a route missed is an error
     muted_guest: bool = False  # a second person in the room, muted all along (most people in a meeting are)
+    blas_threads: int = turn_model.BLAS_THREADS  # numpy's OpenBLAS pool (its default before: one per core)
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
         for module, body in self.old_modules().items() if self.old_modules else ():
@@ -165,13 +167,15 @@ OLD_CHROMIUM_ARGS = [
 
 # Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
 # Flag sets measured and dropped are listed in bench/README.md ("Profile").
+CORES = os.cpu_count() or 1
 VARIANTS = [
-    Variant("before", OLD_CHROMIUM_ARGS, page_socket, vad_on_loop=True, vad_gate=False),
-    Variant("+worker socket", OLD_CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False),
-    Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False),
-    Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False),  # Silero batched on its own thread
-    Variant("+silence gate", CHROMIUM_ARGS, relayed),  # silent windows skip the model
-    Variant("+direct worklets", CHROMIUM_ARGS),  # audio off the page's main thread
+    Variant("before", OLD_CHROMIUM_ARGS, page_socket, vad_on_loop=True, vad_gate=False, blas_threads=CORES),
+    Variant("+worker socket", OLD_CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES),
+    Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES),
+    Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False, blas_threads=CORES),  # Silero on its own thread
+    Variant("+silence gate", CHROMIUM_ARGS, relayed, blas_threads=CORES),  # silent windows skip the model
+    Variant("+direct worklets", CHROMIUM_ARGS, blas_threads=CORES),  # audio off the page's main thread
+    Variant("+one BLAS thread", CHROMIUM_ARGS),  # Smart Turn's matmuls without OpenBLAS's spinning worker
     # the same Luna with a muted second person: captured as before, then dropped while muted (what ships)
     Variant("muted guest captured", CHROMIUM_ARGS, unmuted, muted_guest=True),
     Variant("+muted guest dropped (after)", CHROMIUM_ARGS, muted_guest=True),
@@ -330,6 +334,8 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
     """A fresh service with the variant's Chromium (alone, so PSS splits shared pages only among its own
     processes and the person's), one person in one room, then a /proc window and a cProfile window."""
     known = drivers()
+    turn_model.shared_analyzer()  # loading it limits BLAS for the process; the variant then sets its own
+    threadpool_limits(variant.blas_threads, user_api="blas")
     svc = await rig.service(audio, host=variant.host(), new_vad=variant.new_vad())
     (driver,) = drivers() - known
     room = "profile-" + re.sub(r"[^a-z0-9]+", "-", variant.name).strip("-")
