@@ -277,12 +277,13 @@ class Rig:
         self.browsers.append(browser)
         return browser
 
-    async def human(self, browser: Browser, svc: Running, room: str, name: str) -> Human:
-        """A person joins ``room`` on the demo page at once, with browser processing off (recorded speech)."""
+    async def human(self, browser: Browser, svc: Running, room: str, name: str, *, mic: bool = True) -> Human:
+        """A person joins ``room`` on the demo page at once, with browser processing off (recorded speech);
+        ``mic=False``: joins muted."""
         context = await browser.new_context()
         await context.add_init_script(_KEEP_MIC)
         page = await context.new_page()
-        await page.goto(f"{svc.url}/demo/rooms/{room}?name={name}&autojoin=1&processing=0")
+        await page.goto(f"{svc.url}/demo/rooms/{room}?name={name}&autojoin=1&processing=0{'' if mic else '&mic=0'}")
         return Human(page, name)
 
 

@@ -22,6 +22,7 @@ import os
 import pstats
 import re
 import subprocess
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,14 +32,16 @@ from typing import Any
 
 import numpy as np
 from playwright.async_api import BrowserContext, Route
+from threadpoolctl import threadpool_limits
 
 from bench import signals as sg
-from bench.harness import Rig, _descendants, _parent, _read, hears, memory_mb
+from bench.harness import Rig, _descendants, _parent, _read, hears, memory_mb, until
 from bench.instant import ReplyAudio
 from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _loop, _reply, _wav, ms
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.config import Settings
+from luna_voice.hearing import turn_model
 from luna_voice.hearing.vad import SpeakerVad, VadBatcher, Voice, VoiceDetector, shared_batcher
 from luna_voice.providers.offline._shared import load_once
 
@@ -56,6 +59,8 @@ class Variant:
     vad_on_loop: bool = False  # Silero per speaker on the event loop's thread, as before the batcher
     vad_gate: bool = True  # silent windows skip the model (False: every window is scored, as before the gate)
     served: set[str] = field(default_factory=set)  # old modules the page asked for: a route missed is an error
+    muted_guest: bool = False  # a second person in the room, muted all along (most people in a meeting are)
+    blas_threads: int = turn_model.BLAS_THREADS  # numpy's OpenBLAS pool (its default before: one per core)
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
         for module, body in self.old_modules().items() if self.old_modules else ():
@@ -144,6 +149,16 @@ def page_socket() -> dict[str, str]:
     }
 
 
+def unmuted() -> dict[str, str]:
+    """The local room's adapter without the microphone state: every person captured, muted or not. (The static
+    route ignores the query, which keeps this route from serving itself.)"""
+    return {
+        "rooms/local.js": 'import { createRoom as live } from "./local.js?as-shipped";\n'
+        "export const createRoom = (config, handlers) => live(config, { ...handlers, audioTrack: (t) =>"
+        " t.track && handlers.audioTrack({ ...t, enabled: true }) });\n"
+    }
+
+
 # Chromium's flags before the cuts: one --disable-features of our own, which replaced Playwright's list and left
 # each bot's context an omnibox WebUI renderer and the browser a spare renderer.
 OLD_CHROMIUM_ARGS = [
@@ -152,13 +167,18 @@ OLD_CHROMIUM_ARGS = [
 
 # Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
 # Flag sets measured and dropped are listed in bench/README.md ("Profile").
+CORES = os.cpu_count() or 1
 VARIANTS = [
-    Variant("before", OLD_CHROMIUM_ARGS, page_socket, vad_on_loop=True, vad_gate=False),
-    Variant("+worker socket", OLD_CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False),
-    Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False),
-    Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False),  # Silero batched on its own thread
-    Variant("+silence gate", CHROMIUM_ARGS, relayed),  # silent windows skip the model
-    Variant("+direct worklets (after)", CHROMIUM_ARGS),  # audio off the page's main thread
+    Variant("before", OLD_CHROMIUM_ARGS, page_socket, vad_on_loop=True, vad_gate=False, blas_threads=CORES),
+    Variant("+worker socket", OLD_CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES),
+    Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES),
+    Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False, blas_threads=CORES),  # Silero on its own thread
+    Variant("+silence gate", CHROMIUM_ARGS, relayed, blas_threads=CORES),  # silent windows skip the model
+    Variant("+direct worklets", CHROMIUM_ARGS, blas_threads=CORES),  # audio off the page's main thread
+    Variant("+one BLAS thread", CHROMIUM_ARGS),  # Smart Turn's matmuls without OpenBLAS's spinning worker
+    # the same Luna with a muted second person: captured as before, then dropped while muted (what ships)
+    Variant("muted guest captured", CHROMIUM_ARGS, unmuted, muted_guest=True),
+    Variant("+muted guest dropped (after)", CHROMIUM_ARGS, muted_guest=True),
 ]
 
 
@@ -206,21 +226,34 @@ def luna_tree(driver: int) -> dict[int, str]:
     return {pid: _kind(_argv(pid)) for pid in {driver} | _descendants(driver)}
 
 
+def python_threads() -> dict[int, str]:
+    """This process's threads by what they do (Python 3.11 does not name its threads for the kernel, so they
+    are all ``python`` in ``comm``): the event loop, the VAD batcher, Smart Turn's executor, ``asyncio_`` (the
+    default executor: ``to_thread``), and ``python (native)`` for threads Python did not start."""
+    names = {t.native_id: _thread(t.name) for t in threading.enumerate() if t.native_id is not None}
+    names[threading.main_thread().native_id or 0] = "event loop"
+    for batcher in (shared_batcher(), ungated_batcher()):
+        names[batcher.native_id or 0] = "silero-vad"
+    executor = getattr(turn_model.shared_analyzer(), "_executor", None)
+    for t in getattr(executor, "_threads", ()):
+        names[t.native_id] = "smart-turn"
+    return names
+
+
 def threads(procs: dict[int, str]) -> dict[tuple[int, int], tuple[str, str, int]]:
-    """(pid, tid) → (process kind, thread name, CPU ns so far). Python 3.11 does not name its threads for the
-    kernel, so the VAD batcher's is named here."""
+    """(pid, tid) → (process kind, thread name, CPU ns so far)."""
     out = {}
+    ours = python_threads()
     for pid, kind in procs.items():
         try:
             tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
         except OSError:
             continue
         for tid in tids:
-            name = (
-                "silero-vad"
-                if tid in (shared_batcher().native_id, ungated_batcher().native_id)
-                else _thread(_read(f"/proc/{pid}/task/{tid}/comm"))
-            )
+            if pid == os.getpid():
+                name = ours.get(tid, "python (native)")
+            else:
+                name = _thread(_read(f"/proc/{pid}/task/{tid}/comm"))
             out[(pid, tid)] = (kind, name, _cpu_ns(pid, tid))
     return out
 
@@ -301,6 +334,8 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
     """A fresh service with the variant's Chromium (alone, so PSS splits shared pages only among its own
     processes and the person's), one person in one room, then a /proc window and a cProfile window."""
     known = drivers()
+    turn_model.shared_analyzer()  # loading it limits BLAS for the process; the variant then sets its own
+    threadpool_limits(variant.blas_threads, user_api="blas")
     svc = await rig.service(audio, host=variant.host(), new_vad=variant.new_vad())
     (driver,) = drivers() - known
     room = "profile-" + re.sub(r"[^a-z0-9]+", "-", variant.name).strip("-")
@@ -309,17 +344,20 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         await svc.summon(room)
         person = await rig.human(browser, svc, room, "Carol")
         await hears(svc, room, "Carol")
+        guest = await rig.human(browser, svc, room, "Dave", mic=False) if variant.muted_guest else None
+        if guest is not None:  # announced, and his track negotiated (or not captured at all)
+            await until(lambda: _announced(svc, room, "Dave"), 30, "Dave at Luna's page")
         await asyncio.sleep(SETTLE_S)
         t_rec = await person.start_recording()
         procs = {**luna_tree(driver), os.getpid(): "service (this process)"}
-        pid = svc.service.pid_of(room, "Carol")
+        pid, muted = svc.service.pid_of(room, "Carol") or "", svc.service.pid_of(room, "Dave") or ""
         seen = svc.service.frames_seen[room]
 
-        frames0, t0, before = seen[pid or ""], time.monotonic(), threads(procs)
+        frames0, muted0, t0, before = seen[pid], seen[muted], time.monotonic(), threads(procs)
         with vad_delays() as delays:
             await asyncio.sleep(window_s)
         wall, after = time.monotonic() - t0, threads(procs)
-        frames = seen[pid or ""] - frames0
+        frames, muted_frames = seen[pid] - frames0, seen[muted] - muted0
         tree = luna_tree(driver)
         pss = memory_mb(set(tree))[1]
         pss_by_kind = {k: memory_mb({p for p, kind in tree.items() if kind == k})[1] for k in set(tree.values())}
@@ -332,6 +370,8 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         ear = await person.stop_recording(t_rec)
         status = await svc.dismiss(room)
         await person.close()
+        if guest is not None:
+            await guest.close()
     finally:
         await svc.close()
         rig.services.remove(svc)
@@ -346,6 +386,7 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         "pss_by_kind_mb": pss_by_kind,
         "idle_pss_mb": idle_pss,
         "frames_per_s": frames / wall,
+        "muted_frames_per_s": muted_frames / wall if guest is not None else float("nan"),
         "vad_delay_s": delays,
         "replies_heard": len(lengths),
         "underrun_pct": 100 * silent / total if total else float("nan"),
@@ -353,6 +394,10 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         "clicks_lost_pct": 100 * float(np.isnan(lat).mean()) if lat.size else float("nan"),
         "playback_gaps": status["stats"]["playback_gaps"],
     }
+
+
+async def _announced(svc: Any, room: str, name: str) -> bool:
+    return svc.service.pid_of(room, name) is not None
 
 
 def _top(prof: cProfile.Profile, n: int = 15) -> list[list[Any]]:
@@ -395,6 +440,7 @@ def merge(windows: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "idle_pss_mb": float(np.mean([w["idle_pss_mb"] for w in windows])),
         "frames_per_s": float(np.mean([w["frames_per_s"] for w in windows])),
+        "muted_frames_per_s": float(np.mean([w["muted_frames_per_s"] for w in windows])),
         "vad_delay_ms": ms([d for w in windows for d in w["vad_delay_s"]]),
         "replies_heard": sum(w["replies_heard"] for w in windows),
         "underrun_pct": float(np.nanmean([w["underrun_pct"] for w in windows])),
@@ -434,13 +480,14 @@ def report(result: dict[str, Any]) -> str:
         {key for n in names for key, p in cpu[n].items() if p >= 0.3}, key=lambda key: -cpu[names[0]].get(key, 0)
     )
     thread_rows = [[f"{k} / {t}", *(_pct(cpu[n].get((k, t), 0.0)) for n in names)] for k, t in top]
-    py = {n: cpu[n].get(("service (this process)", "python"), 0.0) for n in names}
+    py = {n: cpu[n].get(("service (this process)", "event loop"), 0.0) for n in names}
     parts = sorted(
         {p for n in names for p in vs[n]["python_parts"]}, key=lambda p: -vs[names[0]]["python_parts"].get(p, 0)
     )
     py_rows = [[p, *(_pct(py[n] * vs[n]["python_parts"].get(p, 0.0)) for n in names)] for p in parts]
     audio = [
         ["capture frames/s from the person (50 expected)", *(f"{vs[n]['frames_per_s']:.1f}" for n in names)],
+        ["... from the muted guest", *(f"{vs[n]['muted_frames_per_s']:.1f}" for n in names)],
         [
             "frame → its VAD verdict in the core, p50 / p95 ms",
             *(f"{vs[n]['vad_delay_ms']['p50']:.2f} / {vs[n]['vad_delay_ms']['p95']:.2f}" for n in names),

@@ -12,7 +12,7 @@ import * as wire from "./protocol.js";
 const b64 = location.hash.slice(1).replace(/-/g, "+").replace(/_/g, "/");
 const cfg = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))));
 const statusEl = document.getElementById("status");
-const participants = new Map(); // id -> {index, name, trackId, sink, source, node, capture, heardAt}
+const participants = new Map(); // id -> {index, name, track, enabled, trackId, sink, source, node, capture, heardAt}
 let nextIndex = 1;
 let nextCapture = 1; // ids of capture channels in the socket worker
 let bridge;
@@ -98,23 +98,33 @@ function stopCapture(p) {
 
 function participantJoined({ id, name }) {
   if (participants.has(id)) return participants.get(id);
-  const p = { index: nextIndex++, id, name, trackId: null, attaching: Promise.resolve(), heardAt: performance.now() };
+  const p = {
+    index: nextIndex++, id, name, track: null, enabled: true, trackId: null, attaching: Promise.resolve(),
+    heardAt: performance.now(),
+  };
   participants.set(id, p);
   send({ type: "participant_joined", index: p.index, id, name });
   return p;
 }
 
-// Attaches run one after another per participant: two quick track swaps must not both finish (each after its
-// `await sink.play()`) and leave two capture nodes for one person, who would then be heard twice.
-function audioTrack({ id, name, track }) {
+// A person's audio track, and whether the room says their microphone is on (`enabled`; a null track keeps the
+// last one). A muted person costs nothing: no media element, no worklet, no frames to Python; unmuting attaches
+// again. Attaches run one after another per participant: two quick track swaps must not both finish (each after
+// its `await sink.play()`) and leave two capture nodes for one person, who would then be heard twice.
+function audioTrack({ id, name, track, enabled = true }) {
   const p = participants.get(id) || participantJoined({ id, name });
-  p.attaching = p.attaching.then(() => attach(p, track));
+  if (track) p.track = track;
+  p.enabled = enabled !== false;
+  p.attaching = p.attaching.then(() => attach(p));
   return p.attaching;
 }
 
-async function attach(p, track) {
-  if (!track || p.trackId === track.id || participants.get(p.id) !== p) return;
-  stopCapture(p); // the track was replaced (device change, reconnect): re-attach
+async function attach(p) {
+  if (participants.get(p.id) !== p) return;
+  const track = p.enabled && p.track && p.track.readyState === "live" ? p.track : null;
+  if (track && p.trackId === track.id) return;
+  stopCapture(p); // muted, or the track was replaced (device change, reconnect): re-attach
+  if (!track) return;
   p.trackId = track.id;
   const stream = new MediaStream([track]);
   // Chromium gives WebAudio silence from a remote track unless a media element is also playing it.

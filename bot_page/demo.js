@@ -1,7 +1,8 @@
 // The human side of the local demo room: join with the microphone, see who is here, summon Luna, read the
 // captions, and record what you hear. Scriptable as a person would use it (tests drive it this way):
-//   ?name=NAME&autojoin=1[&processing=0]
-//   window.lunaDemo.join() / leave() / participants() -> [{id, name}] / summon(body) / dismiss()
+//   ?name=NAME&autojoin=1[&processing=0][&mic=0 (join muted)]
+//   window.lunaDemo.join() / leave() / participants() -> [{id, name, mic}] / summon(body) / dismiss()
+//   window.lunaDemo.setMic(enabled)  (the "Mute microphone" button; the others, Luna included, are told)
 //   window.lunaDemo.startRecording([name]) / stopRecording() -> {sampleRate, pcm}  (pcm: base64 int16 LE mono;
 //     with a name, only that participant is recorded — e.g. "Luna")
 //   window.lunaDemo.captions() -> the caption lines shown (Luna's chat messages, if mirrored, as "Luna (chat): …")
@@ -117,9 +118,13 @@ async function join() {
     name,
     ticket,
   });
-  room.addEventListener("participant-joined", ({ detail }) => tile(detail.id, detail.name, detail.kind));
+  room.mic = micOn; // muted before joining: the track starts off and the others are told on join
+  room.addEventListener("participant-joined", ({ detail }) =>
+    tile(detail.id, detail.name, detail.kind).el.classList.toggle("muted", detail.mic === false),
+  );
   room.addEventListener("participant-left", ({ detail }) => dropTile(detail.id));
   room.addEventListener("chat", ({ detail }) => chatCaption(detail.from, detail.text));
+  room.addEventListener("mic", ({ detail }) => tiles.get(detail.participant.id)?.el.classList.toggle("muted", !detail.enabled));
   room.addEventListener("track", async ({ detail }) => {
     const { participant, stream } = detail;
     await attachSink(stream, { muted: false }); // you hear everyone through this element
@@ -152,11 +157,20 @@ function leave() {
 
 function toggle(joined) {
   $("join").disabled = joined;
+  $("mic").disabled = !joined;
   $("leave").disabled = !joined;
 }
 
 function participants() {
-  return room ? room.participants().map(({ id, name }) => ({ id, name })) : [];
+  return room ? room.participants().map(({ id, name, mic }) => ({ id, name, mic })) : [];
+}
+
+let micOn = params.get("mic") !== "0"; // ?mic=0: join muted
+function setMic(enabled) {
+  micOn = !!enabled;
+  if (room) room.setMic(micOn);
+  $("mic").textContent = micOn ? "Mute microphone" : "Unmute microphone";
+  $("mic").setAttribute("aria-pressed", String(!micOn));
 }
 
 // --- Luna: summon, dismiss, captions ------------------------------------------------------------------------
@@ -332,6 +346,7 @@ function offerDownload(pcm) {
 
 $("join").onclick = () => join().catch((err) => status(String(err)));
 $("leave").onclick = leave;
+$("mic").onclick = () => setMic(!micOn);
 $("summon").onclick = () => summon().catch(() => {});
 $("dismiss").onclick = () => dismiss().catch(() => {});
 $("rec").onclick = () => (recorder ? stopRecording() : startRecording());
@@ -342,7 +357,7 @@ $("say-form").onsubmit = (ev) => {
 };
 
 window.lunaDemo = {
-  join, leave, participants, summon, dismiss, say, startRecording, stopRecording,
+  join, leave, participants, setMic, summon, dismiss, say, startRecording, stopRecording,
   captions: () => [...$("captions").querySelectorAll("li")].map((li) => li.textContent),
 };
 async function showEngines() {
@@ -352,6 +367,7 @@ async function showEngines() {
   $("engines").textContent = `Engines: hearing ${p.stt}, replies ${p.llm}, voice ${p.tts}${demo}.`;
 }
 
+setMic(micOn);
 requestAnimationFrame(meterLoop);
 showEngines().catch(() => {});
 watch();

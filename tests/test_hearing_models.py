@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from luna_voice.conversation.actions import SetPlaybackGain, StartTranscription
 from luna_voice.conversation.addressing import AddressDetector
 from luna_voice.conversation.transcript_filter import no_speech_reason
+from luna_voice.hearing import turn_model
 from luna_voice.hearing.vad import SpeakerVad
 from luna_voice.providers.base import Transcript
 from luna_voice.providers.offline.whisper_stt import WhisperSTT
@@ -176,3 +178,11 @@ def test_okay_over_her_voice_ducks_her_before_its_utterance_starts():
     (start,) = [i for i, a in enumerate(room.log) if isinstance(a, StartTranscription) and a.speaker_id == "a"][1:]
     first_duck = room.log.index(next(a for a in room.log if isinstance(a, SetPlaybackGain)))
     assert any(ducked) and first_duck < start  # the first sure window, not the 60 ms utterance rule
+
+
+def test_the_turn_model_leaves_numpy_one_blas_thread():
+    """OpenBLAS splits Smart Turn's feature matmuls over every core and its idle worker spins: on 2 cores that
+    doubled each call's CPU. Loading the model limits the process to one BLAS thread."""
+    turn_model.shared_analyzer()
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas and all(pool["num_threads"] == 1 for pool in blas), blas

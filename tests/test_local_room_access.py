@@ -138,3 +138,37 @@ def test_tickets_expire_on_the_clock_they_are_given() -> None:
     assert tickets.redeem(early, "r") == "human"
     now[0] += 2
     assert tickets.redeem(late, "r") is None
+
+
+async def test_a_muted_microphone_is_told_to_everyone_and_to_newcomers(open_demo):
+    """The local room's mute, as RealtimeKit's audioEnabled: the others get ``peer_mic``, a newcomer sees ``mic``
+    in the welcome, the participant list shows it, and a ``mic`` without a boolean is refused like any junk."""
+    url = f"{open_demo.url.replace('http', 'ws')}/local/rooms/r/signal"
+    async with open_demo.http.ws_connect(url) as alice, open_demo.http.ws_connect(url) as luna:
+        await alice.send_str(json.dumps({"type": "join", "name": "Alice"}))
+        assert json.loads((await alice.receive(timeout=5)).data)["type"] == "welcome"
+        await luna.send_str(json.dumps({"type": "join", "name": "Luna", "kind": "bot"}))
+        welcome = json.loads((await luna.receive(timeout=5)).data)
+        assert [(p["name"], p["mic"]) for p in welcome["peers"]] == [("Alice", True)]
+        assert json.loads((await alice.receive(timeout=5)).data)["type"] == "peer_joined"
+
+        await alice.send_str(json.dumps({"type": "mic", "enabled": False}))
+        told = json.loads((await luna.receive(timeout=5)).data)
+        assert told == {"type": "peer_mic", "peer": {**welcome["peers"][0], "mic": False}}
+        _, people = await open_demo.call("GET", "/local/rooms/r/participants")
+        assert {p["name"]: p["mic"] for p in people["participants"]} == {"Alice": False, "Luna": True}
+        outcome, newcomer = await join(open_demo, "r", name="Bob", mic=False)  # joins muted
+        assert outcome == "welcome"
+        assert {p["name"]: p["mic"] for p in newcomer["peers"]} == {"Alice": False, "Luna": True}  # type: ignore[index]
+        bob = json.loads((await luna.receive(timeout=5)).data)
+        assert bob["type"] == "peer_joined" and bob["peer"]["mic"] is False
+        assert json.loads((await luna.receive(timeout=5)).data)["type"] == "peer_left"
+
+        await alice.send_str(json.dumps({"type": "mic", "enabled": True}))
+        told = json.loads((await luna.receive(timeout=5)).data)
+        assert told["type"] == "peer_mic" and told["peer"]["mic"] is True
+
+        await alice.send_str(json.dumps({"type": "mic", "enabled": "no"}))
+        while (closed := await alice.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT:
+            pass  # Bob's coming and going
+        assert closed.type == aiohttp.WSMsgType.CLOSE and alice.close_code == 4400 and "enabled" in closed.extra

@@ -772,6 +772,31 @@ async def test_a_host_mute_reaches_python_and_an_unmute_publishes_a_fresh_live_t
 
 
 @page_test
+async def test_a_person_who_mutes_sends_no_frames_until_they_unmute(open_luna, python):
+    """Alice mutes: the media node broadcasts her producer paused (the SDK pauses her consumer and emits her
+    ``audioUpdate`` with ``audioEnabled`` false). Luna's page drops her capture, so Python gets no frames of
+    silence from her, while Bob goes on; her unmute resumes her tone under the same index."""
+    page = await open_luna({"watchdogMs": 1500})
+    await joined(python, page)
+    alice, bob = python.index_of("peer-alice"), python.index_of("peer-bob")
+    await soon(lambda: min(len(python.frames.get(i, [])) for i in (alice, bob)) >= 10, "both microphones")
+
+    await page.evaluate(f"{SERVER}.peerMic('peer-alice', false)")
+    b0 = len(python.frames[bob])
+    await soon(lambda: len(python.frames[bob]) >= b0 + 25, "Bob as the clock while the mute lands")
+    a1, b1 = len(python.frames[alice]), len(python.frames[bob])
+    await soon(lambda: len(python.frames[bob]) >= b1 + 75, "1.5 s more of Bob")
+    assert len(python.frames[alice]) == a1, "a muted person's capture kept sending frames"
+
+    await page.evaluate(f"{SERVER}.peerMic('peer-alice', true)")
+    await soon(lambda: len(python.frames[alice]) >= a1 + 30, "Alice after her unmute")
+    assert abs(dominant_hz(python.frames[alice][-25:]) - TONES["peer-alice"]) < 20
+    assert [m.id for m in python.messages if isinstance(m, bp.ParticipantJoined)].count("peer-alice") == 1
+    # the watchdog (1.5 s here) counts her silence from the unmute, not from before the mute
+    assert not [m for m in python.messages if isinstance(m, bp.PageLog) and "no audio from Alice" in m.message]
+
+
+@page_test
 async def test_another_client_with_lunas_own_user_id_is_not_a_person(open_luna, python):
     """A stale or re-initialised Luna shows up as another peer with her userId; counting it as a person would keep
     her from ever being alone (and RTK billing until max_duration)."""

@@ -1,13 +1,16 @@
 // Local room: a WebRTC mesh on loopback, signalled through the service's hub (/local/rooms/{id}/signal).
 // Used by Luna's page (through rooms/local.js) and by the human demo page. It knows nothing of Luna.
 //
-// Hub protocol (JSON over WebSocket): we send {type:"join", name, kind, ticket?}; the hub answers
+// Hub protocol (JSON over WebSocket): we send {type:"join", name, kind, ticket?, mic}; the hub answers
 // {type:"welcome", id, peers:[{id,name,kind}], ice} and then relays {type:"peer_joined"|"peer_left", peer} and
 // {type:"signal", from, data}. The newcomer makes the offer to every peer already there, so a pair never
 // negotiates from both ends at once. When the service has an API token, `ticket` (a single-use room ticket from
 // POST /local/rooms/{id}/tickets) is required, and the hub closes with 4401 without one.
 // Chat: we send {type:"chat", text}; everyone else gets {type:"chat", from, text} and this emits a "chat" event
 // {from: {id, name, kind}, text}.
+// Microphone: setMic(enabled) turns our track off or on and sends {type:"mic", enabled}; everyone else gets
+// {type:"peer_mic", peer} and this emits a "mic" event {participant, enabled}. Peers carry `mic` (true unless
+// muted) in welcome and peer_joined too, so a newcomer knows who is muted, as RealtimeKit's audioEnabled says.
 
 export class LocalRoom extends EventTarget {
   constructor({ signalUrl, name, kind = "human", iceFilter = null, ticket = null }) {
@@ -18,9 +21,10 @@ export class LocalRoom extends EventTarget {
     this.kind = kind;
     this.iceFilter = iceFilter; // "loopback" keeps only 127.0.0.1 candidates; otherwise the hub's choice
     this.id = null;
-    this.peers = new Map(); // id -> {id, name, kind, pc, stream}
+    this.peers = new Map(); // id -> {id, name, kind, mic, pc, stream}
     this.ws = null;
     this.localTrack = null;
+    this.mic = true;
   }
 
   emit(type, detail) {
@@ -28,16 +32,18 @@ export class LocalRoom extends EventTarget {
   }
 
   participants() {
-    return [...this.peers.values()].map(({ id, name, kind }) => ({ id, name, kind }));
+    return [...this.peers.values()].map(({ id, name, kind, mic }) => ({ id, name, kind, mic }));
   }
 
   join(localTrack) {
     this.localTrack = localTrack;
+    if (localTrack) localTrack.enabled = this.mic;
     return new Promise((resolve, reject) => {
       const ws = new WebSocket(this.signalUrl);
       this.ws = ws;
       let welcomed = false;
-      ws.onopen = () => ws.send(JSON.stringify({ type: "join", name: this.name, kind: this.kind, ticket: this.ticket }));
+      ws.onopen = () =>
+        ws.send(JSON.stringify({ type: "join", name: this.name, kind: this.kind, ticket: this.ticket, mic: this.mic }));
       ws.onerror = () => {
         if (!welcomed) reject(new Error(`cannot reach the local room hub at ${this.signalUrl}`));
       };
@@ -70,6 +76,12 @@ export class LocalRoom extends EventTarget {
           await this.onSignal(msg.from, msg.data);
         } else if (msg.type === "chat") {
           this.emit("chat", { from: msg.from, text: msg.text });
+        } else if (msg.type === "peer_mic") {
+          const peer = this.peers.get(msg.peer.id);
+          if (peer && peer.mic !== msg.peer.mic) {
+            peer.mic = msg.peer.mic;
+            this.emit("mic", { participant: { id: peer.id, name: peer.name, kind: peer.kind }, enabled: peer.mic });
+          }
         }
       };
     });
@@ -80,18 +92,34 @@ export class LocalRoom extends EventTarget {
     this.ws.send(JSON.stringify({ type: "chat", text }));
   }
 
+  // Muted, nothing is sent (as RealtimeKit pauses a muted producer, so the others receive no packets), the
+  // microphone stays open for the unmute, and the others are told.
+  setMic(enabled) {
+    if (this.mic === !!enabled) return;
+    this.mic = !!enabled;
+    if (this.localTrack) this.localTrack.enabled = this.mic;
+    for (const { pc } of this.peers.values()) this.sendTrack(pc);
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify({ type: "mic", enabled: this.mic }));
+  }
+
+  sendTrack(pc) {
+    const sender = pc.getSenders().find((s) => s.track === this.localTrack || s.track === null);
+    if (sender && this.localTrack) sender.replaceTrack(this.mic ? this.localTrack : null).catch(() => {});
+  }
+
   leave() {
     this.leaving = true;
     if (this.ws) this.ws.close(1000, "left");
   }
 
-  addPeer({ id, name, kind }) {
+  addPeer({ id, name, kind, mic = true }) {
     if (this.peers.has(id)) return this.peers.get(id);
     const pc = new RTCPeerConnection({ iceServers: [] });
-    const peer = { id, name, kind, pc, stream: null };
+    const peer = { id, name, kind, mic, pc, stream: null };
     this.peers.set(id, peer);
     if (this.localTrack) pc.addTrack(this.localTrack, new MediaStream([this.localTrack]));
     else pc.addTransceiver("audio", { direction: "recvonly" });
+    if (!this.mic) this.sendTrack(pc);
     pc.onicecandidate = ({ candidate }) => {
       if (candidate && this.keepCandidate(candidate.candidate)) {
         this.send(id, { candidate: candidate.toJSON() });
@@ -99,7 +127,7 @@ export class LocalRoom extends EventTarget {
     };
     pc.ontrack = ({ track, streams }) => {
       peer.stream = streams[0] || new MediaStream([track]);
-      this.emit("track", { participant: { id, name, kind }, track, stream: peer.stream });
+      this.emit("track", { participant: { id, name, kind }, track, stream: peer.stream, enabled: peer.mic });
     };
     pc.onconnectionstatechange = () => this.emit("connection", { id, state: pc.connectionState });
     this.emit("participant-joined", { id, name, kind });

@@ -1,7 +1,8 @@
 // Room adapter for the local room (our WebRTC mesh on loopback). Same interface as rooms/rtk.js:
 //   createRoom(config, handlers) -> {join(micTrack), leave(), chat(text)}
-//   handlers: participantJoined({id,name}), participantLeft({id}), audioTrack({id,name,track}),
+//   handlers: participantJoined({id,name}), participantLeft({id}), audioTrack({id,name,track,enabled}),
 //             state(state, subCode, reason), log(level, message)
+// `enabled` is false while the person's microphone is muted (the hub's peer_mic); track null keeps the last one.
 import { LocalRoom } from "../lib/local-room.js";
 
 export async function createRoom(config, handlers) {
@@ -11,7 +12,12 @@ export async function createRoom(config, handlers) {
   room.addEventListener("participant-joined", ({ detail }) => handlers.participantJoined(detail));
   room.addEventListener("participant-left", ({ detail }) => handlers.participantLeft(detail));
   room.addEventListener("track", ({ detail }) =>
-    handlers.audioTrack({ id: detail.participant.id, name: detail.participant.name, track: detail.track }),
+    handlers.audioTrack({
+      id: detail.participant.id, name: detail.participant.name, track: detail.track, enabled: detail.enabled,
+    }),
+  );
+  room.addEventListener("mic", ({ detail }) =>
+    handlers.audioTrack({ id: detail.participant.id, name: detail.participant.name, track: null, enabled: detail.enabled }),
   );
   room.addEventListener("closed", ({ detail }) => {
     if (!detail.expected) handlers.state("left", "room_ended", `local room hub closed (${detail.code})`);

@@ -1,7 +1,8 @@
 // Room adapter for Cloudflare RealtimeKit (web SDK 2.0.2). Same interface as rooms/local.js:
 //   createRoom(config, handlers) -> {join(track), leave(), unmute(), chat(text)}
 //   config: {authToken, name?, baseURI?, watchdogMs?}
-//   handlers: participantJoined, participantLeft, audioTrack, state, log, muted({muted, reason}), lastAudio(id)
+//   handlers: participantJoined, participantLeft, audioTrack({id, name, track, enabled}), state, log,
+//             muted({muted, reason}), lastAudio(id)
 // The SDK traps this adapter is shaped by (line numbers: dist/index.es.js 2.0.2):
 // - it opens the microphone unless `defaults` says no;
 // - it consumes audio only for the loudest peers unless we subscribe in MANUAL mode; every socket (re)join and
@@ -65,6 +66,8 @@ export async function createRoom(config, handlers) {
   const reported = new Set(); // peer ids announced to the page
   const watchdogMs = config.watchdogMs || WATCHDOG_MS;
   const resubscribed = new Map(); // peer id -> {at, tries}: the watchdog's re-subscriptions not yet answered
+  const audioOff = new Set(); // peer ids whose audio is off (muted, or no consumer)
+  const audioOnAt = new Map(); // peer id -> when their audio came back on: the watchdog counts silence from there
 
   // Another client of Luna's own participant (a re-initialised or stale page) is not a person in the meeting.
   const isLuna = (m, p) => !p || p.id === m.self.id || (!!m.self.userId && p.userId === m.self.userId);
@@ -101,7 +104,7 @@ export async function createRoom(config, handlers) {
   function announce(p) {
     reported.add(p.id);
     handlers.participantJoined({ id: p.id, name: p.name });
-    if (p.audioTrack) handlers.audioTrack({ id: p.id, name: p.name, track: p.audioTrack });
+    if (p.audioTrack) handlers.audioTrack({ id: p.id, name: p.name, track: p.audioTrack, enabled: p.audioEnabled });
   }
 
   // Luna's voice into the meeting: a fresh clone of the playback track each time, kept live by the page.
@@ -135,9 +138,14 @@ export async function createRoom(config, handlers) {
       handlers.participantLeft({ id: p.id });
     });
     // Each participant's events are re-emitted on the map with the participant first. The track object can be
-    // replaced (device change, new consumer); the page re-attaches when the track id changes.
-    joined.on("audioUpdate", (p, { audioTrack }) => {
-      if (current() && audioTrack && !isLuna(m, p)) handlers.audioTrack({ id: p.id, name: p.name, track: audioTrack });
+    // replaced (device change, new consumer); the page re-attaches when the track id changes. audioEnabled is
+    // false while their producer is paused (they muted: the media node's producer-toggle broadcast, l.23903 →
+    // setAudioEnabled, l.18498) or their consumer closed (l.19102, no track): the page captures nothing then.
+    joined.on("audioUpdate", (p, { audioEnabled, audioTrack }) => {
+      if (!current() || isLuna(m, p) || !(audioTrack || reported.has(p.id))) return;
+      if (!audioEnabled) audioOff.add(p.id);
+      else if (audioOff.delete(p.id)) audioOnAt.set(p.id, performance.now());
+      handlers.audioTrack({ id: p.id, name: p.name, track: audioTrack || null, enabled: audioEnabled !== false });
     });
     // Luna never turns her own audio off while she stays, so audio going off is someone else: a host's mute or
     // mute-all, a preset change that removed audio, or the SDK's FORCE_MUTE_AUDIO.
@@ -246,7 +254,7 @@ export async function createRoom(config, handlers) {
       const last = resubscribed.get(p.id);
       if (last && heard(p.id) > last.at) resubscribed.delete(p.id); // heard since the last re-subscribe
       const tries = resubscribed.get(p.id)?.tries ?? 0;
-      const since = Math.max(heard(p.id), resubscribed.get(p.id)?.at ?? -Infinity);
+      const since = Math.max(heard(p.id), resubscribed.get(p.id)?.at ?? -Infinity, audioOnAt.get(p.id) ?? -Infinity);
       if (now - since < watchdogMs * Math.min(8, 2 ** tries)) continue;
       resubscribed.set(p.id, { at: now, tries: tries + 1 });
       const silentFor = Math.round((now - heard(p.id)) / 1000);

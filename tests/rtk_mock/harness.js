@@ -12,7 +12,7 @@
 // On top of the mock, the harness plays the media server (SFU) where the mock is silent, through the SDK's own
 // socket and transport paths: it answers consume requests (recording which producers the SDK asked for) and
 // delivers a tone track for each audio consumer as the receive transport's "track" event; it can flip the stub
-// peer connections' ICE state, and push media broadcasts (a host muting Luna).
+// peer connections' ICE state, and push media broadcasts (a host muting Luna, a participant muting themselves).
 //
 // window.__rtkMockParams (set by the test in an earlier init script):
 //   {mockParticipants: [{peerId, displayName, stageStatus, producerStates?: [{producerId, kind, hz?, audioUrl?, …}]}],
@@ -184,6 +184,13 @@
       const self = record.meetings.at(-1).self;
       const state = producerState({ producerId: "producer-id", kind: "audio", pause: true });
       const w = new pb.BinaryWriter().tag(1, LD()).string(self.id).tag(2, LD()).bytes(state).tag(3, LD()).string(initiator);
+      push(MEDIA.peerProducerToggleBroadcast, w.finish());
+    },
+    // A participant mutes or unmutes their microphone: the media node broadcasts their audio producer paused or
+    // resumed, initiated by themselves (the same PeerProducerToggleBroadcastResponse as hostMutes).
+    peerMic: (peerId, enabled) => {
+      const state = producerState({ producerId: `${peerId}-mic`, kind: "audio", pause: !enabled });
+      const w = new pb.BinaryWriter().tag(1, LD()).string(peerId).tag(2, LD()).bytes(state).tag(3, LD()).string(peerId);
       push(MEDIA.peerProducerToggleBroadcast, w.finish());
     },
     // A participant says their recording once, on the microphone the SDK consumes.

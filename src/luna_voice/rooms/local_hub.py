@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import structlog
 from aiohttp import WSMsgType, web
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, RootModel, StrictBool, ValidationError
 
 from luna_voice.rooms.tickets import PeerKind, RoomTickets
 
@@ -39,6 +39,7 @@ class Join(BaseModel):
     name: str = "guest"  # cut to 64 characters on join
     kind: PeerKind = "human"
     ticket: str | None = Field(default=None, max_length=200)
+    mic: StrictBool = True  # False: joins muted
 
 
 class Signal(BaseModel):
@@ -56,8 +57,18 @@ class Chat(BaseModel):
     text: str  # cut to MAX_CHAT_CHARS when relayed
 
 
-class Relay(RootModel[Annotated[Signal | Chat, Field(discriminator="type")]]):
-    """What a peer sends once in the room: signalling for one peer, or a chat message for everyone."""
+class Mic(BaseModel):
+    """A person muted or unmuted their microphone; everyone else is told, as RealtimeKit's ``audioUpdate`` does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["mic"]
+    enabled: StrictBool
+
+
+class Relay(RootModel[Annotated[Signal | Chat | Mic, Field(discriminator="type")]]):
+    """What a peer sends once in the room: signalling for one peer, a chat message or its microphone's state for
+    everyone."""
 
 
 M = TypeVar("M", Join, Relay)
@@ -86,9 +97,10 @@ class Peer:
     name: str
     kind: str
     ws: web.WebSocketResponse
+    mic: bool = True  # a newcomer's microphone is on until it says otherwise
 
-    def public(self) -> dict[str, str]:
-        return {"id": self.id, "name": self.name, "kind": self.kind}
+    def public(self) -> dict[str, str | bool]:
+        return {"id": self.id, "name": self.name, "kind": self.kind, "mic": self.mic}
 
 
 @dataclass
@@ -98,7 +110,7 @@ class LocalRoomHub:
     rooms: dict[str, dict[str, Peer]] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
-    def participants(self, room_id: str) -> list[dict[str, str]]:
+    def participants(self, room_id: str) -> list[dict[str, str | bool]]:
         return [p.public() for p in self.rooms.get(room_id, {}).values()]
 
     async def close_all(self, reason: str) -> None:
@@ -131,6 +143,11 @@ class LocalRoomHub:
                     chat = {"type": "chat", "from": peer.public(), "text": relayed.text[:MAX_CHAT_CHARS]}
                     await self._broadcast(room_id, chat, skip=peer.id)
                     continue
+                if isinstance(relayed, Mic):
+                    if relayed.enabled != peer.mic:
+                        peer.mic = relayed.enabled
+                        await self._broadcast(room_id, {"type": "peer_mic", "peer": peer.public()}, skip=peer.id)
+                    continue
                 target = self.rooms.get(room_id, {}).get(relayed.to)
                 if target and not target.ws.closed:
                     await target.ws.send_str(json.dumps({"type": "signal", "from": peer.id, "data": relayed.data}))
@@ -157,7 +174,7 @@ class LocalRoomHub:
         members = self.rooms.setdefault(room_id, {})
         if len(members) >= MAX_PEERS_PER_ROOM:
             raise _Refused(CLOSE_FULL, "local room is full")
-        peer = Peer(id=f"p{next(self._ids)}", name=join.name.strip()[:64] or "guest", kind=kind, ws=ws)
+        peer = Peer(id=f"p{next(self._ids)}", name=join.name.strip()[:64] or "guest", kind=kind, ws=ws, mic=join.mic)
         await ws.send_str(
             json.dumps(
                 {"type": "welcome", "id": peer.id, "peers": [p.public() for p in members.values()], "ice": self.ice}

@@ -29,7 +29,7 @@ class LocalRooms:
     async def local_signal(self, room_id: str, request: web.Request) -> web.StreamResponse:
         return await self.hub.handle(request, room_id)
 
-    def local_participants(self, room_id: str) -> list[dict[str, str]]:
+    def local_participants(self, room_id: str) -> list[dict[str, str | bool]]:
         return self.hub.participants(room_id)
 
     def local_ticket(self, room_id: str) -> str:
