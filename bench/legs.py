@@ -1,0 +1,142 @@
+"""Where a one-way latency goes, leg by leg, from the encoded frames both pages stamped (``harness.FRAME_STAMPS``).
+
+A click is found in the sender's encoded frames by its audio level (the RTP audio-level of the frame's raw PCM,
+so Opus's look-ahead does not move it): the loudest frame of each run of loud ones. The same frame is found at
+the receiver by its RTP stream and timestamp. Per click, with every time on the shared wall clock:
+
+- source → capture: the click's source time (the speaker's own recorder, or when Python meant it to play) → the
+  capture time Chromium gave the frame holding it (when WebRTC took its first 10 ms from the track);
+- capture → encoded: → the frame left the Opus encoder (the sender's transform saw it);
+- encoded → received: → its packet reached the listener's network stack (Chromium's receive time);
+- received → transform: → the listener's transform saw the frame; it goes on to the jitter buffer from there;
+- transform → ear: → the click at the listener's recorder: the jitter buffer, decoding, playout and the recorder.
+
+The legs before and after the frame depend on where the click sits inside its 20 ms frame, which varies by click;
+their sum does not, and it is the row's latency. The transforms add a hop to a worker on each side; the floor's
+path and Luna's carry the same ones.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench import signals as sg
+
+LOUD = 0.05  # audio level (linear, 1 = 0 dBov) of a frame holding a click; silence is ~0, a click's frame ~0.3
+EARLY_S = 0.5  # matching allows a frame stamp this much before its click's source time
+RTP_RATE = 48_000  # Opus's RTP clock: one tick per sample of the sent track
+RTP_FRAME = 960  # a 20 ms frame
+STAMPS = ("source", "sample", "capture", "encoded", "received", "transform", "ear")  # per click, along the path
+
+
+@dataclass(frozen=True)
+class Frames:
+    """One page's stamped frames of one direction: RTP stream, timestamp, and wall-clock seconds."""
+
+    ssrc: np.ndarray
+    rtp: np.ndarray
+    out: np.ndarray  # the transform saw it (sender: left the encoder; receiver: on its way to the jitter buffer)
+    capture: np.ndarray  # sender only: Chromium's capture time (NaN elsewhere)
+    receive: np.ndarray  # receiver only: the packet's arrival at the network stack (NaN elsewhere)
+    level: np.ndarray
+
+    @staticmethod
+    def of(rows: list[list[Any]], sent: bool) -> Frames:
+        mine = [r for r in rows if bool(r[0]) == sent]
+        col = lambda i: np.array([np.nan if r[i] is None else r[i] for r in mine], float)  # noqa: E731
+        ms = lambda i: col(i) / 1000  # noqa: E731
+        return Frames(col(1), col(2), ms(3), ms(4), ms(5), col(6))
+
+    def stream(self, ssrc: float) -> Frames:
+        keep = self.ssrc == ssrc
+        order = np.argsort(self.out[keep], kind="stable")
+        pick = lambda a: a[keep][order]  # noqa: E731
+        return Frames(*(pick(a) for a in (self.ssrc, self.rtp, self.out, self.capture, self.receive, self.level)))
+
+
+def click_frames(f: Frames) -> np.ndarray:
+    """Indices of the loudest frame of each run of consecutive loud frames (one per click)."""
+    loud = np.flatnonzero(np.nan_to_num(f.level) > LOUD)
+    out: list[int] = []
+    for k in loud:
+        if out and (f.rtp[k] - f.rtp[out[-1]]) % 2**32 == RTP_FRAME:
+            if f.level[k] > f.level[out[-1]]:
+                out[-1] = int(k)
+            continue
+        out.append(int(k))
+    return np.array(out, int)
+
+
+def sample_clock(f: Frames) -> tuple[np.ndarray, float]:
+    """The sender's RTP timestamps unwrapped, and the wall-clock s of RTP sample 0: a frame leaves the encoder
+    after its last sample was taken, so the earliest (out − last sample) over the stream is the clock's offset
+    (late by the shortest encode, well under a millisecond)."""
+    rtp = f.rtp[0] + (f.rtp - f.rtp[0]) % 2**32
+    return rtp, float(np.min(f.out - (rtp + RTP_FRAME) / RTP_RATE))
+
+
+def _start(lo: np.ndarray) -> float:
+    """RTP timestamp of a group's position 0 from each click's (frame start − position): the click lies inside
+    its frame, so every value is in (start − 960, start]; with a few clicks the largest pins it down."""
+    return float(lo.max()) if np.ptp(lo) < RTP_FRAME else float(np.median(lo) + RTP_FRAME / 2)
+
+
+def per_click(
+    src: np.ndarray,
+    total: np.ndarray,
+    sent: list[list[Any]],
+    received: list[list[Any]],
+    positions: np.ndarray,
+    groups: np.ndarray,
+) -> np.ndarray:
+    """Wall-clock s of each stamp (columns, in ``STAMPS`` order) per click (rows; NaN where not found). ``src``:
+    the clicks' source times; ``total``: their latency to the ear (the row's, NaN where lost); ``sent`` and
+    ``received``: the sender's and the listener's stamped frames, of the one stream both saw; ``positions``: each
+    click's place in the sent audio, in 48 kHz samples from the start of its ``groups`` (a WAV, a reply), which
+    the stream's RTP timestamps count, so the "sample" stamp is when the click's own sample was taken."""
+    tx, rx = Frames.of(sent, True), Frames.of(received, False)
+    out = np.full((len(src), len(STAMPS)), np.nan)
+    common = set(tx.ssrc.tolist()) & set(rx.ssrc.tolist())
+    if len(common) != 1:
+        return out
+    ssrc = common.pop()
+    tx, rx = tx.stream(ssrc), rx.stream(ssrc)
+    clicks = click_frames(tx)
+    if not clicks.size:
+        return out
+    rtp, zero = sample_clock(tx)
+    early = src - EARLY_S  # a frame may leave the encoder before its click reaches the speaker's own recorder
+    lag = sg.match_lag(early, tx.out[clicks])
+    at_rx = {int(r): i for i, r in enumerate(rx.rtp)}
+    frame = np.full(len(src), -1)
+    for i in np.flatnonzero(np.isfinite(lag)):
+        frame[i] = clicks[int(np.argmin(np.abs(tx.out[clicks] - (early[i] + lag[i]))))]
+    for g in np.unique(groups):
+        mine = np.flatnonzero((groups == g) & (frame >= 0))
+        if not mine.size:
+            continue
+        start = _start(rtp[frame[mine]] - positions[mine])
+        for i in mine:
+            k = frame[i]
+            j = at_rx.get(int(tx.rtp[k]))
+            rx_receive, rx_out = (rx.receive[j], rx.out[j]) if j is not None else (np.nan, np.nan)
+            sample = zero + (start + positions[i]) / RTP_RATE
+            out[i] = [src[i], sample, tx.capture[k], tx.out[k], rx_receive, rx_out, src[i] + total[i]]
+    return out
+
+
+def summary(stamps: np.ndarray) -> dict[str, Any]:
+    """p50 ms from each stamp to the next, and over the legs the table shows: source → sample (how late the
+    click's sample was taken against its source time), sample → encoded, encoded → transform (the network and the
+    hop to the listener's transform), transform → ear, and sample → ear; n: clicks with every stamp."""
+    p50 = lambda a, b: sg.pct(1000 * (stamps[:, STAMPS.index(b)] - stamps[:, STAMPS.index(a)]), 50)  # noqa: E731
+    legs = [("source", "sample"), ("sample", "encoded"), ("encoded", "transform"), ("transform", "ear")]
+    return {
+        "n": int(np.isfinite(stamps).all(axis=1).sum()),
+        "steps_p50_ms": {f"{a}→{b}": p50(a, b) for a, b in itertools.pairwise(STAMPS)},
+        **{f"{a}→{b}": p50(a, b) for a, b in [*legs, ("sample", "ear"), ("source", "ear")]},
+    }
