@@ -77,12 +77,13 @@ async def run(
     only: set[str] | None = None,
     compare: bool = False,
     bots: tuple[int, ...] | None = None,
+    receiver_stamps: bool = False,
 ) -> dict[str, Any]:
     """The scenarios against one service; with ``compare``, against a fresh service per end of the profile's
     ladder in turn (before and after the cuts, each with its own floor)."""
     from bench import profile
     from bench import scenarios as sc
-    from bench.harness import Rig
+    from bench.harness import FrameStamps, Rig
     from bench.instant import ReplyAudio
     from luna_voice import logs
 
@@ -90,6 +91,8 @@ async def run(
     plan = sc.Plan.make(quick)
     if bots:
         plan = dataclasses.replace(plan, scale=bots)
+    if receiver_stamps:
+        plan = dataclasses.replace(plan, frames=FrameStamps.ALL)
     audio = ReplyAudio()
     variants: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
@@ -107,7 +110,7 @@ async def run(
                     rig.services.remove(svc)
     return {
         "mode": "quick" if quick else "full",
-        "plan": vars(plan),
+        "plan": {**vars(plan), "frames": plan.frames.value},
         "machine": machine(isolation),
         "took_s": round(time.monotonic() - started, 1),
         **({"variants": variants} if compare else {"results": variants["default"]}),
@@ -271,20 +274,31 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
 
 
 LEGS_HEAD = ["leg, p50 ms", "1 floor", "3 Luna", "Luna − floor"]
-LEGS = ["source→sample", "sample→encoded", "encoded→transform", "transform→ear", "sample→ear", "source→ear"]
+LEGS = [
+    "source→sample",
+    "sample→encoded",
+    "encoded→ear",
+    "encoded→transform",
+    "transform→ear",
+    "sample→ear",
+    "source→ear",
+]
 
 
 def legs_rows(r: dict[str, Any]) -> list[list[str]]:
     """Rows 1 and 3 leg by leg (bench/legs.py): the legs the README discusses, then each step between stamps."""
     floor = r.get("floor_hearing", {}).get("floor_legs", {})
     luna = r.get("turns", {}).get("speaking_legs", {})
-    out = [["clicks with every stamp", str(floor.get("n", "")), str(luna.get("n", "")), ""]]
+    out = [
+        ["clicks found in the sent frames", str(floor.get("n", "")), str(luna.get("n", "")), ""],
+        ["... and in the received ones", str(floor.get("receiver_n", "")), str(luna.get("receiver_n", "")), ""],
+    ]
     steps = list(luna.get("steps_p50_ms", floor.get("steps_p50_ms", {})))
     for key, label in [(k, k) for k in LEGS] + [(k, f"  {k}") for k in steps]:
         a = floor.get(key, floor.get("steps_p50_ms", {}).get(key))
         b = luna.get(key, luna.get("steps_p50_ms", {}).get(key))
-        diff = None if a is None or b is None else b - a
-        out.append([label, _f(a), _f(b), _f(diff)])
+        if _f(a) or _f(b):  # without receiver stamps their legs are empty
+            out.append([label, _f(a), _f(b), _f(None if a is None or b is None else b - a)])
     return out
 
 
@@ -383,6 +397,11 @@ def main() -> None:
     )
     parser.add_argument("--compare", action="store_true", help="run the scenarios before and after the cuts")
     parser.add_argument(
+        "--receiver-stamps",
+        action="store_true",
+        help="rows 1 and 3: stamp received frames too, to split encoder → ear (a worker hop before the jitter buffer)",
+    )
+    parser.add_argument(
         "--bots", help="the scale scenario's numbers of bots, comma-separated (default 1,2,4 or 1,2,4,8)"
     )
     args = parser.parse_args()
@@ -401,7 +420,7 @@ def main() -> None:
     else:
         only = set(args.only.split(",")) if args.only else None
         bots = tuple(int(n) for n in args.bots.split(",")) if args.bots else None
-        data = asyncio.run(run(args.quick, isolation, only, args.compare, bots))
+        data = asyncio.run(run(args.quick, isolation, only, args.compare, bots, args.receiver_stamps))
         text = report(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")

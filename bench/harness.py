@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import enum
 import json
 import os
 import socket
@@ -121,7 +122,7 @@ onrtctransform = ({ transformer: t }) => {
 onmessage = ({ data: since, ports }) => ports[0].postMessage(rows.filter((r) => r[3] >= since));
 """
 
-FRAME_STAMPS = """(() => {
+_FRAME_STAMPS = """(() => {
   if (!window.RTCRtpScriptTransform) return;
   let worker = null;
   const source = () => URL.createObjectURL(new Blob([WORKER_SOURCE], { type: "text/javascript" }));
@@ -129,7 +130,7 @@ FRAME_STAMPS = """(() => {
   const hook = (pc) => {
     for (const t of pc.getTransceivers()) {
       if (t.sender.track && !t.sender.transform) t.sender.transform = new RTCRtpScriptTransform(w(), { side: "send" });
-      if (!t.receiver.transform) t.receiver.transform = new RTCRtpScriptTransform(w(), { side: "recv" });
+      if (RECEIVERS && !t.receiver.transform) t.receiver.transform = new RTCRtpScriptTransform(w(), { side: "recv" });
     }
   };
   const P = RTCPeerConnection.prototype;
@@ -145,6 +146,19 @@ FRAME_STAMPS = """(() => {
     w().postMessage(since, [ch.port2]);
   });
 })();""".replace("WORKER_SOURCE", json.dumps(_FRAMES_WORKER))
+
+
+class FrameStamps(enum.Enum):
+    """Which encoded frames a page stamps. A receiver's transform puts a worker between the network and the jitter
+    buffer, and rows 1 and 3 came out higher with it (bench/README.md), so it is asked for only when the receiving
+    side's legs are wanted (``--receiver-stamps``)."""
+
+    SENT = "sent"
+    ALL = "all"
+
+    @property
+    def script(self) -> str:
+        return _FRAME_STAMPS.replace("RECEIVERS", "true" if self is FrameStamps.ALL else "false")
 
 
 @dataclass
@@ -201,14 +215,15 @@ class Running:
     runner: web.AppRunner
     http: aiohttp.ClientSession
     startup_s: float  # runner set-up, which launches Luna's Chromium
-    stamping: str | None = None  # the room whose bot page gets FRAME_STAMPS, while it is summoned
+    stamping: tuple[str, FrameStamps] | None = None  # the room whose bot page stamps frames, while summoned
     stamped: dict[str, BrowserContext] = field(default_factory=dict)  # room → its stamped bot page's context
 
     async def prepare(self, context: BrowserContext) -> None:
         """Runs on each new bot page's context (the host's hook): adds the frame stamps to the room asking."""
         if self.stamping is not None:
-            await context.add_init_script(FRAME_STAMPS)
-            self.stamped[self.stamping] = context
+            room, frames = self.stamping
+            await context.add_init_script(frames.script)
+            self.stamped[room] = context
 
     async def luna_frames(self, room: str, since: float) -> list[list[Any]]:
         """The encoded frames Luna's page in ``room`` sent and received from ``since`` (wall-clock s) on."""
@@ -218,11 +233,13 @@ class Running:
         async with self.http.request(method, self.url + path, **kw) as resp:
             return resp.status, await resp.json(content_type=None)
 
-    async def summon(self, room: str, policy: str = "auto", *, frames: bool = False) -> tuple[float, dict[str, Any]]:
+    async def summon(
+        self, room: str, policy: str = "auto", *, frames: FrameStamps | None = None
+    ) -> tuple[float, dict[str, Any]]:
         """POST, then wait until Luna joined; returns the POST's wall-clock time and her status. ``frames``: her
         page stamps its encoded frames (``luna_frames``)."""
         posted = time.time()
-        self.stamping = room if frames else None
+        self.stamping = None if frames is None else (room, frames)
         try:
             return posted, await self._summon(room, policy)
         finally:
@@ -279,7 +296,7 @@ class Human:
         return Recording(from_int16(base64.b64decode(rec["pcm"])), t0)
 
     async def frames(self, since: float) -> list[list[Any]]:
-        """The encoded frames this page sent and received from ``since`` (wall-clock s) on (``frames=True``)."""
+        """The encoded frames this page stamped from ``since`` (wall-clock s) on (it joined with ``frames``)."""
         return await self.page.evaluate("(t) => __benchFrames(t)", 1000 * since)
 
     async def close(self) -> None:
@@ -359,14 +376,21 @@ class Rig:
         return browser
 
     async def human(
-        self, browser: Browser, svc: Running, room: str, name: str, *, mic: bool = True, frames: bool = False
+        self,
+        browser: Browser,
+        svc: Running,
+        room: str,
+        name: str,
+        *,
+        mic: bool = True,
+        frames: FrameStamps | None = None,
     ) -> Human:
         """A person joins ``room`` on the demo page at once, with browser processing off (recorded speech);
         ``mic=False``: joins muted; ``frames``: the page stamps its encoded frames (``Human.frames``)."""
         context = await browser.new_context()
         await context.add_init_script(_KEEP_MIC)
-        if frames:
-            await context.add_init_script(FRAME_STAMPS)
+        if frames is not None:
+            await context.add_init_script(frames.script)
         page = await context.new_page()
         await page.goto(f"{svc.url}/demo/rooms/{room}?name={name}&autojoin=1&processing=0{'' if mic else '&mic=0'}")
         return Human(page, name)

@@ -1,19 +1,19 @@
-"""Where a one-way latency goes, leg by leg, from the encoded frames both pages stamped (``harness.FRAME_STAMPS``).
+"""Where a one-way latency goes, leg by leg, from the encoded frames the pages stamped (``harness.FrameStamps``).
 
-A click is found in the sender's encoded frames by its audio level (the RTP audio-level of the frame's raw PCM,
-so Opus's look-ahead does not move it): the loudest frame of each run of loud ones. The same frame is found at
-the receiver by its RTP stream and timestamp. Per click, with every time on the shared wall clock:
+A click is found in the sender's encoded frames by its audio level (the RTP audio level of the frame's raw PCM, so
+Opus's look-ahead does not move it): the loudest frame of each run of loud ones. The RTP timestamps count the sent
+track's samples, so the clicks' known places in the sent audio (the speaker's WAV, Luna's reply) pin down each
+click's own sample on the stream's clock. Per click, every time on the shared wall clock:
 
-- source → capture: the click's source time (the speaker's own recorder, or when Python meant it to play) → the
-  capture time Chromium gave the frame holding it (when WebRTC took its first 10 ms from the track);
-- capture → encoded: → the frame left the Opus encoder (the sender's transform saw it);
-- encoded → received: → its packet reached the listener's network stack (Chromium's receive time);
-- received → transform: → the listener's transform saw the frame; it goes on to the jitter buffer from there;
-- transform → ear: → the click at the listener's recorder: the jitter buffer, decoding, playout and the recorder.
+- source: the speaker's own recorder (row 1), or when Python meant the click to play (row 3);
+- sample: when the click's sample was taken into the sent stream (the microphone's, or her page's render);
+- capture: the capture time Chromium gave the frame holding it;
+- encoded: the frame left the Opus encoder (the sender's transform saw it);
+- received, transform (with receiver stamps): its packet reached the listener's network stack (Chromium's receive
+  time), and the listener's transform saw the frame on its way to the jitter buffer;
+- ear: the click at the listener's recorder.
 
-The legs before and after the frame depend on where the click sits inside its 20 ms frame, which varies by click;
-their sum does not, and it is the row's latency. The transforms add a hop to a worker on each side; the floor's
-path and Luna's carry the same ones.
+Legs on either side of a frame depend on where the click sits inside its 20 ms; their sum does not.
 """
 
 from __future__ import annotations
@@ -80,9 +80,11 @@ def sample_clock(f: Frames) -> tuple[np.ndarray, float]:
 
 
 def _start(lo: np.ndarray) -> float:
-    """RTP timestamp of a group's position 0 from each click's (frame start − position): the click lies inside
-    its frame, so every value is in (start − 960, start]; with a few clicks the largest pins it down."""
-    return float(lo.max()) if np.ptp(lo) < RTP_FRAME else float(np.median(lo) + RTP_FRAME / 2)
+    """RTP timestamp of a group's position 0 from each click's (frame start − position): a click lies inside its
+    frame, so the start is in [lo, lo + 960) for every click; the middle of where they overlap."""
+    if np.ptp(lo) < RTP_FRAME:
+        return float(lo.max() + lo.min() + RTP_FRAME) / 2
+    return float(np.median(lo) + RTP_FRAME / 2)  # a click matched to a neighbouring frame: the middle of the rest
 
 
 def per_click(
@@ -101,9 +103,11 @@ def per_click(
     tx, rx = Frames.of(sent, True), Frames.of(received, False)
     out = np.full((len(src), len(STAMPS)), np.nan)
     common = set(tx.ssrc.tolist()) & set(rx.ssrc.tolist())
-    if len(common) != 1:
+    if not tx.ssrc.size or len(common) > 1:
         return out
-    ssrc = common.pop()
+    # Without receiver stamps, the sender's longest stream: each peer's encoder takes the same track.
+    streams, counts = np.unique(tx.ssrc, return_counts=True)
+    ssrc = common.pop() if common else float(streams[counts.argmax()])
     tx, rx = tx.stream(ssrc), rx.stream(ssrc)
     clicks = click_frames(tx)
     if not clicks.size:
@@ -131,12 +135,14 @@ def per_click(
 
 def summary(stamps: np.ndarray) -> dict[str, Any]:
     """p50 ms from each stamp to the next, and over the legs the table shows: source → sample (how late the
-    click's sample was taken against its source time), sample → encoded, encoded → transform (the network and the
-    hop to the listener's transform), transform → ear, and sample → ear; n: clicks with every stamp."""
+    click's sample was taken against its source time), sample → encoded, encoded → ear, which the receiver's stamps
+    split into encoded → transform (the network and the hop to the listener's transform) and transform → ear;
+    n: clicks found in the sent frames, receiver_n: also in the received ones."""
     p50 = lambda a, b: sg.pct(1000 * (stamps[:, STAMPS.index(b)] - stamps[:, STAMPS.index(a)]), 50)  # noqa: E731
     legs = [("source", "sample"), ("sample", "encoded"), ("encoded", "transform"), ("transform", "ear")]
     return {
-        "n": int(np.isfinite(stamps).all(axis=1).sum()),
+        "n": int(np.isfinite(stamps[:, STAMPS.index("sample")]).sum()),
+        "receiver_n": int(np.isfinite(stamps[:, STAMPS.index("transform")]).sum()),
         "steps_p50_ms": {f"{a}→{b}": p50(a, b) for a, b in itertools.pairwise(STAMPS)},
-        **{f"{a}→{b}": p50(a, b) for a, b in [*legs, ("sample", "ear"), ("source", "ear")]},
+        **{f"{a}→{b}": p50(a, b) for a, b in [*legs, ("encoded", "ear"), ("sample", "ear"), ("source", "ear")]},
     }

@@ -19,7 +19,7 @@ import soxr
 
 from bench import legs
 from bench import signals as sg
-from bench.harness import Recording, Rig, Running, chromium_pids, cpu_seconds, hears, memory_mb, until
+from bench.harness import FrameStamps, Recording, Rig, Running, chromium_pids, cpu_seconds, hears, memory_mb, until
 from bench.instant import ReplyAudio
 
 
@@ -31,6 +31,7 @@ class Plan:
     scale: tuple[int, ...]  # bots at once
     scale_window_s: float
     summons: int  # warm summons (and plain-page joins for their floor)
+    frames: FrameStamps = FrameStamps.SENT  # which encoded frames rows 1 and 3 stamp (bench/legs.py)
 
     @staticmethod
     def make(quick: bool) -> Plan:
@@ -80,11 +81,11 @@ async def floor_and_hearing(rig: Rig, svc: Running, plan: Plan, tmp: Path) -> di
     listener_browser, speaker_browser = await rig.browser(None), await rig.browser(mic)
     log = svc.service.frame_logs[room] = []
     await svc.summon(room, policy="never")  # listen only: Luna says nothing in this room
-    listener = await rig.human(listener_browser, svc, room, "Listener", frames=True)
+    listener = await rig.human(listener_browser, svc, room, "Listener", frames=plan.frames)
     await until(
         lambda: listener.page.evaluate("lunaDemo.participants().length >= 1"), 20, "Luna on the listener's page"
     )
-    speaker = await rig.human(speaker_browser, svc, room, "Speaker", frames=True)
+    speaker = await rig.human(speaker_browser, svc, room, "Speaker", frames=plan.frames)
     await hears(svc, room, "Speaker")
     t_rec, t_tap = await listener.start_recording(), await speaker.start_tap()
     opened = await speaker.mic_opened()
@@ -177,8 +178,8 @@ async def turns(rig: Rig, svc: Running, audio: ReplyAudio, plan: Plan, tmp: Path
     audio.pcm = sg.to_int16(reply)
     mic = _wav(tmp, room, _loop(sg.speech("Luna, what time is it now?", sg.MIC_RATE), period_s))
     browser = await rig.browser(mic, loop=True)
-    await svc.summon(room, frames=True)
-    person = await rig.human(browser, svc, room, "Alice", frames=True)
+    await svc.summon(room, frames=plan.frames)
+    person = await rig.human(browser, svc, room, "Alice", frames=plan.frames)
     await hears(svc, room, "Alice")
     await asyncio.sleep(SETTLE_S)
     t_rec = await person.start_recording()
