@@ -277,6 +277,7 @@ LEGS_HEAD = ["leg, p50 ms", "1 floor", "3 Luna", "Luna − floor"]
 LEGS = [
     "source→sample",
     "sample→encoded",
+    "source→encoded",
     "encoded→ear",
     "encoded→transform",
     "transform→ear",

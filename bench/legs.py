@@ -144,5 +144,6 @@ def summary(stamps: np.ndarray) -> dict[str, Any]:
         "n": int(np.isfinite(stamps[:, STAMPS.index("sample")]).sum()),
         "receiver_n": int(np.isfinite(stamps[:, STAMPS.index("transform")]).sum()),
         "steps_p50_ms": {f"{a}→{b}": p50(a, b) for a, b in itertools.pairwise(STAMPS)},
-        **{f"{a}→{b}": p50(a, b) for a, b in [*legs, ("encoded", "ear"), ("sample", "ear"), ("source", "ear")]},
+        **{f"{a}→{b}": p50(a, b) for a, b in [*legs, ("source", "encoded"), ("encoded", "ear"), ("sample", "ear")]},
+        "source→ear": p50("source", "ear"),
     }
