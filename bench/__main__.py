@@ -77,12 +77,13 @@ async def run(
     only: set[str] | None = None,
     compare: bool = False,
     bots: tuple[int, ...] | None = None,
+    receiver_stamps: bool = False,
 ) -> dict[str, Any]:
     """The scenarios against one service; with ``compare``, against a fresh service per end of the profile's
     ladder in turn (before and after the cuts, each with its own floor)."""
     from bench import profile
     from bench import scenarios as sc
-    from bench.harness import Rig
+    from bench.harness import FrameStamps, Rig
     from bench.instant import ReplyAudio
     from luna_voice import logs
 
@@ -90,6 +91,8 @@ async def run(
     plan = sc.Plan.make(quick)
     if bots:
         plan = dataclasses.replace(plan, scale=bots)
+    if receiver_stamps:
+        plan = dataclasses.replace(plan, frames=FrameStamps.ALL)
     audio = ReplyAudio()
     variants: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
@@ -107,7 +110,7 @@ async def run(
                     rig.services.remove(svc)
     return {
         "mode": "quick" if quick else "full",
-        "plan": vars(plan),
+        "plan": {**vars(plan), "frames": plan.frames.value},
         "machine": machine(isolation),
         "took_s": round(time.monotonic() - started, 1),
         **({"variants": variants} if compare else {"results": variants["default"]}),
@@ -211,29 +214,27 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
             return None
         return result
 
-    floor = None
+    floor = floor_mouth = None
     if fh := ok("floor_hearing", "1 floor: page → page one-way, ms"):
-        floor, sent = fh["floor_ms"]["p50"], fh["clicks_sent"]
-        out.append(
-            _row(
-                "1 floor: page → page one-way, ms",
-                fh["floor_ms"],
-                f"{fh['floor_ms']['n']}/{sent}",
-                None,
-                "two plain demo pages",
-            )
+        # Timed from the microphone's sample (as row 3 from Python's); the speaker's own recorder hears it later.
+        timed = "sample" if fh.get("floor_sample_ms", {}).get("n") else "mouth"
+        m, hearing = (
+            (fh["floor_sample_ms"], fh["hearing_sample_ms"])
+            if timed == "sample"
+            else (fh["floor_ms"], fh["hearing_ms"])
         )
+        floor, floor_mouth, sent = m["p50"], fh["floor_ms"]["p50"], fh["clicks_sent"]
+        note = "two plain demo pages; from the microphone's sample"
+        if timed == "sample":
+            late = fh["mouth_late_ms"]["p50"]
+            note += f" (the speaker's recorder hears it {_f(late)} ms later: {_f(floor_mouth)} ms from there)"
+        else:
+            note = "two plain demo pages; from the speaker's recorder (no frame stamps)"
+        out.append(_row("1 floor: page → page one-way, ms", m, f"{m['n']}/{sent}", None, note))
         out[-1][5] = "1.00"
-        to_page = f"to Luna's page {_f(fh['hearing_to_page_ms']['p50'])} ms, then the bridge"
-        out.append(
-            _row(
-                "2 hearing: page → Python one-way, ms",
-                fh["hearing_ms"],
-                f"{fh['hearing_ms']['n']}/{sent}",
-                floor,
-                to_page,
-            )
-        )
+        to_page = fh["hearing_to_page_sample_ms" if timed == "sample" else "hearing_to_page_ms"]
+        note = f"to Luna's page {_f(to_page['p50'])} ms, then the bridge"
+        out.append(_row("2 hearing: page → Python one-way, ms", hearing, f"{hearing['n']}/{sent}", floor, note))
         nccs = (fh["fidelity_hearing"], fh["fidelity_floor"])
         out.append(
             [
@@ -257,8 +258,8 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
         m, least = b["barge_in_ms"], b["barge_in_min_ms"]
         label = "5 barge-in: mouth → silent at ear, ms"
         if m["n"]:
-            note = f"includes barge_in_min_ms {least}; ratio on the rest"
-            out.append(_row(label, m, str(m["n"]), floor, note, less=least))
+            note = f"includes barge_in_min_ms {least}; ratio on the rest, to the floor from the speaker's recorder"
+            out.append(_row(label, m, str(m["n"]), floor_mouth, note, less=least))
         else:
             why = f"Luna was never audible when a question began ({b['questions_while_silent']} questions)"
             out.append([label, "n/a", "", "0", "", "", why])
@@ -269,6 +270,36 @@ def rows(r: dict[str, Any]) -> list[list[str]]:
         )
         note = f"service start {_f(sm['startup_ms']['p50'])} ms before it; floor: first page of a fresh browser"
         out.append(_row("7 summon cold: POST → joined, ms", sm["cold_ms"], "1", sm["cold_floor_ms"]["p50"], note))
+    return out
+
+
+LEGS_HEAD = ["leg, p50 ms", "1 floor", "3 Luna", "Luna − floor"]
+LEGS = [
+    "source→sample",
+    "sample→encoded",
+    "source→encoded",
+    "encoded→ear",
+    "encoded→transform",
+    "transform→ear",
+    "sample→ear",
+    "source→ear",
+]
+
+
+def legs_rows(r: dict[str, Any]) -> list[list[str]]:
+    """Rows 1 and 3 leg by leg (bench/legs.py): the legs the README discusses, then each step between stamps."""
+    floor = r.get("floor_hearing", {}).get("floor_legs", {})
+    luna = r.get("turns", {}).get("speaking_legs", {})
+    out = [
+        ["clicks found in the sent frames", str(floor.get("n", "")), str(luna.get("n", "")), ""],
+        ["... and in the received ones", str(floor.get("receiver_n", "")), str(luna.get("receiver_n", "")), ""],
+    ]
+    steps = list(luna.get("steps_p50_ms", floor.get("steps_p50_ms", {})))
+    for key, label in [(k, k) for k in LEGS] + [(k, f"  {k}") for k in steps]:
+        a = floor.get(key, floor.get("steps_p50_ms", {}).get(key))
+        b = luna.get(key, luna.get("steps_p50_ms", {}).get(key))
+        if _f(a) or _f(b):  # without receiver stamps their legs are empty
+            out.append([label, _f(a), _f(b), _f(None if a is None or b is None else b - a)])
     return out
 
 
@@ -336,6 +367,8 @@ def _tables(r: dict[str, Any]) -> str:
     parts = []
     if ran & {"floor_hearing", "turns", "barge_in", "summon"}:
         parts.append(table(["measurement", "p50", "p95", "n", "floor p50", "ratio", "note"], rows(r)))
+    if "floor_legs" in r.get("floor_hearing", {}) or "speaking_legs" in r.get("turns", {}):
+        parts.append(table(LEGS_HEAD, legs_rows(r)))
     if "scale" in ran:
         parts += [table(SCALE_HEAD, scale_rows(r)), f"Largest N with underruns under 0.1 %: {largest}"]
     if ran & {"hearing", "ducking"}:
@@ -365,6 +398,11 @@ def main() -> None:
     )
     parser.add_argument("--compare", action="store_true", help="run the scenarios before and after the cuts")
     parser.add_argument(
+        "--receiver-stamps",
+        action="store_true",
+        help="rows 1 and 3: stamp received frames too, to split encoder → ear (a worker hop before the jitter buffer)",
+    )
+    parser.add_argument(
         "--bots", help="the scale scenario's numbers of bots, comma-separated (default 1,2,4 or 1,2,4,8)"
     )
     args = parser.parse_args()
@@ -383,7 +421,7 @@ def main() -> None:
     else:
         only = set(args.only.split(",")) if args.only else None
         bots = tuple(int(n) for n in args.bots.split(",")) if args.bots else None
-        data = asyncio.run(run(args.quick, isolation, only, args.compare, bots))
+        data = asyncio.run(run(args.quick, isolation, only, args.compare, bots, args.receiver_stamps))
         text = report(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=2) + "\n")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import enum
+import json
 import os
 import socket
 import time
@@ -22,7 +24,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 from aiohttp import web
-from playwright.async_api import Browser, Page, Playwright, async_playwright
+from playwright.async_api import Browser, BrowserContext, Page, Playwright, async_playwright
 
 from bench.instant import ReplyAudio, instant_providers
 from bench.signals import RATE, from_int16
@@ -99,6 +101,65 @@ _TAP_STOP = """() => {
 
 _REC_START = "() => { lunaDemo.startRecording(); return performance.timeOrigin + performance.now(); }"
 
+# Stamps every encoded audio frame a page sends or receives, in a worker (an RTCRtpScriptTransform on each sender
+# and receiver, set when a track is added or a description applied), with the frame's RTP stream and timestamp,
+# its audio level and Chromium's own capture and network-receive times. All times are wall-clock ms (the worker's
+# timeOrigin + its performance.now(); the metadata's times count from that origin too). Only the bench installs
+# it: what ships has no transform.
+_FRAMES_WORKER = """
+const rows = [];
+onrtctransform = ({ transformer: t }) => {
+  const send = t.options.side === "send";
+  const o = performance.timeOrigin;
+  t.readable.pipeThrough(new TransformStream({ transform(f, out) {
+    const m = f.getMetadata();
+    rows.push([send, m.synchronizationSource, m.rtpTimestamp, o + performance.now(),
+      m.captureTime == null ? null : o + m.captureTime, m.receiveTime == null ? null : o + m.receiveTime,
+      m.audioLevel == null ? null : m.audioLevel]);
+    out.enqueue(f);
+  } })).pipeTo(t.writable);
+};
+onmessage = ({ data: since, ports }) => ports[0].postMessage(rows.filter((r) => r[3] >= since));
+"""
+
+_FRAME_STAMPS = """(() => {
+  if (!window.RTCRtpScriptTransform) return;
+  let worker = null;
+  const source = () => URL.createObjectURL(new Blob([WORKER_SOURCE], { type: "text/javascript" }));
+  const w = () => worker || (worker = new Worker(source()));
+  const hook = (pc) => {
+    for (const t of pc.getTransceivers()) {
+      if (t.sender.track && !t.sender.transform) t.sender.transform = new RTCRtpScriptTransform(w(), { side: "send" });
+      if (RECEIVERS && !t.receiver.transform) t.receiver.transform = new RTCRtpScriptTransform(w(), { side: "recv" });
+    }
+  };
+  const P = RTCPeerConnection.prototype;
+  const addTrack = P.addTrack; // a sender's transform must be set before the first negotiation
+  P.addTrack = function (...args) { const sender = addTrack.apply(this, args); hook(this); return sender; };
+  for (const name of ["setLocalDescription", "setRemoteDescription"]) {
+    const applied = P[name];
+    P[name] = async function (...args) { const r = await applied.apply(this, args); hook(this); return r; };
+  }
+  window.__benchFrames = (since) => new Promise((resolve) => {
+    const ch = new MessageChannel();
+    ch.port1.onmessage = ({ data }) => resolve(data);
+    w().postMessage(since, [ch.port2]);
+  });
+})();""".replace("WORKER_SOURCE", json.dumps(_FRAMES_WORKER))
+
+
+class FrameStamps(enum.Enum):
+    """Which encoded frames a page stamps. A receiver's transform puts a worker between the network and the jitter
+    buffer, and rows 1 and 3 came out higher with it (bench/README.md), so it is asked for only when the receiving
+    side's legs are wanted (``--receiver-stamps``)."""
+
+    SENT = "sent"
+    ALL = "all"
+
+    @property
+    def script(self) -> str:
+        return _FRAME_STAMPS.replace("RECEIVERS", "true" if self is FrameStamps.ALL else "false")
+
 
 @dataclass
 class Recording:
@@ -154,14 +215,37 @@ class Running:
     runner: web.AppRunner
     http: aiohttp.ClientSession
     startup_s: float  # runner set-up, which launches Luna's Chromium
+    stamping: tuple[str, FrameStamps] | None = None  # the room whose bot page stamps frames, while summoned
+    stamped: dict[str, BrowserContext] = field(default_factory=dict)  # room → its stamped bot page's context
+
+    async def prepare(self, context: BrowserContext) -> None:
+        """Runs on each new bot page's context (the host's hook): adds the frame stamps to the room asking."""
+        if self.stamping is not None:
+            room, frames = self.stamping
+            await context.add_init_script(frames.script)
+            self.stamped[room] = context
+
+    async def luna_frames(self, room: str, since: float) -> list[list[Any]]:
+        """The encoded frames Luna's page in ``room`` sent and received from ``since`` (wall-clock s) on."""
+        return await self.stamped[room].pages[0].evaluate("(t) => __benchFrames(t)", 1000 * since)
 
     async def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
         async with self.http.request(method, self.url + path, **kw) as resp:
             return resp.status, await resp.json(content_type=None)
 
-    async def summon(self, room: str, policy: str = "auto") -> tuple[float, dict[str, Any]]:
-        """POST, then wait until Luna joined; returns the POST's wall-clock time and her status."""
+    async def summon(
+        self, room: str, policy: str = "auto", *, frames: FrameStamps | None = None
+    ) -> tuple[float, dict[str, Any]]:
+        """POST, then wait until Luna joined; returns the POST's wall-clock time and her status. ``frames``: her
+        page stamps its encoded frames (``luna_frames``)."""
         posted = time.time()
+        self.stamping = None if frames is None else (room, frames)
+        try:
+            return posted, await self._summon(room, policy)
+        finally:
+            self.stamping = None  # her page's context was made by then
+
+    async def _summon(self, room: str, policy: str) -> dict[str, Any]:
         code, body = await self.call("POST", f"/rooms/{room}/luna", json={"backend": "local", "policy": policy})
         if code not in (200, 201):
             raise RuntimeError(f"summon {room}: {code} {body}")
@@ -172,7 +256,7 @@ class Running:
                 raise RuntimeError(f"Luna did not join {room}: {b['sub_code']} {b['reason']}")
             return b if b["state"] == "joined" else None
 
-        return posted, await until(joined, 60, f"Luna to join {room}", step=0.02)
+        return await until(joined, 60, f"Luna to join {room}", step=0.02)
 
     async def dismiss(self, room: str) -> dict[str, Any]:
         return (await self.call("DELETE", f"/rooms/{room}/luna"))[1]
@@ -210,6 +294,10 @@ class Human:
     async def stop_recording(self, t0: float) -> Recording:
         rec = await self.page.evaluate("lunaDemo.stopRecording()")
         return Recording(from_int16(base64.b64decode(rec["pcm"])), t0)
+
+    async def frames(self, since: float) -> list[list[Any]]:
+        """The encoded frames this page stamped from ``since`` (wall-clock s) on (it joined with ``frames``)."""
+        return await self.page.evaluate("(t) => __benchFrames(t)", 1000 * since)
 
     async def close(self) -> None:
         await self.page.context.close()
@@ -253,7 +341,17 @@ class Rig:
         base: dict[str, Any] = {"host": "127.0.0.1", "port": port, "local_ice": "loopback", "max_bots": 8}
         base["greeting"] = ""
         settings = Settings(_env_file=None, **{**base, **overrides})  # type: ignore[call-arg]
-        chromium = None if host is None else ChromiumHost(settings.chromium_path, **host)
+        options = dict(host or {})
+        inner = options.pop("prepare_context", None)
+        running: Running | None = None
+
+        async def prepare(context: BrowserContext, url: str) -> None:
+            if inner is not None:
+                await inner(context, url)
+            if running is not None:
+                await running.prepare(context)
+
+        chromium = ChromiumHost(settings.chromium_path, prepare_context=prepare, **options)
         service = BenchService(settings, audio, chromium, new_vad)
         runner = AppRunner(service.app())
         started = time.perf_counter()
@@ -277,11 +375,22 @@ class Rig:
         self.browsers.append(browser)
         return browser
 
-    async def human(self, browser: Browser, svc: Running, room: str, name: str, *, mic: bool = True) -> Human:
+    async def human(
+        self,
+        browser: Browser,
+        svc: Running,
+        room: str,
+        name: str,
+        *,
+        mic: bool = True,
+        frames: FrameStamps | None = None,
+    ) -> Human:
         """A person joins ``room`` on the demo page at once, with browser processing off (recorded speech);
-        ``mic=False``: joins muted."""
+        ``mic=False``: joins muted; ``frames``: the page stamps its encoded frames (``Human.frames``)."""
         context = await browser.new_context()
         await context.add_init_script(_KEEP_MIC)
+        if frames is not None:
+            await context.add_init_script(frames.script)
         page = await context.new_page()
         await page.goto(f"{svc.url}/demo/rooms/{room}?name={name}&autojoin=1&processing=0{'' if mic else '&mic=0'}")
         return Human(page, name)

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import soxr
 
+from bench import legs
 from bench import signals as sg
-from bench.harness import Recording, Rig, Running, chromium_pids, cpu_seconds, hears, memory_mb, until
+from bench.harness import FrameStamps, Recording, Rig, Running, chromium_pids, cpu_seconds, hears, memory_mb, until
 from bench.instant import ReplyAudio
 
 
@@ -30,6 +31,7 @@ class Plan:
     scale: tuple[int, ...]  # bots at once
     scale_window_s: float
     summons: int  # warm summons (and plain-page joins for their floor)
+    frames: FrameStamps = FrameStamps.SENT  # which encoded frames rows 1 and 3 stamp (bench/legs.py)
 
     @staticmethod
     def make(quick: bool) -> Plan:
@@ -61,8 +63,10 @@ def _loop(sound: np.ndarray, period_s: float) -> np.ndarray:
 async def floor_and_hearing(rig: Rig, svc: Running, plan: Plan, tmp: Path) -> dict[str, Any]:
     """One speaker page plays a click train, then a sentence. Two listeners hear it at once: a plain page (the
     floor: WebRTC between two browsers) and Luna (page → bridge → Python). The speaker's own microphone is
-    recorded on its page too, so each click has a wall-clock time at the mouth. The clicks start after a lead
-    of silence long enough for the jitter buffers to settle from the browsers' start-up."""
+    recorded on its page too, so each click has a wall-clock time at the mouth; the speaker's and the listener's
+    pages stamp their encoded frames, so each click also has the time the microphone took it (rows 1 and 2 are
+    timed from it) and its legs. The clicks start after a lead of silence long enough for the jitter buffers to
+    settle from the browsers' start-up."""
     room, lead_s = "floor", 7.0
     offsets = sg.click_offsets(plan.clicks, seed=1)
     said = sg.speech("The quick brown fox jumps over the lazy dog, then naps in the sun.", sg.MIC_RATE)
@@ -77,11 +81,11 @@ async def floor_and_hearing(rig: Rig, svc: Running, plan: Plan, tmp: Path) -> di
     listener_browser, speaker_browser = await rig.browser(None), await rig.browser(mic)
     log = svc.service.frame_logs[room] = []
     await svc.summon(room, policy="never")  # listen only: Luna says nothing in this room
-    listener = await rig.human(listener_browser, svc, room, "Listener")
+    listener = await rig.human(listener_browser, svc, room, "Listener", frames=plan.frames)
     await until(
         lambda: listener.page.evaluate("lunaDemo.participants().length >= 1"), 20, "Luna on the listener's page"
     )
-    speaker = await rig.human(speaker_browser, svc, room, "Speaker")
+    speaker = await rig.human(speaker_browser, svc, room, "Speaker", frames=plan.frames)
     await hears(svc, room, "Speaker")
     t_rec, t_tap = await listener.start_recording(), await speaker.start_tap()
     opened = await speaker.mic_opened()
@@ -90,6 +94,7 @@ async def floor_and_hearing(rig: Rig, svc: Running, plan: Plan, tmp: Path) -> di
     await asyncio.sleep(opened + sg.read_wav(mic)[0].size / sg.MIC_RATE + 1.0 - time.time())
     heard, tap = await listener.stop_recording(t_rec), await speaker.stop_tap(t_tap)
     floor_jitter = await listener.jitter_buffer_ms()
+    sent, received = await speaker.frames(t_tap), await listener.frames(t_rec)
     pid = svc.service.pid_of(room, "Speaker")
     await svc.dismiss(room)
     del svc.service.frame_logs[room]
@@ -99,6 +104,8 @@ async def floor_and_hearing(rig: Rig, svc: Running, plan: Plan, tmp: Path) -> di
     if len(src) < plan.clicks or not np.allclose(np.diff(src), np.diff(offsets), atol=0.004):
         raise RuntimeError("the speaker's own recording does not show the click train it played")
     floor = sg.match_lag(src, heard.times(sg.click_peaks(heard.x)))
+    at = lead_s * sg.MIC_RATE + np.round(offsets * sg.MIC_RATE)  # each click's sample in the WAV
+    floor_stamps = legs.per_click(src, floor, sent, received, at, np.zeros(len(src)))
 
     frames = [f for f in log if f[2] == pid]
     arrival = np.array([f[0] for f in frames])
@@ -108,12 +115,20 @@ async def floor_and_hearing(rig: Rig, svc: Running, plan: Plan, tmp: Path) -> di
     hearing = sg.match_lag(src, arrival[frame_of])
     to_page = sg.match_lag(src, stamp[frame_of])  # until Luna's page sent the frame (bridge hop excluded)
 
+    # The speaker's own recorder hears each click later than the microphone took it (bench/README.md, "Row 3 leg
+    # by leg"); timed from the microphone's sample, like row 3 from Python's, the floor and row 2 add that back.
+    late = src - floor_stamps[:, legs.STAMPS.index("sample")]
     ref = soxr.resample(said, sg.MIC_RATE, sg.RATE)
     return {
-        "floor_ms": ms(floor),
+        "floor_ms": ms(floor),  # from the speaker's recorder, as rows 5 and H5 time the mouth
+        "floor_sample_ms": ms(floor + late),
+        "mouth_late_ms": ms(late),
         "floor_jitter_buffer_ms": floor_jitter,
+        "floor_legs": legs.summary(floor_stamps),
         "hearing_ms": ms(hearing),
+        "hearing_sample_ms": ms(hearing + late),
         "hearing_to_page_ms": ms(to_page),
+        "hearing_to_page_sample_ms": ms(to_page + late),
         "clicks_sent": plan.clicks,
         "fidelity_floor": sg.ncc(ref, heard.x),
         "fidelity_hearing": sg.ncc(ref, py),
@@ -136,9 +151,14 @@ def _answered(status: dict[str, Any], ear: Recording, reply_s: float, margin_s: 
     return [t for t in status["turns"] if ear.t0 < t["timings"].get("first_audio_sent", 0) < end]
 
 
+def _offsets(reply: np.ndarray) -> np.ndarray:
+    """The reply's clicks: seconds from its first sample, found as at the ear."""
+    return sg.click_peaks(soxr.resample(reply, sg.MIC_RATE, sg.RATE)) / sg.RATE
+
+
 def _click_latency(turns: list[dict[str, Any]], reply: np.ndarray, ear: Recording) -> np.ndarray:
     """Per turn and click: time at the ear minus when Python meant it to play (``first_audio_sent`` + offset)."""
-    offsets = sg.click_peaks(soxr.resample(reply, sg.MIC_RATE, sg.RATE)) / sg.RATE
+    offsets = _offsets(reply)
     heard = ear.times(sg.click_peaks(ear.x))
     return np.array([sg.match_lag(t["timings"]["first_audio_sent"] + offsets, heard) for t in turns]).reshape(
         len(turns), len(offsets)
@@ -158,20 +178,25 @@ async def turns(rig: Rig, svc: Running, audio: ReplyAudio, plan: Plan, tmp: Path
     audio.pcm = sg.to_int16(reply)
     mic = _wav(tmp, room, _loop(sg.speech("Luna, what time is it now?", sg.MIC_RATE), period_s))
     browser = await rig.browser(mic, loop=True)
-    await svc.summon(room)
-    person = await rig.human(browser, svc, room, "Alice")
+    await svc.summon(room, frames=plan.frames)
+    person = await rig.human(browser, svc, room, "Alice", frames=plan.frames)
     await hears(svc, room, "Alice")
     await asyncio.sleep(SETTLE_S)
     t_rec = await person.start_recording()
     await asyncio.sleep(plan.turns * period_s + 1.0)
     ear = await person.stop_recording(t_rec)
     ear_jitter = await person.jitter_buffer_ms()
+    sent, received = await svc.luna_frames(room, t_rec), await person.frames(t_rec)
     status = await svc.dismiss(room)
 
     done = [t for t in _answered(status, ear, reply_s, 0.5) if t["state"] == "done"]
     if not done:
         raise RuntimeError(f"no answered turns in the recording: {[t['state'] for t in status['turns']]}")
     lat = _click_latency(done, reply, ear)
+    src = np.concatenate([t["timings"]["first_audio_sent"] + _offsets(reply) for t in done])
+    at = np.tile(np.round(_offsets(reply) * sg.MIC_RATE), len(done))  # each click's sample in its reply
+    turn = np.repeat(np.arange(len(done)), lat.shape[1])
+    speaking_stamps = legs.per_click(src, lat.ravel(), sent, received, at, turn)
     first = np.where(np.isfinite(lat[:, 0]), lat[:, 0], np.nanmedian(lat, axis=1))  # the reply's first sample
     timing = {
         k: np.array([t["timings"].get(k, np.nan) for t in done])
@@ -182,6 +207,7 @@ async def turns(rig: Rig, svc: Running, audio: ReplyAudio, plan: Plan, tmp: Path
     return {
         "speaking_ms": ms(lat.ravel()),
         "ear_jitter_buffer_ms": ear_jitter,
+        "speaking_legs": legs.summary(speaking_stamps),
         "speaking_by_turn_ms": [round(float(v) * 1000, 1) for v in np.nanmedian(lat, axis=1)],
         "clicks_sent": int(lat.size),
         "playback_gaps": status["stats"]["playback_gaps"],
