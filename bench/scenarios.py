@@ -226,7 +226,9 @@ async def barge_in(rig: Rig, svc: Running, audio: ReplyAudio, plan: Plan, tmp: P
     """Luna answers each question with a 6 s tone; the person's next question starts while it plays, so every
     question interrupts the previous answer. Latency: the question's start at the mouth (the person's own
     microphone) → Luna's tone gone at the ear (60 ms of silence)."""
-    room, period_s = "barge", 3.5
+    # Every 7 s: the turn must end (up to 2.5 s of silence when the turn model hears "unfinished") and her tone
+    # start before the next question, or that question only lengthens the unanswered one (no barge-in to time).
+    room, period_s = "barge", 7.0
     audio.pcm = sg.to_int16(sg.tone(6.0, sg.MIC_RATE))
     mic = _wav(tmp, room, _loop(sg.speech("Luna, wait, one more thing.", sg.MIC_RATE), period_s))
     browser = await rig.browser(mic, loop=True)
