@@ -167,6 +167,17 @@ class Heard:
     model_s: float  # inference time of the turn model's answer, if that answer ended it at once (else 0)
 
 
+async def _ask_turn_model(pcm: bytes, inference: list[float] | None) -> tuple[float | None, float]:
+    """Smart Turn's answer for ``pcm`` and the seconds it took (also appended to ``inference`` when given): the
+    replays add that time to the audio's own, as the pipeline would wait for it."""
+    asked = time.perf_counter()
+    p = await turn_model.probability_complete(pcm)
+    took = time.perf_counter() - asked
+    if inference is not None:
+        inference.append(took)
+    return p, took
+
+
 async def hear(
     audio: np.ndarray,
     config: EndpointConfig | None = None,
@@ -191,11 +202,7 @@ async def hear(
             if isinstance(ev, UtteranceStarted):
                 started = ev.at
             elif isinstance(ev, EndCandidate):
-                asked = time.perf_counter()
-                p = await turn_model.probability_complete(ev.pcm)
-                took = time.perf_counter() - asked
-                if inference is not None:
-                    inference.append(took)
+                p, took = await _ask_turn_model(ev.pcm, inference)
                 answers.append((at + took, ev.request, p, took))
             elif isinstance(ev, UtteranceEnded):
                 out.append(Heard(started, ev.end_of_speech, at, ev.reason.value, ev.probability, ev.voiced_ms, model_s))
@@ -289,11 +296,7 @@ async def converse(
     async def run(now: float) -> None:
         for a in core.drain():
             if isinstance(a, PredictEndOfTurn):
-                t0 = time.perf_counter()
-                p = await turn_model.probability_complete(a.pcm)
-                took = time.perf_counter() - t0
-                if inference is not None:
-                    inference.append(took)
+                p, took = await _ask_turn_model(a.pcm, inference)
                 answers.append((now + took, a.request, p))
             elif isinstance(a, FinishTranscription):
                 turn = next(t for t in core.turns.values() if t.utterance_id == a.utterance_id)
