@@ -160,6 +160,11 @@ class FrameStamps(enum.Enum):
     def script(self) -> str:
         return _FRAME_STAMPS.replace("RECEIVERS", "true" if self is FrameStamps.ALL else "false")
 
+    @staticmethod
+    async def read(page: Page, since: float) -> list[list[Any]]:
+        """The encoded frames ``page`` stamped (its context has ``script``) from ``since`` (wall-clock s) on."""
+        return await page.evaluate("(t) => __benchFrames(t)", 1000 * since)
+
 
 @dataclass
 class Recording:
@@ -227,7 +232,7 @@ class Running:
 
     async def luna_frames(self, room: str, since: float) -> list[list[Any]]:
         """The encoded frames Luna's page in ``room`` sent and received from ``since`` (wall-clock s) on."""
-        return await self.stamped[room].pages[0].evaluate("(t) => __benchFrames(t)", 1000 * since)
+        return await FrameStamps.read(self.stamped[room].pages[0], since)
 
     async def call(self, method: str, path: str, **kw: Any) -> tuple[int, Any]:
         async with self.http.request(method, self.url + path, **kw) as resp:
@@ -297,7 +302,7 @@ class Human:
 
     async def frames(self, since: float) -> list[list[Any]]:
         """The encoded frames this page stamped from ``since`` (wall-clock s) on (it joined with ``frames``)."""
-        return await self.page.evaluate("(t) => __benchFrames(t)", 1000 * since)
+        return await FrameStamps.read(self.page, since)
 
     async def close(self) -> None:
         await self.page.context.close()
