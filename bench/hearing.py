@@ -129,6 +129,9 @@ RULES = {
     "silence_rule": EndpointConfig(semantic=False),
     **TURN_RULE_ALTERNATIVES,
 }
+# How long after the core asks for a reply her first audio is ready (STT's wait, LLM, TTS), for H4 as the room
+# hears it: a piece answered alone is heard only if that answer begins before the speaker goes on.
+REPLY_AFTER_S = (0.5, 1.0)
 NOISES = {
     "pink −45 dB": lambda s: sox_noise("pinknoise", s, -45),
     "pink −30 dB": lambda s: sox_noise("pinknoise", s, -30),
@@ -302,6 +305,7 @@ async def hearing(quick: bool) -> dict[str, Any]:
     cuts = dict.fromkeys(RULES, 0)  # the front end split the sentence (utterance level)
     answered_cuts = dict.fromkeys(RULES, 0)  # ... and the core asked for a reply to a piece on its own (turn level)
     answered_alone: dict[str, list[str]] = {key: [] for key in RULES}  # those pieces
+    heard_alone: dict[float, list[str]] = {after: [] for after in REPLY_AFTER_S}  # ... whose answer the room heard
     for first, rest, speak in said:
         gap = rng.uniform(0.6, 0.9)
         sentence = paused_speech(first, rest, gap, speak=speak)
@@ -314,6 +318,10 @@ async def hearing(quick: bool) -> dict[str, Any]:
             answered_cuts[key] += len(r.asked) > 1
             if len(r.asked) > 1:
                 answered_alone[key].append(r.asked[0].text)
+        for after in REPLY_AFTER_S:
+            r = await converse(audio, transcribe, RULES["now"], reply_after_s=after)
+            if len(r.asked) > 1 and r.asked[0].text in r.heard:
+                heard_alone[after].append(r.asked[0].text)
     n = len(said)
     result["premature_cuts"] = {
         "n": n,
@@ -322,6 +330,8 @@ async def hearing(quick: bool) -> dict[str, Any]:
         "old_rule_pct": 100 * cuts["old_rule"] / n,
         "old_rule_held_pct": 100 * answered_cuts["old_rule"] / n,
         "baseline_pct": 100 * cuts["silence_rule"] / n,
+        "heard_pct": {f"{after:g}": 100 * len(heard_alone[after]) / n for after in REPLY_AFTER_S},
+        "heard_alone": {f"{after:g}": heard_alone[after] for after in REPLY_AFTER_S},
     }
     result["turn_rule_alternatives"] = {
         key: {
@@ -479,7 +489,9 @@ def rows(r: dict[str, Any], floor_ms: float | None) -> list[list[str]]:
                 f"{c['n']} paused sentences (Piper, slow Piper, espeak zh: its transcripts the generator's text); "
                 f"split into utterances {c['utterance_pct']:.0f} %; old rule {c['old_rule_pct']:.0f} % "
                 f"(with the hold {c['old_rule_held_pct']:.0f} %); baseline: the 500 ms silence rule, split; "
-                f"answered alone: {h['turn_rule_alternatives']['now']['answered_alone']}",
+                f"answered alone: {h['turn_rule_alternatives']['now']['answered_alone']}; as the room hears it "
+                f"(her answer to a piece begins before the speaker goes on), with her first audio "
+                + ", ".join(f"{a} s after the request: {p:.0f} %" for a, p in c.get("heard_pct", {}).items()),
             ]
         )
         for name, alt in h["turn_rule_alternatives"].items():

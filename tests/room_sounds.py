@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from luna_voice.conversation.actions import FinishTranscription, PredictEndOfTurn, RequestReply
+from luna_voice.conversation.actions import FinishTranscription, PredictEndOfTurn, RequestReply, Synthesize
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker, is_cjk
 from luna_voice.conversation.core import Conversation, CoreConfig
@@ -232,6 +232,8 @@ class Conversed:
     # When the endpointer committed each utterance long enough to transcribe (audio seconds): what the core
     # would ask at without the hold of unfinished transcripts, which changes nothing the endpointer does.
     committed: list[float]
+    # What the room heard her answer (the texts of the turns whose reply audio she sent), when replies came back.
+    heard: list[str]
 
 
 Transcriber = Callable[[float, float], Awaitable[tuple[str, Confidence | None]]]
@@ -266,6 +268,7 @@ async def converse(
     *,
     continuation_wait_s: float | None = None,
     inference: list[float] | None = None,
+    reply_after_s: float | None = None,
 ) -> Conversed:
     """Replay ``audio`` as one person's speech in a one-to-one room through the real conversation core (its
     endpointer, Silero VAD before it, the real turn model, the hold of unfinished transcripts): which turns it
@@ -274,6 +277,9 @@ async def converse(
     Time is the audio's own, as in ``hear``. ``transcribe(started, end_of_speech)`` stands in for the STT and
     answers at once (the wait for a transcript is the STT's, not end of turn's). The reply engine never answers,
     so a follow-on the core merges into a turn already sent to it counts as a second request, as it costs one.
+    With ``reply_after_s`` it does answer: one short sentence whose speech arrives that long after the request
+    (the STT's wait, the LLM's and the TTS's first audio, all in one), and ``heard`` says which turns' answers
+    the room would have heard begin.
     """
     core_cfg = CoreConfig(room_id="replay", playback_rate=RATE, endpoint=config or EndpointConfig())
     if continuation_wait_s is not None:
@@ -292,6 +298,7 @@ async def converse(
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2")
     answers: list[tuple[float, int, float | None]] = []  # arrival, request, probability
     asked: list[Asked] = []
+    replies: list[tuple[float, str]] = []  # when the reply engine's answer arrives, for which turn
 
     async def run(now: float) -> None:
         for a in core.drain():
@@ -306,6 +313,11 @@ async def converse(
                 await run(now)
             elif isinstance(a, RequestReply):
                 asked.append(Asked(a.request.text, now, core.turns[a.turn_id].to_dict().get("hold")))
+                if reply_after_s is not None:
+                    replies.append((now + reply_after_s, a.turn_id))
+            elif isinstance(a, Synthesize):
+                core.speech_audio(a.turn_id, a.index, bytes(2 * RATE // 2), now)  # half a second of her voice
+                core.speech_done(a.turn_id, a.index, Usage(), now)
 
     for i in range(0, len(pcm) - FRAME + 1, FRAME):
         t = (i + FRAME) / RATE
@@ -313,11 +325,18 @@ async def converse(
             arrived, request, p = answers.pop(0)
             core.end_of_turn("a", request, p, arrived)
             await run(arrived)
+        while replies and replies[0][0] <= t:
+            arrived, turn_id = replies.pop(0)
+            core.reply_delta(turn_id, "Okay.", arrived)
+            core.reply_done(turn_id, Usage(), arrived)
+            await run(arrived)
         frame = pcm[i : i + FRAME].tobytes()
         core.audio("a", t, frame, vad.is_speech(frame), t)
         core.tick(t)
         await run(t)
-    return Conversed(asked, [t.timings["end_of_turn"] for t in core.turns.values() if t.no_speech != "short"])
+    turns = core.turns.values()
+    heard = [t.heard_text for t in turns if "first_audio_sent" in t.timings]
+    return Conversed(asked, [t.timings["end_of_turn"] for t in turns if t.no_speech != "short"], heard)
 
 
 def write_wav(path: Path, x: np.ndarray, rate: int = RATE) -> Path:

@@ -200,6 +200,65 @@ def test_same_speaker_while_luna_thinks_is_merged():
     assert second["state"] == "thinking"
 
 
+def _reply_now(room: Room, turn_id: str, text: str = "Sunny all day.") -> None:
+    """The reply engine answers ``turn_id`` now (the scripted room's synthesis follows at once)."""
+    room.core.reply_delta(turn_id, text, room.now)
+    room.core.reply_done(turn_id, Usage(llm_output_tokens=5), room.now)
+    room.run()
+
+
+def test_her_answer_waits_while_the_asker_goes_on_then_takes_both_halves():
+    """Smart Turn ended the turn at a pause and the reply is synthesized, but Alice is talking again: nothing of
+    the answer to the first half is sent, and the whole sentence is answered once she stops."""
+    room = Room()
+    room.join(("a", "Alice"))
+    room.auto_reply = False
+    room.say("a", "Luna, how much would it cost to fly", then_silence=0.6)
+    first = room.turn_by("a")
+    assert first["state"] == "thinking"
+    room.transcripts["a"] = "to Tokyo next week?"
+    room.talk(0.3, a=True)  # she goes on
+    _reply_now(room, first["id"])  # ... while the first half's answer arrives, synthesized at once
+    room.talk(0.7, a=True)
+    assert room.of(act.SendAudio) == [] and room.gain == 1.0  # not a word over her, and no duck for her own voice
+    room.talk(0.6, a=False)  # she stops; her transcript comes back
+    merged, whole = room.turn_by("a"), room.turn_by("a", 1)
+    assert merged["state"] == "merged" and merged["spoken_text"] == ""
+    assert room.of(act.RequestReply)[-1].request.text == "Luna, how much would it cost to fly to Tokyo next week?"
+    _reply_now(room, whole["id"])
+    room.wait(3)
+    assert room.turn_by("a", 1)["state"] == "done"
+    sent = {a.seq for a in room.of(act.SendAudio)}
+    assert sent and room.core.stats["barge_ins"] == 0
+
+
+def test_a_cough_from_the_asker_delays_her_answer_only_until_it_is_dropped():
+    room = Room()
+    room.join(("a", "Alice"))
+    room.auto_reply = False
+    room.say("a", "Luna, what time is it?")
+    asked = room.turn_by("a")
+    room.talk(0.06, a=True)  # a click: too short to transcribe
+    _reply_now(room, asked["id"], "It is noon.")
+    assert room.of(act.SendAudio) == []  # it might be the start of more words
+    room.talk(0.6, a=False)  # the silence rule ends the click, which is dropped as too short
+    assert room.of(act.SendAudio)
+    room.wait(2)
+    assert room.turn_by("a")["state"] == "done" and room.turn_by("a")["spoken_text"] == "It is noon."
+
+
+def test_someone_else_talking_does_not_hold_her_answer():
+    """The wait is for the asker's own next words; Bob talking is a barge-in matter, as before."""
+    room = Room(policy="always")
+    room.join(*GROUP)
+    room.auto_reply = False
+    room.say("a", "Luna, what time is it?")
+    asked = room.turn_by("a")
+    room.talk(0.1, b=True)
+    _reply_now(room, asked["id"], "It is noon.")
+    assert room.of(act.SendAudio)
+
+
 def closing_calls(room: Room) -> dict[str, list[tuple[str, SpokenReason]]]:
     """Every RecordSpoken per turn id, so a test can check there is exactly one per requested turn."""
     out: dict[str, list[tuple[str, SpokenReason]]] = {}

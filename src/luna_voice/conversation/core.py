@@ -10,9 +10,12 @@ Rules that are easy to get wrong, in one place:
 * One endpointer per speaker; two people talking at once become two utterances and two turns, in the order
   their speech ended.
 * Luna works on one turn at a time. An answered utterance that arrives while she is busy is queued, except
-  that a follow-on from the *same* speaker while she is still thinking (no audio yet) is merged into the turn
-  being prepared (the reply is restarted with both parts). Queued turns older than ``stale_after_s`` by the
-  time she is free are dropped as ``stale`` — answering a question from half a minute ago confuses a room.
+  that a follow-on from the *same* speaker before any of her answer was sent to the room is merged into the
+  turn being prepared (the reply is restarted with both parts), however far the reply and its synthesis got.
+  While that speaker is talking again (an utterance open, its transcript on the way, or a fragment held), her
+  answer waits to start: she does not answer the first half of a sentence over its second half. Queued turns
+  older than ``stale_after_s`` by the time she is free are dropped as ``stale`` — answering a question from half
+  a minute ago confuses a room.
 * Barge-in: the first frame of a confident onset (one VAD window at ``duck_threshold``) while Luna is audible
   ducks her voice in the page (no audio is dropped), without waiting for the utterance-start rule. If the voice
   stops before an utterance starts (a click, a breath), her volume comes back at once: a *false duck*, counted.
@@ -393,14 +396,10 @@ class Conversation:
         active = self._active
         if active is None:
             self._start(turn, d.may_stay_silent, now)
-        elif (
-            active.state is TurnState.THINKING
-            and active.speaker_id == turn.speaker_id
-            and not active.sentences
-            and not active.kind.speech
-        ):
+        elif active.speaker_id == turn.speaker_id and self._unsent(active):
             turn.heard_text = f"{active.heard_text} {text}"
             self._cancel_generation(active)
+            self._pacer.clear(now)  # synthesized, never sent: nobody heard it
             self._close(active, SpokenReason.MERGED)
             active.move(TurnState.MERGED)
             self._publish_turn(active)
@@ -581,7 +580,7 @@ class Conversation:
     def next_deadline(self, now: float) -> float | None:
         """When ``tick`` has work next (pacing, a stalled speaker, an overdue transcript or a held fragment whose
         wait runs out), or None. A fragment whose speaker went on waits for their transcript, not for the clock."""
-        due = self._pacer.next_due(now)
+        due = None if self._asker_going_on() else self._pacer.next_due(now)
         transcripts = [d for _turn, d in self._by_utterance.values()]
         transcripts += [h.due for pid, h in self._held.items() if not self._going_on(pid, h.due)]
         if transcripts:
@@ -799,7 +798,27 @@ class Conversation:
         turn.sentences.append(Sentence(text))
         self._out.append(act.Synthesize(turn.id, len(turn.sentences) - 1, text))
 
+    def _unsent(self, turn: Turn) -> bool:
+        """A reply to someone's words of which nothing was sent to the room yet: it can still be redone."""
+        return (
+            turn.state in (TurnState.THINKING, TurnState.SPEAKING)
+            and not turn.kind.speech
+            and "first_audio_sent" not in turn.timings
+        )
+
+    def _asker_going_on(self) -> bool:
+        """Her answer has not started and the person she is answering speaks again (or their transcript or held
+        fragment is pending): wait for their words, which may finish the question (the merge above)."""
+        turn = self._active
+        if turn is None or not self._unsent(turn):
+            return False
+        pid = turn.speaker_id
+        pending = any(t.speaker_id == pid for t, _ in self._by_utterance.values())
+        return pid in self._open or pid in self._held or pending
+
     def _pump(self, now: float) -> None:
+        if self._asker_going_on():
+            return
         for frame in self._pacer.poll(now):
             turn_id, index = frame.tag
             self._inflight.append(_InFlight(frame.seq, turn_id, index, frame.samples))
@@ -814,6 +833,7 @@ class Conversation:
         return (
             self._active is not None
             and self._active.state is TurnState.SPEAKING
+            and not self._unsent(self._active)  # audio held back while the asker goes on is not heard
             and bool(self._inflight or self._pacer.queued_s)
         )
 

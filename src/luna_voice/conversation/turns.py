@@ -45,7 +45,8 @@ _NEXT: dict[TurnState, frozenset[TurnState]] = {
     # A reply whose sentences all come back without audio ends done/failed without ever speaking; a stop
     # request or a say that cuts in can interrupt a reply that has no audio yet.
     _S.THINKING: frozenset({_S.SPEAKING, _S.SILENT, _S.MERGED, _S.DONE, _S.FAILED, _S.INTERRUPTED}),
-    _S.SPEAKING: frozenset({_S.DONE, _S.INTERRUPTED, _S.FAILED}),
+    # speaking -> merged: synthesized, held back while the asker went on, never sent (core ``_unsent``)
+    _S.SPEAKING: frozenset({_S.DONE, _S.INTERRUPTED, _S.FAILED, _S.MERGED}),
     **{
         s: frozenset()
         for s in (_S.SKIPPED, _S.SILENT, _S.DONE, _S.INTERRUPTED, _S.FAILED, _S.MERGED, _S.STALE, _S.HANDLED)
