@@ -25,7 +25,8 @@ from luna_voice.api.errors import json_errors
 from luna_voice.bots.states import BotState
 from luna_voice.scale.dispatch import CapacityReached, DispatchConfig, Dispatcher, StayKeys, public_status
 from luna_voice.scale.fleet import Fleet, FleetConfig
-from luna_voice.scale.internal import FLEET, internal_routes
+from luna_voice.rooms.tickets import RoomTickets
+from luna_voice.scale.internal import FLEET, LOCAL_TICKETS, internal_routes
 from luna_voice.scale.machines import MachinesApi
 from roomtools import until
 
@@ -45,6 +46,7 @@ class Rig:
     fleet: Fleet
     url: str
     runner: web.AppRunner
+    tickets: RoomTickets  # the local rooms' hub's, as the dispatcher serves it
 
     async def stop(self) -> None:
         """The dispatcher process goes away; its machines do not."""
@@ -82,12 +84,13 @@ async def start_rig(fly: FakeFlyMachines) -> AsyncIterator[StartRig]:
         fleet = Fleet(api, core, StayKeys.from_token(fly.token), config, address=fly.address)
         app = web.Application(middlewares=[json_errors])
         app[FLEET] = fleet
+        app[LOCAL_TICKETS] = tickets = RoomTickets()
         app.add_routes(internal_routes)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         await fleet.start()
-        rigs.append(Rig(fly, fleet, url, runner))
+        rigs.append(Rig(fly, fleet, url, runner, tickets))
         return rigs[-1]
 
     yield start
@@ -230,3 +233,29 @@ async def test_secrets_stay_where_they_belong(start_rig: StartRig, fly: FakeFlyM
         async with http.get(f"{fly.address(machine)}/rooms/a/luna") as resp:  # the bot wants the stay secret
             assert resp.status == 401
     assert stay.live
+
+
+async def test_a_bot_machine_gets_its_local_room_tickets_with_its_stay_secret_only(start_rig: StartRig):
+    """With LUNA_API_TOKEN the dispatcher's hub admits only ticket holders; a bot machine knows no API token, so
+    its stay secret buys Luna's page a fresh ticket (each page open, a rejoin too), for her stay's room only."""
+    rig = await start_rig(pool_size=1)
+    stay, _ = rig.fleet.summon("a", {}, None)
+    await eventually(lambda: stay.state is BotState.JOINED, what="joined")
+    url = f"{rig.url}/internal/stays/{stay.id}/local-ticket"
+    secret = {"Authorization": f"Bearer {rig.fleet.keys.stay_secret(stay.id)}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, headers={"Authorization": "Bearer wrong"}) as resp:
+            assert resp.status == 401 and (await resp.json())["error"]["code"] == "unauthorized"
+        tickets = []
+        for _ in range(2):
+            async with http.post(url, headers=secret) as resp:
+                assert resp.status == 201
+                tickets.append((await resp.json())["ticket"])
+        assert tickets[0] != tickets[1]
+        assert rig.tickets.redeem(tickets[0], "b") is None  # another room: refused (and used up)
+        assert rig.tickets.redeem(tickets[1], "a") == "bot"  # her room, as Luna
+        assert rig.tickets.redeem(tickets[1], "a") is None  # single use
+        await rig.fleet.dismiss(stay)
+        await eventually(lambda: not stay.live, what="the stay to end")
+        async with http.post(url, headers=secret) as resp:
+            assert resp.status == 404 and (await resp.json())["error"]["code"] == "not_live"

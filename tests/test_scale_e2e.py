@@ -83,8 +83,17 @@ async def start_dispatcher(fly: FakeFlyMachines) -> AsyncIterator[StartDispatche
     port = free_port()
     running: list[Dispatcher] = []
 
-    async def start(bot_cmd: tuple[str, ...] | None = None, **fly_overrides: Any) -> Dispatcher:
-        settings = Settings(_env_file=None, host="127.0.0.1", port=port, local_ice="loopback", default_backend="local")
+    async def start(
+        bot_cmd: tuple[str, ...] | None = None, api_token: str | None = None, **fly_overrides: Any
+    ) -> Dispatcher:
+        settings = Settings(
+            _env_file=None,
+            host="127.0.0.1",
+            port=port,
+            local_ice="loopback",
+            default_backend="local",
+            api_token=api_token,
+        )
         fly_settings = FlySettings(
             _env_file=None, **fly.dispatcher_settings(port, IMAGE, **{"pool_size": 1, **fly_overrides})
         )
@@ -192,6 +201,29 @@ async def test_luna_on_her_own_machine_hears_answers_survives_a_crash_and_a_disp
         assert kept["state"] == "ended" and kept["bot_id"] == rejoined["bot_id"]
         status, doc, _ = await call(http, "GET", f"{d2.url}/rooms/e2e/luna/transcript")  # handed over by the bot
         assert status == 200 and doc["bot_id"] == rejoined["bot_id"] and doc["state"] == "ended", doc
+
+
+@pytest.mark.browser
+async def test_with_an_api_token_luna_on_her_machine_joins_the_dispatchers_local_room(fly, start_dispatcher):
+    """The dispatcher's hub asks every page for a ticket when LUNA_API_TOKEN is set; Luna's page on a bot machine
+    gets hers from the dispatcher with its stay secret (it was refused before: no ticket, join failed)."""
+    token = "operator-token-for-this-test"
+    d = await start_dispatcher(bot_cmd=("luna-voice", "bot"), api_token=token)
+    auth = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as http:
+        status, body, _ = await call(
+            http, "POST", f"{d.url}/rooms/locked/luna", json={"backend": "local"}, headers=auth
+        )
+        assert status == 201, body
+
+        async def settled() -> dict[str, Any] | None:
+            _, b, _ = await call(http, "GET", f"{d.url}/rooms/locked/luna", headers=auth)
+            return b if b["state"] in ("joined", "failed", "ended") else None
+
+        done = await until(settled, 60, "Luna to join or fail from her machine")
+        assert done["state"] == "joined", done
+        status, people, _ = await call(http, "GET", f"{d.url}/local/rooms/locked/participants", headers=auth)
+        assert status == 200 and [p["kind"] for p in people["participants"]] == ["bot"], people
 
 
 async def _destroyed(fly: FakeFlyMachines, machine_id: str) -> bool:

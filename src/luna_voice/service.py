@@ -60,11 +60,15 @@ class Service(LocalRooms):
         host: PageHost | None = None,
         audio_tap: AudioTap | None = None,
         new_vad: Callable[[], VoiceDetector] | None = None,
+        bot_tickets: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         """``providers`` replaces the engines chosen from settings; ``audio_tap`` is called with every capture
         frame Python receives (room id, participant id, page stamp in ms, pcm); ``new_vad`` replaces the batched
-        Silero per speaker (the profile's "before": Silero on the event loop) — the bench's hooks."""
+        Silero per speaker (the profile's "before": Silero on the event loop) — the bench's hooks.
+        ``bot_tickets(room_id)`` gets Luna's page a ticket into a local room whose hub is elsewhere (a bot machine
+        asks its dispatcher)."""
         self.settings = settings
+        self.bot_tickets = bot_tickets
         self.audio_tap = audio_tap
         self.new_vad = new_vad
         self.providers = providers or select_providers(settings)
@@ -128,8 +132,11 @@ class Service(LocalRooms):
             ice = self.settings.local_ice
             own_hub = self.settings.local_room_url is None
 
-            def local_page() -> dict[str, Any]:  # every page opened (a rejoin too) gets a fresh single-use ticket
-                ticket = self.tickets.mint(room_id, "bot") if own_hub else None  # another hub mints its own
+            async def local_page() -> dict[str, Any]:  # every page opened (a rejoin too): a fresh single-use ticket
+                if own_hub:
+                    ticket: str | None = self.tickets.mint(room_id, "bot")
+                else:  # the hub's service mints it; a hub that asks for none ignores it
+                    ticket = await self.bot_tickets(room_id) if self.bot_tickets else None
                 return {"roomId": room_id, "signalUrl": signal_url, "name": name, "iceFilter": ice, "ticket": ticket}
 
             async def setup() -> RoomSetup:
@@ -139,7 +146,11 @@ class Service(LocalRooms):
 
             async def setup() -> RoomSetup:
                 token, kick = await self._rtk_token(room_id, req)
-                return RoomSetup(lambda: {"authToken": token, "name": name}, kick)
+
+                async def rtk_page() -> dict[str, Any]:
+                    return {"authToken": token, "name": name}
+
+                return RoomSetup(rtk_page, kick)
 
         try:
             bot, created = await self.manager.summon(room_id, backend=backend, options=options, setup=setup)

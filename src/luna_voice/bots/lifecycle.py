@@ -71,7 +71,8 @@ class Bot:
     room_id: str
     backend: str
     urls: PageUrls
-    room_config: Callable[[], dict[str, Any]] = field(repr=False)  # per page; may hold the RTK participant token
+    # per page (a ticket may come from the dispatcher); may hold the RTK participant token
+    room_config: Callable[[], Awaitable[dict[str, Any]]] = field(repr=False)
     host: PageHost
     make_pipeline: Callable[[Bot], Pipeline]
     timings: BotTimings = field(default_factory=BotTimings)
@@ -142,12 +143,11 @@ class Bot:
 
     async def _stay(self, session: PageSession) -> None:
         """Open the page, wait until it is in the room, then supervise until something ends the stay."""
-        url = self.urls.page(
-            {"botId": self.id, "token": session.token, "backend": self.backend, "room": self.room_config()}
-        )
         try:
+            room = await self.room_config()
+            url = self.urls.page({"botId": self.id, "token": session.token, "backend": self.backend, "room": room})
             session.page = await self.host.open(url, on_crash=session.on_crash)
-        except Exception as exc:  # the browser may be relaunching: this attempt failed like a crash
+        except Exception as exc:  # the browser may be relaunching, the ticket's source down: failed like a crash
             # Playwright's message quotes the URL, whose fragment holds the bridge and RTK tokens.
             error = _FRAGMENT.sub("#…", f"{type(exc).__name__}: {exc}")[:300]
             log.warning("bot.page_open_failed", bot=self.id, error=error)

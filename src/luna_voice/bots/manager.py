@@ -51,7 +51,7 @@ class RoomSetup:
     """What a new stay needs from the room's backend: the room config for each page attempt (a fresh one per
     page, since a local room ticket is single-use) and a page-less way out."""
 
-    page_room: Callable[[], dict[str, Any]] = field(repr=False)
+    page_room: Callable[[], Awaitable[dict[str, Any]]] = field(repr=False)
     fallback_leave: Callable[[], Awaitable[None]] | None = None
 
 

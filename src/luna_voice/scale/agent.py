@@ -6,7 +6,8 @@ other credentials. It asks ``POST /internal/machines/{id}/assignment`` (bearer: 
 stay secret) every ``HEARTBEAT_S`` and once more, as its final word, when the stay ends. The final word also carries
 the meeting transcript (``transcript``: the JSON of ``GET .../luna/transcript``), so the dispatcher can serve it after
 the machine is gone; the whole report stays under ``MAX_REPORT``. The dispatcher calls the bot's own
-``/rooms/{room}/luna`` with the same stay secret.
+``/rooms/{room}/luna`` with the same stay secret. Each time Luna's page opens in a local room on the dispatcher's
+hub, it asks ``/internal/stays/{stay}/local-ticket`` (same secret) for its single-use ticket.
 """
 
 from __future__ import annotations
@@ -81,6 +82,16 @@ class Agent:
                 raise NoAssignment(f"no assignment within {wait_s:.0f} s ({why})")
             await asyncio.sleep(delay)  # retry backoff, not synchronisation
             delay = min(delay * 2, 2.0)
+
+    async def local_ticket(self, http: aiohttp.ClientSession, assignment: Assignment) -> str:
+        """A single-use ticket for Luna's page into the stay's local room on the dispatcher's hub."""
+        url = f"{self.dispatcher_url}/internal/stays/{assignment.stay_id}/local-ticket"
+        async with http.post(url, headers={"Authorization": f"Bearer {assignment.secret}"}) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status != 201 or not isinstance(body, dict) or not isinstance(body.get("ticket"), str):
+                message = body.get("message") if isinstance(body, dict) else None
+                raise NoAssignment(f"the dispatcher gave no room ticket ({resp.status}: {message})")
+            return str(body["ticket"])
 
     async def report(self, http: aiohttp.ClientSession, assignment: Assignment, status: dict[str, Any]) -> bool:
         """Post one status; False when the dispatcher no longer counts this stay as live."""

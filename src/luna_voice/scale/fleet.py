@@ -188,6 +188,13 @@ class Fleet:
             "local_room_url": self.cfg.local_room_url or self.cfg.dispatcher_url,
         }
 
+    def live_room(self, stay_id: str, secret: str) -> str | None:
+        """The room of a live stay whose secret this is (``Unauthorized`` otherwise); None once it has ended."""
+        if not self.keys.check(self.keys.stay_secret(stay_id), secret):
+            raise Unauthorized(stay_id)
+        stay = self.core.stays.get(stay_id)
+        return stay.room_id if stay is not None and stay.live else None
+
     def report(self, stay_id: str, secret: str, status: dict[str, Any]) -> bool:
         """A bot's heartbeat or final status. Returns whether the stay is still live here."""
         if not self.keys.check(self.keys.stay_secret(stay_id), secret):

@@ -1,7 +1,8 @@
 """The dispatcher's private endpoints that bot machines call (see ``scale/agent.py`` for the other side).
 
-Both are authenticated by HMAC-derived secrets, never by the control API's token: a bot machine knows only its
-boot secret and, once assigned, its stay's secret.
+All are authenticated by HMAC-derived secrets, never by the control API's token: a bot machine knows only its
+boot secret and, once assigned, its stay's secret. With that secret a bot machine also gets the single-use tickets
+its page needs to join a local demo room hosted here (``LUNA_API_TOKEN`` makes the hub ask for one).
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from aiohttp import web
 
 from luna_voice.api import bodies
 from luna_voice.api.errors import ApiError
+from luna_voice.rooms.tickets import TICKET_TTL_S, RoomTickets
 from luna_voice.scale.agent import MAX_REPORT
 from luna_voice.scale.fleet import Fleet, Unauthorized
 
 FLEET: web.AppKey[Fleet] = web.AppKey("fleet")
+LOCAL_TICKETS: web.AppKey[RoomTickets] = web.AppKey("local_tickets")  # set where the local rooms' hub is served
 
 internal_routes = web.RouteTableDef()
 
@@ -47,3 +50,18 @@ async def report(request: web.Request) -> web.Response:
     except Unauthorized:
         raise ApiError(401, "unauthorized", "wrong stay secret") from None
     return web.json_response({"live": live})
+
+
+@internal_routes.post("/internal/stays/{stay_id}/local-ticket")
+async def local_ticket(request: web.Request) -> web.Response:
+    """A ticket for Luna's page into her stay's local room, which only this dispatcher's hub can admit her to."""
+    try:
+        room_id = request.app[FLEET].live_room(request.match_info["stay_id"], _bearer(request))
+    except Unauthorized:
+        raise ApiError(401, "unauthorized", "wrong stay secret") from None
+    if room_id is None:
+        raise ApiError(404, "not_live", "this stay has ended")
+    tickets = request.app.get(LOCAL_TICKETS)
+    if tickets is None:
+        raise ApiError(404, "local_rooms_disabled", "this dispatcher serves no local rooms")
+    return web.json_response({"ticket": tickets.mint(room_id, "bot"), "expires_in_s": TICKET_TTL_S}, status=201)

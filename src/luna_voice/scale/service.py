@@ -30,7 +30,7 @@ from luna_voice.metrics import Metrics
 from luna_voice.rooms.local_rooms import LocalRooms
 from luna_voice.scale.dispatch import CapacityReached, DispatchConfig, Dispatcher, Stay, StayKeys, public_status
 from luna_voice.scale.fleet import Fleet, FleetConfig
-from luna_voice.scale.internal import FLEET, internal_routes
+from luna_voice.scale.internal import FLEET, LOCAL_TICKETS, internal_routes
 from luna_voice.scale.machines import MachinesApi
 from luna_voice.scale.settings import FlySettings
 
@@ -287,6 +287,8 @@ class DispatcherService(LocalRooms):
         )
         app[SERVICE] = self
         app[FLEET] = self.fleet
+        if self.settings.local_rooms:
+            app[LOCAL_TICKETS] = self.tickets
         app.add_routes(routes)
         app.add_routes(participant_routes)
         app.add_routes(internal_routes)

@@ -38,15 +38,21 @@ async def run(settings: Settings, env: Mapping[str, str] = os.environ) -> int:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         assignment = await agent.assignment(http)
         log.info("bot.assigned", stay=assignment.stay_id, room_id=assignment.room_id)
+        hub = assignment.local_room_url or agent.dispatcher_url
         settings = settings.model_copy(
             update={
                 "api_token": SecretStr(assignment.secret),  # only the dispatcher can call this bot's API
                 "local_rooms": False,
-                "local_room_url": assignment.local_room_url or agent.dispatcher_url,
+                "local_room_url": hub,
                 "max_bots": 1,
             }
         )
-        service = Service(settings)
+
+        async def ticket(_room_id: str) -> str:  # the stay's room: the dispatcher knows which
+            return await agent.local_ticket(http, assignment)
+
+        # Only the dispatcher's own hub takes its tickets; a hub elsewhere is reached without one.
+        service = Service(settings, bot_tickets=ticket if hub.rstrip("/") == agent.dispatcher_url else None)
         runner = web.AppRunner(service.app(), handle_signals=False, shutdown_timeout=2)
         await runner.setup()
         await web.TCPSite(runner, settings.host, settings.port).start()
