@@ -23,9 +23,9 @@ from fakes.bot_machine import SAID
 from fakes.fly_machines import FakeFlyMachines, free_port
 from luna_voice.api.errors import json_errors
 from luna_voice.bots.states import BotState
+from luna_voice.rooms.tickets import RoomTickets
 from luna_voice.scale.dispatch import CapacityReached, DispatchConfig, Dispatcher, StayKeys, public_status
 from luna_voice.scale.fleet import Fleet, FleetConfig
-from luna_voice.rooms.tickets import RoomTickets
 from luna_voice.scale.internal import FLEET, LOCAL_TICKETS, internal_routes
 from luna_voice.scale.machines import MachinesApi
 from roomtools import until

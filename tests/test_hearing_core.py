@@ -17,6 +17,7 @@ from luna_voice.conversation.endpointing import (
     Endpointer,
     EndReason,
     UtteranceEnded,
+    UtteranceStarted,
 )
 from luna_voice.conversation.transcript_filter import no_speech_reason
 from luna_voice.providers.base import Confidence
@@ -189,6 +190,24 @@ def test_semantic_off_never_asks_the_model():
     room.say("a", "Luna, hello.")
     assert not room.of(act.PredictEndOfTurn)
     assert room.turn_by("a")["end"]["reason"] == "silence"
+
+
+def test_after_a_gap_in_the_frames_the_pre_roll_holds_nothing_from_before_it():
+    """A person mutes mid-word (frames stop), then unmutes: their first words must not come with up to 300 ms
+    of what they said before the mute, which the STT would prepend to the new utterance."""
+    ep = Endpointer(EndpointConfig())
+    before, after = b"\x01\x00" * 320, b"\x02\x00" * 320
+    t = 0.0
+    for _ in range(2):  # two voiced frames, then the microphone goes off: no utterance yet (60 ms starts one)
+        t += FRAME
+        assert ep.feed(t, before, True) == []
+    t += 5.0  # muted for five seconds
+    events = []
+    for _ in range(3):
+        t += FRAME
+        events += ep.feed(t, after, True)
+    (start,) = [e for e in events if isinstance(e, UtteranceStarted)]
+    assert start.pcm == after * 3  # only what was said after the gap
 
 
 def test_monologue_cut_at_max_length_records_why():

@@ -125,6 +125,11 @@ class Endpointer:
 
     def feed(self, t_end: float, pcm: bytes, is_speech: bool) -> list[EndpointEvent]:
         """One frame whose last sample was captured at ``t_end`` (seconds on the driver's clock)."""
+        if not self.speaking and t_end - self._last_frame > self.cfg.preroll_ms / 1000:
+            # Frames stopped for longer than the pre-roll (a muted microphone, a track being replaced): what it
+            # holds was said before the gap, not the lead-in of the words to come.
+            self._preroll.clear()
+            self._voiced_run = 0
         self._last_frame = t_end
         if not self.speaking:
             self._preroll.append(pcm)
