@@ -42,7 +42,7 @@ from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.config import Settings
 from luna_voice.hearing import turn_model
-from luna_voice.hearing.vad import SpeakerVad, VadBatcher, Voice, VoiceDetector, shared_batcher
+from luna_voice.hearing.vad import SpeakerVad, VadBatcher, Voice, VoiceDetector
 from luna_voice.providers.offline._shared import load_once
 
 PERIOD_S = 6.0  # the person asks this often
@@ -230,10 +230,8 @@ def python_threads() -> dict[int, str]:
     """This process's threads by what they do (Python 3.11 does not name its threads for the kernel, so they
     are all ``python`` in ``comm``): the event loop, the VAD batcher, Smart Turn's executor, ``asyncio_`` (the
     default executor: ``to_thread``), and ``python (native)`` for threads Python did not start."""
-    names = {t.native_id: _thread(t.name) for t in threading.enumerate() if t.native_id is not None}
+    names = {t.native_id: _thread(t.name) for t in threading.enumerate() if t.native_id is not None}  # silero-vad
     names[threading.main_thread().native_id or 0] = "event loop"
-    for batcher in (shared_batcher(), ungated_batcher()):
-        names[batcher.native_id or 0] = "silero-vad"
     executor = getattr(turn_model.shared_analyzer(), "_executor", None)
     for t in getattr(executor, "_threads", ()):
         names[t.native_id] = "smart-turn"

@@ -236,7 +236,6 @@ class VadBatcher:
         self._pending: dict[SpeakerStream, deque[np.ndarray]] = {}
         self._thread: threading.Thread | None = None
         self.problem: str | None = None  # why the model cannot score (then every frame is unvoiced), if it cannot
-        self.native_id: int | None = None  # the thread's id, for the profile
         self.calls = 0
         self.windows = 0
 
@@ -256,7 +255,6 @@ class VadBatcher:
             self._pending.pop(stream, None)
 
     def _run(self) -> None:
-        self.native_id = threading.get_native_id()
         while True:
             with self._cond:
                 while not self._pending:
