@@ -568,3 +568,29 @@ async def test_a_speaker_who_leaves_while_silero_still_scores_their_words_is_nev
     assert heard[before:] == ["b", "b", "b"]  # ... while Bob, scored after her, is heard
     assert p.stt.outcomes == [question]  # never transcribed
     await p.pipe.aclose()
+
+
+async def test_the_ticker_does_not_pass_while_someone_speaks_and_nothing_is_due():
+    """While Alice spoke the ticker passed every 20 ms (the core asked for the clock every frame), each pass a few
+    wake-ups of the event loop; her frames need it only if they stop, so it sleeps till then."""
+    p = page(["Hello?"])
+    ticks = 0
+    tick = p.pipe.core.tick
+
+    def counting_tick(now: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        tick(now)
+
+    p.pipe.core.tick = counting_tick  # type: ignore[method-assign]
+    p.talk(0.2, VOICED)  # an utterance is open
+    before = ticks
+    for _ in range(20):  # 0.4 s more of her voice, a frame every 20 ms as the page sends them
+        p.now += 0.02
+        p.pipe.frame("a", p.now * 1000, VOICED)
+        await asyncio.sleep(0.02)
+    passes = ticks - before
+    p.now += 0.6  # her frames stop: the timer armed for the stall ends the utterance
+    await p.turn(0, lambda t: t["end"]["reason"] == "stalled", "the utterance to end as stalled")
+    await p.pipe.aclose()
+    assert passes <= 2, passes  # 20 before

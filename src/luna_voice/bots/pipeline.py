@@ -42,6 +42,9 @@ _FINISH = object()
 PROVIDER_CLOSE_S = 3.0
 CLOSING_CALLS_S = 2.0  # turns' closing record_spoken calls still in flight when the bot leaves
 _CANCEL = object()
+# The ticker sleeps until the core's next deadline (``_run`` wakes it for an earlier one); it also looks this often
+# regardless, for a clock that is not the event loop's (tests move theirs by hand).
+LOOK_ANYWAY_S = 1.0
 
 
 class Pipeline:
@@ -401,7 +404,7 @@ class Pipeline:
         while not self._closed:
             now = self._clock()
             due = self.core.next_deadline(now)
-            delay = 0.1 if due is None else min(0.1, max(0.005, due - now))
+            delay = LOOK_ANYWAY_S if due is None else min(LOOK_ANYWAY_S, max(0.005, due - now))
             self._tick_at = now + delay
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
