@@ -38,7 +38,7 @@ from bench import signals as sg
 from bench.harness import Rig, _descendants, _parent, _read, hears, memory_mb, until
 from bench.instant import ReplyAudio
 from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _loop, _reply, _wav, ms
-from luna_voice.bots import session
+from luna_voice.bots import pipeline, session
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.config import Settings
@@ -67,12 +67,13 @@ class Variant:
     # The core's clock wanted every 20 ms while anyone spoke, and Luna's lead refilled a frame at a time (before).
     frame_wakeups: bool = False
     bridge_deflate: bool = False  # the bridge's WebSocket with permessage-deflate (as before)
+    playback_frames: int = pipeline.PLAYBACK_FRAMES_PER_MESSAGE  # per bridge message (1 before; old pages need it)
 
     @contextlib.contextmanager
     def python(self) -> Iterator[None]:
         """The Python side as of this rung, while its service runs (one process: patched for its window only)."""
-        saved = Conversation.next_deadline, Pacer.__init__, session.BRIDGE_DEFLATE
-        deadline, pacer_init, _ = saved
+        saved = Conversation.next_deadline, Pacer.__init__, session.BRIDGE_DEFLATE, pipeline.PLAYBACK_FRAMES_PER_MESSAGE
+        deadline, pacer_init, _, _ = saved
 
         def every_frame(core: Conversation, now: float) -> float | None:
             due = deadline(core, now)
@@ -85,11 +86,13 @@ class Variant:
 
         if self.frame_wakeups:
             Conversation.next_deadline, Pacer.__init__ = every_frame, frame_at_a_time  # type: ignore[method-assign]
-        session.BRIDGE_DEFLATE = self.bridge_deflate
+        session.BRIDGE_DEFLATE, pipeline.PLAYBACK_FRAMES_PER_MESSAGE = self.bridge_deflate, self.playback_frames
         try:
             yield
         finally:
-            Conversation.next_deadline, Pacer.__init__, session.BRIDGE_DEFLATE = saved  # type: ignore[method-assign]
+            Conversation.next_deadline, Pacer.__init__, session.BRIDGE_DEFLATE, pipeline.PLAYBACK_FRAMES_PER_MESSAGE = (
+                saved  # type: ignore[assignment]
+            )
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
         for module, body in self.old_modules().items() if self.old_modules else ():
@@ -197,7 +200,7 @@ OLD_CHROMIUM_ARGS = [
 # Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
 # Flag sets measured and dropped are listed in bench/README.md ("Profile").
 CORES = os.cpu_count() or 1
-_OLD = {"frame_wakeups": True, "bridge_deflate": True}
+_OLD = {"frame_wakeups": True, "bridge_deflate": True, "playback_frames": 1}
 VARIANTS = [
     Variant("before", OLD_CHROMIUM_ARGS, page_socket, vad_on_loop=True, vad_gate=False, blas_threads=CORES, **_OLD),
     Variant("+worker socket", OLD_CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES, **_OLD),
@@ -207,8 +210,9 @@ VARIANTS = [
     Variant("+direct worklets", CHROMIUM_ARGS, blas_threads=CORES, **_OLD),  # audio off the page's main thread
     Variant("+one BLAS thread", CHROMIUM_ARGS, **_OLD),  # Smart Turn's matmuls without OpenBLAS's spinning worker
     # the core asks for the clock only when something is due; Luna's lead is topped up 100 ms at a time
-    Variant("+fewer wake-ups", CHROMIUM_ARGS, bridge_deflate=True),
-    Variant("+bridge without deflate", CHROMIUM_ARGS),  # no permessage-deflate on the bridge's WebSocket
+    Variant("+fewer wake-ups", CHROMIUM_ARGS, bridge_deflate=True, playback_frames=1),
+    Variant("+bridge without deflate", CHROMIUM_ARGS, playback_frames=1),  # no permessage-deflate on the bridge
+    Variant("+larger playback messages", CHROMIUM_ARGS),  # a refill's frames in one bridge message
     # the same Luna with a muted second person: captured as before, then dropped while muted (what ships)
     Variant("muted guest captured", CHROMIUM_ARGS, unmuted, muted_guest=True),
     Variant("+muted guest dropped (after)", CHROMIUM_ARGS, muted_guest=True),

@@ -166,7 +166,8 @@ class PageSession:
                 await ws.send_str(item)
 
     def send_audio(self, seq: int, pcm: bytes) -> None:
-        # The header's timestamp is for the page's logs only (wall clock, the page's own frame of reference).
+        """Playback frames ``seq``, ``seq + 1``, … in one message (``bridge.protocol``: 20 ms each but the last).
+        The header's timestamp is for the page's logs only (wall clock, the page's own frame of reference)."""
         self._outbox.put_nowait(bp.encode_audio(bp.KIND_PLAYBACK, 0, seq, time.time() * 1000, pcm))
 
     def clear_playback(self) -> None:
