@@ -22,6 +22,7 @@ import pytest
 from fakes.openai_audio import FakeOpenAIAudio, Fault
 from levels import SILENT, VOICED, LoudIsVoiced
 from luna_voice.bots.pipeline import Pipeline
+from luna_voice.bridge import protocol as bp
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
@@ -219,8 +220,8 @@ class Page:
     def _send(self, seq: int, pcm: bytes) -> None:
         """One playback message: its frames are seq, seq + 1, … (20 ms each but the last)."""
         self.calls.messages.append((seq, len(pcm)))
-        for i in range(-(-len(pcm) // FRAME_BYTES)):
-            self.calls.note(self.calls.sent, seq + i)
+        for frame_seq in bp.playback_seqs(seq, pcm):
+            self.calls.note(self.calls.sent, frame_seq)
 
     def _clear(self) -> None:
         self.clears += 1

@@ -200,6 +200,11 @@ def decode_audio(data: bytes) -> AudioFrame:
     return AudioFrame(kind, participant, seq, ts, pcm)
 
 
+def playback_seqs(seq: int, pcm: bytes) -> range:
+    """The seqs of the frames one playback message carries: ``seq``, ``seq + 1``, … (20 ms each but the last)."""
+    return range(seq, seq - (-len(pcm) // (2 * PLAYBACK_FRAME_SAMPLES)))
+
+
 def decode_text(text: str) -> _PageMessage:
     """Parse and check one page → Python JSON message."""
     try:
