@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -99,15 +100,16 @@ async def run(
     with tempfile.TemporaryDirectory(prefix="luna-bench-") as tmp:
         async with Rig() as rig:
             for variant in [profile.VARIANTS[0], profile.VARIANTS[-1]] if compare else [None]:
-                svc = await rig.service(
-                    audio, host=variant.host() if variant else None, new_vad=variant.new_vad() if variant else None
-                )
-                label = variant.name if variant else "default"
-                results = await _steps(rig, svc, audio, plan, Path(tmp), quick, only, label)
-                variants[label] = results
-                if variant is not None:  # the next variant measures with its own Chromium alone
-                    await svc.close()
-                    rig.services.remove(svc)
+                with variant.python() if variant else contextlib.nullcontext():
+                    svc = await rig.service(
+                        audio, host=variant.host() if variant else None, new_vad=variant.new_vad() if variant else None
+                    )
+                    label = variant.name if variant else "default"
+                    results = await _steps(rig, svc, audio, plan, Path(tmp), quick, only, label)
+                    variants[label] = results
+                    if variant is not None:  # the next variant measures with its own Chromium alone
+                        await svc.close()
+                        rig.services.remove(svc)
     return {
         "mode": "quick" if quick else "full",
         "plan": {**vars(plan), "frames": plan.frames.value},

@@ -38,9 +38,12 @@ from bench import signals as sg
 from bench.harness import Rig, _descendants, _parent, _read, hears, memory_mb, until
 from bench.instant import ReplyAudio
 from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _loop, _reply, _wav, ms
+from luna_voice.bots import pipeline, session
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.config import Settings
+from luna_voice.conversation.core import Conversation
+from luna_voice.conversation.pacing import Pacer
 from luna_voice.hearing import turn_model
 from luna_voice.hearing.vad import SpeakerVad, VadBatcher, Voice, VoiceDetector
 from luna_voice.providers.offline._shared import load_once
@@ -61,6 +64,35 @@ class Variant:
     served: set[str] = field(default_factory=set)  # old modules the page asked for: a route missed is an error
     muted_guest: bool = False  # a second person in the room, muted all along (most people in a meeting are)
     blas_threads: int = turn_model.BLAS_THREADS  # numpy's OpenBLAS pool (its default before: one per core)
+    # The core's clock wanted every 20 ms while anyone spoke, and Luna's lead refilled a frame at a time (before).
+    frame_wakeups: bool = False
+    bridge_deflate: bool = False  # the bridge's WebSocket with permessage-deflate (as before)
+    playback_frames: int = pipeline.PLAYBACK_FRAMES_PER_MESSAGE  # per bridge message (1 before; old pages need it)
+
+    @contextlib.contextmanager
+    def python(self) -> Iterator[None]:
+        """The Python side as of this rung, while its service runs (one process: patched for its window only)."""
+        saved = Conversation.next_deadline, Pacer.__init__, session.BRIDGE_DEFLATE, pipeline.PLAYBACK_FRAMES_PER_MESSAGE
+        deadline, pacer_init, _, _ = saved
+
+        def every_frame(core: Conversation, now: float) -> float | None:
+            due = deadline(core, now)
+            if any(ep.speaking for ep in core._endpointers.values()):
+                due = min(due or now + 1, now + core.cfg.endpoint.frame_ms / 1000)
+            return due
+
+        def frame_at_a_time(pacer: Pacer[Any], **kw: Any) -> None:
+            pacer_init(pacer, **{**kw, "refill_s": 0.0})
+
+        if self.frame_wakeups:
+            Conversation.next_deadline, Pacer.__init__ = every_frame, frame_at_a_time  # type: ignore[method-assign]
+        session.BRIDGE_DEFLATE, pipeline.PLAYBACK_FRAMES_PER_MESSAGE = self.bridge_deflate, self.playback_frames
+        try:
+            yield
+        finally:
+            Conversation.next_deadline, Pacer.__init__, session.BRIDGE_DEFLATE, pipeline.PLAYBACK_FRAMES_PER_MESSAGE = (
+                saved  # type: ignore[assignment]
+            )
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
         for module, body in self.old_modules().items() if self.old_modules else ():
@@ -168,14 +200,19 @@ OLD_CHROMIUM_ARGS = [
 # Each step adds one cut, so the profile shows what each saves; the bench's --compare runs the first and last.
 # Flag sets measured and dropped are listed in bench/README.md ("Profile").
 CORES = os.cpu_count() or 1
+_OLD = {"frame_wakeups": True, "bridge_deflate": True, "playback_frames": 1}
 VARIANTS = [
-    Variant("before", OLD_CHROMIUM_ARGS, page_socket, vad_on_loop=True, vad_gate=False, blas_threads=CORES),
-    Variant("+worker socket", OLD_CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES),
-    Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES),
-    Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False, blas_threads=CORES),  # Silero on its own thread
-    Variant("+silence gate", CHROMIUM_ARGS, relayed, blas_threads=CORES),  # silent windows skip the model
-    Variant("+direct worklets", CHROMIUM_ARGS, blas_threads=CORES),  # audio off the page's main thread
-    Variant("+one BLAS thread", CHROMIUM_ARGS),  # Smart Turn's matmuls without OpenBLAS's spinning worker
+    Variant("before", OLD_CHROMIUM_ARGS, page_socket, vad_on_loop=True, vad_gate=False, blas_threads=CORES, **_OLD),
+    Variant("+worker socket", OLD_CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES, **_OLD),
+    Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES, **_OLD),
+    Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False, blas_threads=CORES, **_OLD),  # Silero off the loop
+    Variant("+silence gate", CHROMIUM_ARGS, relayed, blas_threads=CORES, **_OLD),  # silent windows skip the model
+    Variant("+direct worklets", CHROMIUM_ARGS, blas_threads=CORES, **_OLD),  # audio off the page's main thread
+    Variant("+one BLAS thread", CHROMIUM_ARGS, **_OLD),  # Smart Turn's matmuls without OpenBLAS's spinning worker
+    # the core asks for the clock only when something is due; Luna's lead is topped up 100 ms at a time
+    Variant("+fewer wake-ups", CHROMIUM_ARGS, bridge_deflate=True, playback_frames=1),
+    Variant("+bridge without deflate", CHROMIUM_ARGS, playback_frames=1),  # no permessage-deflate on the bridge
+    Variant("+larger playback messages", CHROMIUM_ARGS),  # a refill's frames in one bridge message
     # the same Luna with a muted second person: captured as before, then dropped while muted (what ships)
     Variant("muted guest captured", CHROMIUM_ARGS, unmuted, muted_guest=True),
     Variant("+muted guest dropped (after)", CHROMIUM_ARGS, muted_guest=True),
@@ -329,6 +366,28 @@ _REPLY = _reply(REPLY_S, seed=3, under=0.1)
 
 
 async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, window_s: float) -> dict[str, Any]:
+    with variant.python():
+        return await _measure(rig, variant, audio, browser, window_s)
+
+
+@contextlib.contextmanager
+def loop_passes() -> Iterator[list[int]]:
+    """How many passes the event loop makes (each one ``select`` on its selector, whatever woke it)."""
+    selector = asyncio.get_running_loop()._selector  # type: ignore[attr-defined]
+    select, count = selector.select, [0]
+
+    def counted(timeout: float | None = None) -> Any:
+        count[0] += 1
+        return select(timeout)
+
+    selector.select = counted
+    try:
+        yield count
+    finally:
+        del selector.select  # the class's method again
+
+
+async def _measure(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, window_s: float) -> dict[str, Any]:
     """A fresh service with the variant's Chromium (alone, so PSS splits shared pages only among its own
     processes and the person's), one person in one room, then a /proc window and a cProfile window."""
     known = drivers()
@@ -352,7 +411,7 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         seen = svc.service.frames_seen[room]
 
         frames0, muted0, t0, before = seen[pid], seen[muted], time.monotonic(), threads(procs)
-        with vad_delays() as delays:
+        with vad_delays() as delays, loop_passes() as passes:
             await asyncio.sleep(window_s)
         wall, after = time.monotonic() - t0, threads(procs)
         frames, muted_frames = seen[pid] - frames0, seen[muted] - muted0
@@ -384,6 +443,7 @@ async def _window(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, w
         "pss_by_kind_mb": pss_by_kind,
         "idle_pss_mb": idle_pss,
         "frames_per_s": frames / wall,
+        "loop_passes_per_s": passes[0] / wall,
         "muted_frames_per_s": muted_frames / wall if guest is not None else float("nan"),
         "vad_delay_s": delays,
         "replies_heard": len(lengths),
@@ -438,6 +498,7 @@ def merge(windows: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "idle_pss_mb": float(np.mean([w["idle_pss_mb"] for w in windows])),
         "frames_per_s": float(np.mean([w["frames_per_s"] for w in windows])),
+        "loop_passes_per_s": float(np.mean([w["loop_passes_per_s"] for w in windows])),
         "muted_frames_per_s": float(np.mean([w["muted_frames_per_s"] for w in windows])),
         "vad_delay_ms": ms([d for w in windows for d in w["vad_delay_s"]]),
         "replies_heard": sum(w["replies_heard"] for w in windows),
@@ -486,6 +547,7 @@ def report(result: dict[str, Any]) -> str:
     audio = [
         ["capture frames/s from the person (50 expected)", *(f"{vs[n]['frames_per_s']:.1f}" for n in names)],
         ["... from the muted guest", *(f"{vs[n]['muted_frames_per_s']:.1f}" for n in names)],
+        ["event loop passes/s (the bench's own included)", *(f"{vs[n]['loop_passes_per_s']:.0f}" for n in names)],
         [
             "frame → its VAD verdict in the core, p50 / p95 ms",
             *(f"{vs[n]['vad_delay_ms']['p50']:.2f} / {vs[n]['vad_delay_ms']['p95']:.2f}" for n in names),

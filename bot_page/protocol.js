@@ -12,4 +12,5 @@ export const OFFSET_TIMESTAMP = 8;
 export const CAPTURE_RATE = 16000;
 export const PLAYBACK_RATE = 48000;
 export const CAPTURE_FRAME_SAMPLES = 320;
+export const PLAYBACK_FRAME_SAMPLES = 960;
 export const MAX_FRAME_BYTES = 65536;

@@ -75,7 +75,8 @@ class Page:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 frame = bp.decode_audio(msg.data)
                 self.samples += len(frame.pcm) // 2
-                await self.ws.send_str(json.dumps({"type": "played", "seq": frame.seq, "idle": True}))
+                last = bp.playback_seqs(frame.seq, frame.pcm)[-1]
+                await self.ws.send_str(json.dumps({"type": "played", "seq": last, "idle": True}))
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 self.controls.append(json.loads(msg.data))
                 if self.controls[-1]["type"] == "leave":

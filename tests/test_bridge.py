@@ -212,6 +212,23 @@ async def test_a_frame_over_the_limit_closes_the_bridge_and_the_log_says_why(sta
     assert len(closed) == 1 and f"exceeds limit {bp.MAX_FRAME_BYTES}" in (closed[0]["error"] or ""), closed
 
 
+async def test_the_bridge_declines_permessage_deflate_so_no_frame_is_compressed(start_service):
+    """Chromium offers permessage-deflate on every WebSocket and the bridge accepted it: each 20 ms frame was
+    deflated by one side and inflated by the other for a few percent fewer bytes of PCM on a local socket."""
+    svc, bot, cfg = await summon_pageless(start_service)
+    url = f"{svc.url.replace('http', 'ws')}/bridge/{bot['bot_id']}"
+    async with svc.http.ws_connect(url, compress=15) as ws:  # offered, as Chromium does
+        assert ws.compress == 0  # declined in the handshake
+        await ws.send_str(page_hello(cfg))
+        await ws.send_str(json.dumps({"type": "participant_joined", "index": 1, "id": "p1", "name": "Bob"}))
+        await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, 0, 0.0, bytes(640)))
+
+        async def heard():  # type: ignore[no-untyped-def]
+            return (await _status(svc))["stats"]["frames_in"] == 1
+
+        await until(heard, 5, "the frame, uncompressed")
+
+
 async def test_the_audio_tap_sees_every_capture_frame_python_receives(start_service):
     tapped: list[tuple[str, str, float, bytes]] = []
     svc, bot, cfg = await summon_pageless(start_service, audio_tap=lambda *frame: tapped.append(frame))

@@ -8,7 +8,7 @@ from luna_voice.conversation import actions as act
 from luna_voice.conversation.domain import SpokenReason, Usage
 from luna_voice.conversation.endpointing import EndpointConfig
 from luna_voice.conversation.events import MutedChanged
-from scripted_room import FRAME, GROUP, Room
+from scripted_room import FRAME, GROUP, Room, luna_talking
 
 
 @pytest.mark.parametrize(
@@ -534,3 +534,40 @@ def test_a_transcript_that_never_comes_fails_the_turn_after_the_timeout():
     room.say("a", "Luna, hello again.")
     room.wait(3)
     assert room.turn_by("a", 1)["state"] == "done"
+
+
+def test_a_speaker_needs_the_clock_only_when_their_frames_would_stall():
+    """While someone spoke, the core asked for a tick every frame (50 a second per speaker, each a pass of the
+    driver's event loop) though ``audio`` does the endpointing: the clock matters only if their frames stop."""
+    room = Room(endpoint=EndpointConfig(semantic=False))
+    room.join(("a", "Alice"))
+    room.talk(0.5, a=True)  # speaking: an utterance is open
+    last = room.now
+    due = room.core.next_deadline(room.now)
+    assert due == pytest.approx(last + 0.5)  # end_of_speech_ms after the last frame, not the next frame
+    room.core.tick(due - 0.001)
+    room.run()
+    assert not room.of(act.FinishTranscription)
+    room.core.tick(due)  # her frames stopped: the one timer ends the utterance on time
+    room.run()
+    assert room.of(act.FinishTranscription) and room.turn_by("a")["end"]["reason"] == "stalled"
+
+
+def test_luna_s_audio_is_released_a_refill_at_a_time_and_never_runs_dry():
+    """The pacer released one 20 ms frame whenever the lead fell under 0.6 s: a wake-up of the driver's loop per
+    frame. Now it tops the lead up once it has fallen by ``refill_s``: a few frames per wake-up."""
+    room = Room()
+    luna_talking(room, reply="Here is a long answer. It goes on for several seconds. And more and more.")
+    released = []
+    for _ in range(100):  # two seconds of her answer, the page rendering in real time
+        before = len(room.of(act.SendAudio))
+        room.wait(FRAME)
+        released.append(len(room.of(act.SendAudio)) - before)
+        due = room.core.next_deadline(room.now)
+        assert due is not None and due - room.now <= 0.1 + FRAME + 1e-6  # when the lead has fallen by refill_s
+    refills = [n for n in released if n]
+    assert len(refills) <= 21 and min(refills) >= 4, released  # a refill every 100 ms, 5 frames each
+    room.wait(8)
+    turn = room.turn_by("a")
+    assert turn["state"] == "done" and turn["spoken_text"] == turn["reply_text"]
+    assert room.core.stats["playback_gaps"] == 0  # the page never ran dry mid-answer

@@ -492,7 +492,11 @@ async def test_dismissed_mid_answer_the_app_is_told_what_the_room_heard(start_se
             turn = await until(speaking, 15, "Luna to answer out loud")
         finally:
             capture.cancel()
-        heard = [bp.decode_audio(msg.data).seq for msg in [await ws.receive(timeout=5) for _ in range(10)]]
+        heard: list[int] = []
+        while len(heard) < 10:  # playback messages carry one or more frames
+            frame = bp.decode_audio((await ws.receive(timeout=5)).data)
+            heard += bp.playback_seqs(frame.seq, frame.pcm)
+        heard = heard[:10]
         await ws.send_str(json.dumps({"type": "played", "seq": heard[-1], "idle": False}))  # the room heard 0.2 s
         await _sync(svc, ws, "marker")
         leave = asyncio.create_task(_answer_leave(ws))

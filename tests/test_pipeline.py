@@ -22,6 +22,7 @@ import pytest
 from fakes.openai_audio import FakeOpenAIAudio, Fault
 from levels import SILENT, VOICED, LoudIsVoiced
 from luna_voice.bots.pipeline import Pipeline
+from luna_voice.bridge import protocol as bp
 from luna_voice.conversation.addressing import AddressDetector, is_backchannel
 from luna_voice.conversation.chunking import SentenceChunker
 from luna_voice.conversation.core import Conversation, CoreConfig
@@ -34,6 +35,7 @@ from luna_voice.providers.openai_stt import OpenAISTT
 from room_sounds import piper_speech
 
 RATE = 48_000
+FRAME_BYTES = RATE // 50 * 2
 
 
 class Hang(Exception):
@@ -58,7 +60,8 @@ class Calls:
     spoken: list[tuple[str, SpokenReason]] = field(default_factory=list)
     late: list[LateUsage] = field(default_factory=list)  # usage of cancelled calls, after their turn ended
     requests: list[ReplyRequest] = field(default_factory=list)
-    sent: list[int] = field(default_factory=list)  # playback seqs the driver sent to the page
+    sent: list[int] = field(default_factory=list)  # playback seqs the driver sent to the page, frame by frame
+    messages: list[tuple[int, int]] = field(default_factory=list)  # ... and the messages they went in: (seq, bytes)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def note(self, where: list[Any], item: Any) -> None:
@@ -199,7 +202,7 @@ class Page:
             stt=self.stt,  # type: ignore[arg-type]
             llm=self.llm,  # type: ignore[arg-type]
             tts=self.tts,  # type: ignore[arg-type]
-            send_audio=lambda seq, pcm: self.calls.note(self.calls.sent, seq),
+            send_audio=self._send,
             clear_playback=self._clear,
             publish=self._publish,
             clock=lambda: self.now,
@@ -213,6 +216,12 @@ class Page:
     @property
     def sent(self) -> list[int]:
         return self.calls.sent
+
+    def _send(self, seq: int, pcm: bytes) -> None:
+        """One playback message: its frames are seq, seq + 1, … (20 ms each but the last)."""
+        self.calls.messages.append((seq, len(pcm)))
+        for frame_seq in bp.playback_seqs(seq, pcm):
+            self.calls.note(self.calls.sent, frame_seq)
 
     def _clear(self) -> None:
         self.clears += 1
@@ -567,4 +576,45 @@ async def test_a_speaker_who_leaves_while_silero_still_scores_their_words_is_nev
     assert heard.count("a") == before < len(pcm) // 640  # none of hers after she left ...
     assert heard[before:] == ["b", "b", "b"]  # ... while Bob, scored after her, is heard
     assert p.stt.outcomes == [question]  # never transcribed
+    await p.pipe.aclose()
+
+
+async def test_the_ticker_does_not_pass_while_someone_speaks_and_nothing_is_due():
+    """While Alice spoke the ticker passed every 20 ms (the core asked for the clock every frame), each pass a few
+    wake-ups of the event loop; her frames need it only if they stop, so it sleeps till then."""
+    p = page(["Hello?"])
+    ticks = 0
+    tick = p.pipe.core.tick
+
+    def counting_tick(now: float) -> None:
+        nonlocal ticks
+        ticks += 1
+        tick(now)
+
+    p.pipe.core.tick = counting_tick  # type: ignore[method-assign]
+    p.talk(0.2, VOICED)  # an utterance is open
+    before = ticks
+    for _ in range(20):  # 0.4 s more of her voice, a frame every 20 ms as the page sends them
+        p.now += 0.02
+        p.pipe.frame("a", p.now * 1000, VOICED)
+        await asyncio.sleep(0.02)
+    passes = ticks - before
+    p.now += 0.6  # her frames stop: the timer armed for the stall ends the utterance
+    await p.turn(0, lambda t: t["end"]["reason"] == "stalled", "the utterance to end as stalled")
+    await p.pipe.aclose()
+    assert passes <= 2, passes  # 20 before
+
+
+async def test_frames_released_together_leave_in_one_message_and_keep_their_seqs():
+    """Each 20 ms frame was a bridge message of its own (a WebSocket message, a hop through the page's worker and a
+    postMessage to the worklet, 50 a second while Luna speaks); the frames of one release now share a message, and
+    the page still marks each frame's seq (the message's seq is its first frame's)."""
+    p = page(["What time is it?"], [["It is noon."]], seconds=2.01)  # a tail shorter than a frame ends the sentence
+    p.say()
+    turn = await p.play_through()
+    assert turn["state"] == "done"
+    messages = p.calls.messages
+    assert p.sent == list(range(1, 102))  # every frame of the 2.01 s, in order, none twice
+    assert all(n <= 10 * FRAME_BYTES for _seq, n in messages) and len(messages) <= len(p.sent) / 4, messages
+    assert messages[-1][1] % FRAME_BYTES == 0.01 * RATE * 2  # the short tail ends its message
     await p.pipe.aclose()

@@ -543,6 +543,28 @@ async def test_audio_flows_both_ways_while_the_pages_main_thread_is_blocked(open
     assert await page.evaluate(BLOCK_MAIN_THREAD) == "both ways"
 
 
+@page_test
+async def test_a_playback_message_of_several_frames_is_marked_frame_by_frame(open_luna, python):
+    """Python sends the frames of one release in one message (seq is the first frame's). The worklet marked a
+    message's seq only once all of it was rendered, so a mark would have said the first frame was heard when all
+    of them were, and nothing for the others; each frame now has its own mark, the last one's at the idle end."""
+    page = await open_luna()
+    await joined(python, page)
+    frame = 960  # 20 ms at 48 kHz
+    tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * np.arange(6 * frame + frame // 2) / 48_000)).astype(np.int16)
+    start = len(python.messages)
+    await python.send_playback(3000, tone[: 5 * frame].tobytes())  # frames 3000-3004
+    await python.send_playback(3005, tone[5 * frame :].tobytes())  # 3005 and a half-frame tail, 3006
+
+    def marks() -> list[bp.Played]:
+        return [m for m in python.messages[start:] if isinstance(m, bp.Played)]
+
+    await soon(lambda: any(m.idle for m in marks()), "the playback to run dry")
+    seqs = [m.seq for m in marks()]
+    assert seqs == sorted(seqs) and marks()[-1].seq == 3006 and marks()[-1].idle, seqs
+    assert any(3000 <= s < 3004 for s in seqs), seqs  # a mark inside the first message: frame by frame
+
+
 # A replaced track: the stub cannot make the SDK replace a live consumer's track (that needs a real media server
 # re-producing), so the test emits the participant's documented audioUpdate with new tracks made in the page.
 SWAP_ALICES_TRACK = """async (tones) => {

@@ -5,6 +5,9 @@
 // one per bridge), so the page's main thread is not on her voice's path.
 // `gain` ducks the voice while someone may be interrupting her: a short linear ramp (no click), nothing dropped,
 // so the marks still count every sample the room heard, quieter or not.
+// A "pcm" message may hold several consecutive frames (seq is the first one's; each is PLAYBACK_FRAME_SAMPLES but
+// the last): each gets a mark of its own, so the marks say frame by frame what was rendered. Wire: ../protocol.js.
+import { PLAYBACK_FRAME_SAMPLES as FRAME } from "../protocol.js";
 
 const SECONDS = 30;
 const PREBUFFER_S = 0.06; // wait for this much audio before starting, or ...
@@ -44,8 +47,10 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       const n = Math.min(pcm.length, room);
       if (n < pcm.length) this.overflowed += pcm.length - n;
       for (let i = 0; i < n; i++) this.buf[(this.write + i) % this.size] = pcm[i] / 0x8000;
+      for (let at = 0, seq = msg.seq; at < pcm.length; at += FRAME, seq = (seq + 1) >>> 0) {
+        this.marks.push([this.write + Math.min(at + FRAME, n), seq]); // a frame cut by a full buffer ends with it
+      }
       this.write += n;
-      this.marks.push([this.write, msg.seq]);
       if (this.firstAt === null) this.firstAt = currentTime;
     } else if (msg.type === "gain") {
       this.targetGain = Math.min(1, Math.max(0, Number(msg.gain)));

@@ -18,6 +18,7 @@ import soxr
 import structlog
 
 from luna_voice.bridge.clock import PageClock
+from luna_voice.bridge.protocol import FRAME_MS
 from luna_voice.conversation import actions as act
 from luna_voice.conversation.core import Conversation
 from luna_voice.conversation.domain import Usage
@@ -42,6 +43,12 @@ _FINISH = object()
 PROVIDER_CLOSE_S = 3.0
 CLOSING_CALLS_S = 2.0  # turns' closing record_spoken calls still in flight when the bot leaves
 _CANCEL = object()
+# The ticker sleeps until the core's next deadline (``_run`` wakes it for an earlier one); it also looks this often
+# regardless, for a clock that is not the event loop's (tests move theirs by hand).
+LOOK_ANYWAY_S = 1.0
+# Consecutive frames the core releases at once (a refill of the pacer's lead, five frames) leave as one bridge
+# message: one WebSocket message, one hop through the page's worker and one postMessage to the worklet, not five.
+PLAYBACK_FRAMES_PER_MESSAGE = 10
 
 
 class Pipeline:
@@ -208,8 +215,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ actions
     def _run(self) -> None:
-        for action in self.core.drain():
-            self._perform(action)
+        self._perform_all(self.core.drain())
         # Wake the ticker only for work due before it looks anyway: every capture frame passes here (50 a second
         # per speaker), and waking for each doubled the event loop's passes.
         now = self._clock()
@@ -217,10 +223,27 @@ class Pipeline:
         if due is not None and (due < self._tick_at or now >= self._tick_at):
             self._wake.set()
 
+    def _perform_all(self, actions: list[act.Action]) -> None:
+        """Perform in order; a run of consecutive full frames (and the one after the last) goes as one message."""
+        frames: list[act.SendAudio] = []
+        for a in actions:
+            if frames and not (isinstance(a, act.SendAudio) and self._continues(frames, a)):
+                self._send_audio(frames[0].seq, b"".join(f.pcm for f in frames))
+                frames = []
+            if isinstance(a, act.SendAudio):
+                frames.append(a)
+            else:
+                self._perform(a)
+        if frames:
+            self._send_audio(frames[0].seq, b"".join(f.pcm for f in frames))
+
+    def _continues(self, frames: list[act.SendAudio], a: act.SendAudio) -> bool:
+        last = frames[-1]
+        full = len(last.pcm) == self._playback_rate * FRAME_MS // 1000 * 2  # only the last may be short
+        return full and a.seq == last.seq + 1 and len(frames) < PLAYBACK_FRAMES_PER_MESSAGE
+
     def _perform(self, a: act.Action) -> None:
-        if isinstance(a, act.SendAudio):
-            self._send_audio(a.seq, a.pcm)
-        elif isinstance(a, act.StartTranscription):
+        if isinstance(a, act.StartTranscription):
             q: asyncio.Queue[Any] = asyncio.Queue()
             q.put_nowait(a.pcm)
             self._utterances[a.utterance_id] = q
@@ -401,7 +424,7 @@ class Pipeline:
         while not self._closed:
             now = self._clock()
             due = self.core.next_deadline(now)
-            delay = 0.1 if due is None else min(0.1, max(0.005, due - now))
+            delay = LOOK_ANYWAY_S if due is None else min(LOOK_ANYWAY_S, max(0.005, due - now))
             self._tick_at = now + delay
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -410,5 +433,4 @@ class Pipeline:
             if self._closed:
                 return
             self.core.tick(self._clock())
-            for action in self.core.drain():
-                self._perform(action)
+            self._perform_all(self.core.drain())

@@ -32,6 +32,10 @@ CLOSE_TIMEOUT_S = 3.0
 # roomLeft states reported by the page → our sub-codes
 LEFT_SUB_CODES = {"ended": sc.ROOM_ENDED, "kicked": sc.KICKED, "rejected": sc.REJECTED, "waitlisted": sc.WAITLISTED}
 LIVE_PAGE_STATES = ("joined", "joining", "reconnecting")
+# permessage-deflate off: Chromium offers it and aiohttp accepted it, so every 20 ms frame was deflated on one side
+# and inflated on the other (Chromium's network service, this event loop) to save a few percent of PCM's bytes on a
+# loopback socket. The bench's older rungs turn it back on.
+BRIDGE_DEFLATE = False
 
 
 class SessionOwner(Protocol):
@@ -162,7 +166,8 @@ class PageSession:
                 await ws.send_str(item)
 
     def send_audio(self, seq: int, pcm: bytes) -> None:
-        # The header's timestamp is for the page's logs only (wall clock, the page's own frame of reference).
+        """Playback frames ``seq``, ``seq + 1``, … in one message (``bridge.protocol``: 20 ms each but the last).
+        The header's timestamp is for the page's logs only (wall clock, the page's own frame of reference)."""
         self._outbox.put_nowait(bp.encode_audio(bp.KIND_PLAYBACK, 0, seq, time.time() * 1000, pcm))
 
     def clear_playback(self) -> None:
@@ -253,7 +258,7 @@ class PageSession:
 async def open_bridge(request: web.Request, token: str | None) -> tuple[web.WebSocketResponse, bp.Hello | None]:
     """Accept a page's bridge socket and check its hello against the current session's ``token``; on a protocol
     error the socket is closed with its code and the hello is None."""
-    ws = web.WebSocketResponse(max_msg_size=bp.MAX_FRAME_BYTES, heartbeat=10, timeout=2.0)
+    ws = web.WebSocketResponse(max_msg_size=bp.MAX_FRAME_BYTES, heartbeat=10, timeout=2.0, compress=BRIDGE_DEFLATE)
     await ws.prepare(request)
     try:
         try:

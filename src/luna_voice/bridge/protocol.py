@@ -17,9 +17,11 @@ Binary audio frames, both directions: a 16-byte little-endian header, then int16
     4      4     sequence number (per participant, wraps at 2**32)
     8      8     timestamp, float64 ms since the Unix epoch (page: ``performance.timeOrigin + performance.now()``)
 
-Capture frames are 16 kHz, 20 ms (320 samples); playback frames are 48 kHz, any length (Python sends 20 ms).
-20 ms matches Opus; per-frame overhead stays small with several speakers. A frame is at most
-64 KB; a larger one closes the socket (1009) and the bot logs why.
+Capture frames are 16 kHz, 20 ms (320 samples). 20 ms matches Opus; per-frame overhead stays small with several
+speakers. A playback message carries one or more consecutive 48 kHz frames: ``seq`` is the first one's, each is
+20 ms (960 samples) but the last, which may be shorter (a sentence's tail), and the page marks each frame's own
+seq as it is rendered, so a message of five frames costs one message, not five, and the marks are as fine as
+before. A message is at most 64 KB; a larger one closes the socket (1009) and the bot logs why.
 
 JSON text messages, page → Python: ``hello {token, backend, audio_context, capture_rate, playback_rate}``,
 ``room_state {state, sub_code?, reason?}``, ``participant_joined {index, id, name}``,
@@ -64,6 +66,7 @@ CAPTURE_RATE = 16_000  # Hz, what the page sends and STT consumes
 PLAYBACK_RATE = 48_000  # Hz, the page's AudioContext: what Luna's voice is played at
 FRAME_MS = 20
 CAPTURE_FRAME_SAMPLES = CAPTURE_RATE * FRAME_MS // 1000
+PLAYBACK_FRAME_SAMPLES = PLAYBACK_RATE * FRAME_MS // 1000
 MAX_FRAME_BYTES = 64 * 1024
 
 CLOSE_MALFORMED = 4400
@@ -197,6 +200,11 @@ def decode_audio(data: bytes) -> AudioFrame:
     return AudioFrame(kind, participant, seq, ts, pcm)
 
 
+def playback_seqs(seq: int, pcm: bytes) -> range:
+    """The seqs of the frames one playback message carries: ``seq``, ``seq + 1``, … (20 ms each but the last)."""
+    return range(seq, seq - (-len(pcm) // (2 * PLAYBACK_FRAME_SAMPLES)))
+
+
 def decode_text(text: str) -> _PageMessage:
     """Parse and check one page → Python JSON message."""
     try:
@@ -271,6 +279,7 @@ def javascript() -> str:
         "CAPTURE_RATE": CAPTURE_RATE,
         "PLAYBACK_RATE": PLAYBACK_RATE,
         "CAPTURE_FRAME_SAMPLES": CAPTURE_FRAME_SAMPLES,
+        "PLAYBACK_FRAME_SAMPLES": PLAYBACK_FRAME_SAMPLES,
         "MAX_FRAME_BYTES": MAX_FRAME_BYTES,
     }
     lines = [

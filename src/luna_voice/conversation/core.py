@@ -106,6 +106,8 @@ class CoreConfig:
     rate_limited_line: str = ""
     unmute_when_addressed: bool = True  # after a host's mute: speak again only when addressed by name
     lead_s: float = 0.6
+    # The pacer tops the lead up once it has fallen by this much: a few frames per wake-up, not one every 20 ms.
+    refill_s: float = 0.1
     max_turns_kept: int = 200
     greeting: str = ""  # said once after joining; empty: none
     goodbye: str = "Okay, goodbye everyone!"  # before leaving when asked in English (or another Latin script)
@@ -181,7 +183,9 @@ class Conversation:
         self._active: Turn | None = None
         self._chunker: Chunker | None = None
         self._queue: deque[Turn] = deque()
-        self._pacer: Pacer[tuple[str, int]] = Pacer(rate=config.playback_rate, lead_s=config.lead_s)
+        self._pacer: Pacer[tuple[str, int]] = Pacer(
+            rate=config.playback_rate, lead_s=config.lead_s, refill_s=config.refill_s
+        )
         self._inflight: deque[_InFlight] = deque()
         self._context: deque[RoomLine] = deque()
         self._ids = itertools.count(1)
@@ -579,16 +583,15 @@ class Conversation:
 
     def next_deadline(self, now: float) -> float | None:
         """When ``tick`` has work next (pacing, a stalled speaker, an overdue transcript or a held fragment whose
-        wait runs out), or None. A fragment whose speaker went on waits for their transcript, not for the clock."""
-        due = None if self._asker_going_on() else self._pacer.next_due(now)
-        transcripts = [d for _turn, d in self._by_utterance.values()]
-        transcripts += [h.due for pid, h in self._held.items() if not self._going_on(pid, h.due)]
-        if transcripts:
-            due = min(transcripts) if due is None else min(due, *transcripts)
-        if any(ep.speaking for ep in self._endpointers.values()):
-            soon = now + self.cfg.endpoint.frame_ms / 1000
-            due = soon if due is None else min(due, soon)
-        return due
+        wait runs out), or None. A fragment whose speaker went on waits for their transcript, not for the clock; a
+        speaker's frames need no clock at all until they would have stalled (``feed`` does the rest), so the driver
+        arms one timer for the earliest of these instead of waking every frame."""
+        dues = [d for _turn, d in self._by_utterance.values()]
+        dues += [h.due for pid, h in self._held.items() if not self._going_on(pid, h.due)]
+        dues += [d for ep in self._endpointers.values() if (d := ep.stall_due()) is not None]
+        if not self._asker_going_on() and (pacing := self._pacer.next_due(now)) is not None:
+            dues.append(pacing)
+        return min(dues, default=None)
 
     def drain(self) -> list[act.Action]:
         out, self._out = self._out, []

@@ -182,6 +182,11 @@ class Endpointer:
             return [self._end(EndReason.STALLED)]
         return []
 
+    def stall_due(self) -> float | None:
+        """When ``check`` would end the utterance if no frame came before then (None while nobody speaks): the
+        driver's one timer for this speaker, instead of a look every frame."""
+        return self._last_frame + self.cfg.end_of_speech_ms / 1000 if self.speaking else None
+
     def close(self) -> list[EndpointEvent]:
         return [self._end(EndReason.LEFT)] if self.speaking else []
 

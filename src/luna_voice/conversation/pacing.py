@@ -3,6 +3,10 @@
 The page's playback worklet plays at the audio clock, so Python may run ahead of it; a lead of a fraction of a
 second absorbs event-loop hiccups (no underrun mid-word) while keeping little audio queued outside our control.
 ``clear`` on barge-in then only has to drop what is here plus that lead in the page.
+
+The lead is topped up once it has fallen by ``refill_s`` (a few frames at once), not every 20 ms: each release
+is a wake-up of the driver's event loop, and the page buffers the lead anyway. The lead then stays between
+``lead_s - refill_s`` and ``lead_s``; what a ``clear`` can drop is still at most ``lead_s``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 Tag = TypeVar("Tag")
+_EPSILON_S = 1e-9  # a poll at exactly ``next_due`` releases, whatever the float rounding
 
 
 @dataclass(frozen=True)
@@ -23,10 +28,13 @@ class OutFrame(Generic[Tag]):
 
 
 class Pacer(Generic[Tag]):
-    def __init__(self, *, rate: int, frame_ms: int = 20, lead_s: float = 0.6) -> None:
+    def __init__(self, *, rate: int, frame_ms: int = 20, lead_s: float = 0.6, refill_s: float = 0.1) -> None:
+        if not 0 <= refill_s < lead_s:
+            raise ValueError(f"refill_s {refill_s} must be at least 0 and under lead_s {lead_s}")
         self.rate = rate
         self.frame_bytes = rate * frame_ms // 1000 * 2
         self.lead_s = lead_s
+        self.refill_s = refill_s
         self._pending: deque[tuple[bytes, Tag]] = deque()
         self._partial: tuple[bytearray, Tag] | None = None
         self._horizon = 0.0  # estimated time (caller's clock) at which everything released so far has played
@@ -57,8 +65,11 @@ class Pacer(Generic[Tag]):
         self._partial = None
 
     def poll(self, now: float) -> list[OutFrame[Tag]]:
+        """Top the lead up to ``lead_s`` once it has fallen to ``lead_s - refill_s`` (at once after a dry spell)."""
         out: list[OutFrame[Tag]] = []
         self._horizon = max(self._horizon, now)
+        if self._horizon - now > self.lead_s - self.refill_s + _EPSILON_S:
+            return out
         while self._pending and self._horizon - now < self.lead_s:
             pcm, tag = self._pending.popleft()
             samples = len(pcm) // 2
@@ -68,10 +79,11 @@ class Pacer(Generic[Tag]):
         return out
 
     def next_due(self, now: float) -> float | None:
-        """When ``poll`` will next release something, or None when nothing is queued."""
+        """When the lead will have fallen by ``refill_s`` (``poll`` then tops it up), or None when nothing is
+        queued. ``poll`` releases earlier when asked (new audio after a dry spell starts at once)."""
         if not self._pending:
             return None
-        return max(now, self._horizon - self.lead_s)
+        return max(now, self._horizon - self.lead_s + self.refill_s)
 
     def clear(self, now: float) -> None:
         self._pending.clear()
