@@ -50,6 +50,7 @@ from luna_voice.providers.offline._shared import load_once
 
 PERIOD_S = 6.0  # the person asks this often
 REPLY_S = 2.5
+SAY_EVERY_S = 12.0  # with a muted listener: the app has Luna say something this often (silent 80 % of the time)
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ class Variant:
             Conversation.next_deadline, Pacer.__init__, session.BRIDGE_DEFLATE, pipeline.PLAYBACK_FRAMES_PER_MESSAGE = (
                 saved  # type: ignore[assignment]
             )
+
+    listener_muted: bool = False  # Carol listens muted (nobody is captured); Luna says a reply every SAY_EVERY_S
 
     async def prepare(self, context: BrowserContext, _url: str) -> None:
         for module, body in self.old_modules().items() if self.old_modules else ():
@@ -191,6 +194,11 @@ def unmuted() -> dict[str, str]:
     }
 
 
+def awake() -> dict[str, str]:
+    """Luna's page with her AudioContext running all the time, as before it slept while she is silent."""
+    return {"lib/audio-sleep.js": "export class AudioSleep { speaking() {} wake() {} update() {} close() {} }\n"}
+
+
 # Chromium's flags before the cuts: one --disable-features of our own, which replaced Playwright's list and left
 # each bot's context an omnibox WebUI renderer and the browser a spare renderer.
 OLD_CHROMIUM_ARGS = [
@@ -216,6 +224,10 @@ VARIANTS = [
     # the same Luna with a muted second person: captured as before, then dropped while muted (what ships)
     Variant("muted guest captured", CHROMIUM_ARGS, unmuted, muted_guest=True),
     Variant("+muted guest dropped (after)", CHROMIUM_ARGS, muted_guest=True),
+    # a muted listener (nobody captured) and Luna speaking now and then: her audio awake all along, then asleep
+    # while she is silent (what ships)
+    Variant("muted listener, audio awake", CHROMIUM_ARGS, awake, listener_muted=True),
+    Variant("+audio sleeps (after)", CHROMIUM_ARGS, listener_muted=True),
 ]
 
 
@@ -399,8 +411,11 @@ async def _measure(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, 
     try:
         idle_pss = memory_mb(set(luna_tree(driver)))[1]
         await svc.summon(room)
-        person = await rig.human(browser, svc, room, "Carol")
-        await hears(svc, room, "Carol")
+        person = await rig.human(browser, svc, room, "Carol", mic=not variant.listener_muted)
+        if variant.listener_muted:
+            await until(lambda: _announced(svc, room, "Carol"), 30, "Carol at Luna's page")
+        else:
+            await hears(svc, room, "Carol")
         guest = await rig.human(browser, svc, room, "Dave", mic=False) if variant.muted_guest else None
         if guest is not None:  # announced, and his track negotiated (or not captured at all)
             await until(lambda: _announced(svc, room, "Dave"), 30, "Dave at Luna's page")
@@ -411,6 +426,7 @@ async def _measure(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, 
         seen = svc.service.frames_seen[room]
 
         frames0, muted0, t0, before = seen[pid], seen[muted], time.monotonic(), threads(procs)
+        sayer = asyncio.ensure_future(_say_every(svc, room, SAY_EVERY_S)) if variant.listener_muted else None
         with vad_delays() as delays, loop_passes() as passes:
             await asyncio.sleep(window_s)
         wall, after = time.monotonic() - t0, threads(procs)
@@ -424,6 +440,8 @@ async def _measure(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, 
         await asyncio.sleep(window_s / 2)
         prof.disable()
 
+        if sayer is not None:
+            sayer.cancel()
         ear = await person.stop_recording(t_rec)
         status = await svc.dismiss(room)
         await person.close()
@@ -452,6 +470,15 @@ async def _measure(rig: Rig, variant: Variant, audio: ReplyAudio, browser: Any, 
         "clicks_lost_pct": 100 * float(np.isnan(lat).mean()) if lat.size else float("nan"),
         "playback_gaps": status["stats"]["playback_gaps"],
     }
+
+
+async def _say_every(svc: Any, room: str, period_s: float) -> None:
+    """The app has Luna say something (the bench's reply audio) every ``period_s``, from the window's start."""
+    while True:
+        code, body = await svc.call("POST", f"/rooms/{room}/luna/say", json={"text": "Something to say."})
+        if code != 202:
+            raise RuntimeError(f"say in {room}: {code} {body}")
+        await asyncio.sleep(period_s)
 
 
 async def _announced(svc: Any, room: str, name: str) -> bool:

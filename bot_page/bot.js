@@ -5,6 +5,7 @@
 // load (no test hooks), so an AudioContext left suspended by the autoplay policy shows up here and not only in
 // production. Audio does not cross this page's main thread: each worklet has a channel of its own to the bridge's
 // shared worker (lib/socket-worker.js); only control messages (JSON) come here.
+import { AudioSleep } from "./lib/audio-sleep.js";
 import { WorkerSocket } from "./lib/worker-socket.js";
 import * as wire from "./protocol.js";
 
@@ -34,6 +35,7 @@ function setState(state, sub_code = null, reason = null) {
   send({ type: "room_state", state, sub_code, reason });
   if (state === "left" || state === "failed") {
     ended = true;
+    audioSleep.close();
     for (const id of [...participants.keys()]) dropParticipant(id);
   }
 }
@@ -52,6 +54,10 @@ playback.connect(mic);
 playback.connect(silentOut);
 const micTrack = mic.stream.getAudioTracks()[0];
 if (ctx.state !== "running") await ctx.resume().catch(() => {});
+// The context sleeps while she is silent and no capture worklet renders in it (lib/audio-sleep.js).
+const audioSleep = new AudioSleep(ctx, () => [...participants.values()].some((p) => p.node));
+playback.port.onmessage = ({ data }) => audioSleep.speaking(data.speaking);
+ctx.onstatechange = () => send({ type: "audio_context", state: ctx.state });
 
 // --- bridge -----------------------------------------------------------------------------------------------
 function openBridge() {
@@ -66,6 +72,7 @@ function openBridge() {
         capture_rate: wire.CAPTURE_RATE, playback_rate: ctx.sampleRate, // Python refuses rates it does not use
       }));
       resolve();
+      audioSleep.update(); // from here on her context sleeps while she is silent and nobody is captured
     };
     bridge.onerror = () => reject(new Error("bridge unreachable"));
     bridge.onclose = (ev) => {
@@ -75,6 +82,7 @@ function openBridge() {
     bridge.onmessage = ({ data }) => { // JSON only: the worker hands audio, clear and duck to the worklet
       const msg = JSON.parse(data);
       if (msg.type === "leave") leave();
+      else if (msg.type === "wake") audioSleep.wake();
       else if (msg.type === "unmute" && room && room.unmute) room.unmute();
       else if (msg.type === "chat") chat(msg.text);
     };
@@ -94,6 +102,7 @@ function stopCapture(p) {
   if (p.sink) p.sink.srcObject = null;
   p.node = p.source = p.sink = null;
   p.trackId = null;
+  audioSleep.update();
 }
 
 function participantJoined({ id, name }) {
@@ -143,6 +152,7 @@ async function attach(p) {
   bridge.capture(p.capture, p.index, port2);
   p.source.connect(p.node);
   p.node.connect(silentOut);
+  audioSleep.update();
 }
 
 function dropParticipant(id) {

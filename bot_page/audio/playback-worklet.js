@@ -5,6 +5,9 @@
 // one per bridge), so the page's main thread is not on her voice's path.
 // `gain` ducks the voice while someone may be interrupting her: a short linear ramp (no click), nothing dropped,
 // so the marks still count every sample the room heard, quieter or not.
+// The page hears on the node's own port when her queue gets audio ("speaking": true) and when it runs empty or is
+// cleared (false): her context sleeps while she is silent (lib/audio-sleep.js). PCM posted while it sleeps is
+// still queued here (Chromium delivers a worklet's port messages to a suspended context) and plays whole on wake.
 // A "pcm" message may hold several consecutive frames (seq is the first one's; each is PLAYBACK_FRAME_SAMPLES but
 // the last): each gets a mark of its own, so the marks say frame by frame what was rendered. Wire: ../protocol.js.
 import { PLAYBACK_FRAME_SAMPLES as FRAME } from "../protocol.js";
@@ -43,6 +46,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   onMessage(msg) {
     if (msg.type === "pcm") {
       const pcm = new Int16Array(msg.buffer);
+      if (this.write === this.read) this.port.postMessage({ speaking: true });
       const room = this.size - (this.write - this.read);
       const n = Math.min(pcm.length, room);
       if (n < pcm.length) this.overflowed += pcm.length - n;
@@ -61,6 +65,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
       this.playing = false;
       this.firstAt = null;
       this.bridge.postMessage({ type: "cleared", dropped_ms: (1000 * dropped) / sampleRate });
+      this.port.postMessage({ speaking: false });
     }
   }
 
@@ -87,6 +92,7 @@ class PlaybackProcessor extends AudioWorkletProcessor {
         this.playing = false;
         this.firstAt = null;
         this.bridge.postMessage({ type: "played", seq: this.lastSeq, idle: true });
+        this.port.postMessage({ speaking: false });
         this.lastReport = currentTime;
         return true;
       }

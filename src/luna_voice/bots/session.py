@@ -179,6 +179,9 @@ class PageSession:
     def unmute(self) -> None:
         self._outbox.put_nowait(bp.control("unmute"))
 
+    def wake_playback(self) -> None:
+        self._outbox.put_nowait(bp.control("wake"))
+
     def send_chat(self, text: str) -> None:
         self._outbox.put_nowait(bp.chat(text))
 
@@ -214,6 +217,8 @@ class PageSession:
             log.info("page.log", bot=self.bot_id, level=msg.level, message=msg.message)
         elif isinstance(msg, bp.Cleared):
             log.info("playback.cleared", bot=self.bot_id, dropped_ms=round(msg.dropped_ms))
+        elif isinstance(msg, bp.AudioContextState):
+            self.info["audio_context"] = msg.state
         elif isinstance(msg, bp.Muted):
             log.warning("bot.muted_by_host", bot=self.bot_id, muted=msg.muted, reason=msg.reason)
             self._pipeline.muted(msg.muted, msg.reason)

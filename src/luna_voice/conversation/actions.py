@@ -84,6 +84,11 @@ class Unmute:
 
 
 @dataclass(frozen=True)
+class WakePlayback:
+    """Luna is about to speak: her page's audio, asleep while she is silent, starts waking now, before her PCM."""
+
+
+@dataclass(frozen=True)
 class SetPlaybackGain:
     """Ramp Luna's voice in the page to ``gain`` (1.0 = full): ducked under a possible interruption."""
 
@@ -126,6 +131,7 @@ Action = (
     | SendAudio
     | ClearPlayback
     | Unmute
+    | WakePlayback
     | SetPlaybackGain
     | RecordSpoken
     | Leave

@@ -702,7 +702,7 @@ class Conversation:
     def _start_speech(self, turn: Turn, now: float) -> None:
         """Speak a given text with her voice and the usual chunking; no reply engine involved."""
         self._active = turn
-        turn.move(TurnState.THINKING)
+        self._think(turn)
         chunker = self._new_chunker()
         for sentence in [*chunker.feed(turn.reply_text), *chunker.flush()]:
             self._add_sentence(turn, sentence)
@@ -771,6 +771,12 @@ class Conversation:
             self.stats["ducks"] += ducked
             self._out.append(act.SetPlaybackGain(self.cfg.duck_gain if ducked else 1.0))
 
+    def _think(self, turn: Turn) -> None:
+        """Her turn is about to make sound: the page's audio, asleep while she is silent, wakes now, while the
+        reply is asked for or synthesised, not when her first PCM arrives."""
+        turn.move(TurnState.THINKING)
+        self._out.append(act.WakePlayback())
+
     def _start(self, turn: Turn, may_stay_silent: bool, now: float) -> bool:
         """Ask for a reply to ``turn``; False if the reply engine asked us to wait (the turn fails at once)."""
         if now < self._llm_cooldown_until:
@@ -779,7 +785,7 @@ class Conversation:
             return False
         self._active = turn
         self._chunker = self._new_chunker()
-        turn.move(TurnState.THINKING)
+        self._think(turn)
         context = [line for line in self._context if line.at < turn.timings["end_of_speech"]]
         request = ReplyRequest(
             room_id=self.cfg.room_id,

@@ -1,0 +1,72 @@
+"""Luna's audio sleeps while she is silent, in the local room: with only a muted listener nothing else renders in
+her page's AudioContext (a muted person is not captured), so it is suspended; a ``say`` wakes it and the listener
+hears her whole, from the first syllable (the same voiced span as the words' own audio) with every sample marked
+played; when she is done it sleeps again. A person who unmutes is captured, and that keeps it awake."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from luna_voice.providers.base import PIPELINE_RATE
+from luna_voice.providers.offline.piper_tts import OfflineTTS
+from roomtools import human_page, luna_quiet_at, until
+
+pytestmark = pytest.mark.browser
+
+# Chinese goes to espeak-ng, which says it the same way every time (Piper draws new durations per run): the
+# listener's recording can be held against the words' own audio, synthesised here.
+SAID = "会议室已经订好了。"  # one sentence: one synthesis, as below
+FRAME = PIPELINE_RATE // 50  # 20 ms
+
+
+def voiced_span_s(pcm: np.ndarray, threshold: float = 0.02) -> float:
+    """From the first to the last 20 ms frame louder than ``threshold`` (RMS, full scale 1.0), in seconds."""
+    n = len(pcm) // FRAME
+    frames = pcm[: n * FRAME].astype(np.float64).reshape(n, FRAME) / 32768
+    loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > threshold)
+    return float((loud[-1] - loud[0] + 1) * 0.02) if loud.size else 0.0
+
+
+async def test_her_context_sleeps_while_she_is_silent_and_a_say_is_heard_whole(start_service, launch_human):
+    svc = await start_service(greeting="")  # she says only the test's words
+    status, _ = await svc.call("POST", "/rooms/sleep/luna", json={"backend": "local"})
+    assert status == 201
+
+    async def page_audio() -> str | None:
+        bot = (await svc.call("GET", "/rooms/sleep/luna"))[1]
+        return bot["page"].get("audio_context") if bot["state"] == "joined" else None
+
+    async def context_is(state: str) -> bool:
+        return await page_audio() == state
+
+    await until(page_audio, 30, "Luna to join the local room")
+    alice = await human_page(launch_human, svc.url, "sleep", "Alice", None)
+    await alice.evaluate("lunaDemo.setMic(false)")  # a muted listener is not captured: nothing else needs it
+    await until(lambda: context_is("suspended"), 10, "Luna's AudioContext to sleep while she is silent")
+
+    await alice.evaluate("lunaDemo.startRecording('Luna')")
+    status, said = await svc.call("POST", "/rooms/sleep/luna/say", json={"text": SAID})
+    assert status == 202, said
+
+    async def spoken() -> dict | None:
+        turns = (await svc.call("GET", "/rooms/sleep/luna"))[1]["turns"]
+        return next((t for t in turns if t["kind"] == "say" and t["state"] == "done"), None)
+
+    turn = await until(spoken, 30, "Luna to say it", step=0.2)
+    await luna_quiet_at(alice)
+    rec = await alice.evaluate("lunaDemo.stopRecording()")
+    assert turn["spoken_text"] == turn["reply_text"] and turn["played_audio_s"] == turn["reply_audio_s"], turn
+
+    words = OfflineTTS(sample_rate=PIPELINE_RATE).synthesize(SAID)
+    reference = b"".join([chunk async for chunk in words if isinstance(chunk, bytes)])
+    heard = np.frombuffer(base64.b64decode(rec["pcm"]), np.int16)
+    want = voiced_span_s(np.frombuffer(reference, np.int16))
+    got = voiced_span_s(heard)
+    assert abs(got - want) <= 0.06, f"the listener heard {got:.2f} s of voice from {want:.2f} s of her words"
+
+    await until(lambda: context_is("suspended"), 10, "Luna's AudioContext to sleep again once she is done")
+    await alice.evaluate("lunaDemo.setMic(true)")  # Alice is captured again: her worklet renders in the context
+    await until(lambda: context_is("running"), 10, "Luna's AudioContext to wake for Alice's capture")
