@@ -184,7 +184,7 @@ async def test_junk_from_the_page_is_logged_once_and_dropped(start_service):
                 await ws.send_str(json.dumps({"type": "room_state", "state": "failed", "sub_code": 5}))
             await ws.send_bytes(b"\x01\x01\x00")
             await ws.send_str(json.dumps({"type": "participant_joined", "index": 0, "id": "p2"}))
-            for payload in (b"", bytes([16 << 3 | 3, 0])):  # not Opus: empty, and a packet of no frames
+            for payload in (bytes([15 << 3]) * 1501, bytes([16 << 3 | 3, 0])):  # not Opus: too long, no frames
                 await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE_OPUS, 1, packets[5][0], 0.0, payload))
             for rtp, payload in packets[5:]:  # the page is still heard
                 await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE_OPUS, 1, rtp, 0.0, payload))

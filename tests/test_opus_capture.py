@@ -59,6 +59,13 @@ def test_payloads_that_cannot_be_opus_are_junk(payload):
         os_.packet_samples(payload)
 
 
+def test_an_empty_payload_is_skipped_not_junk():
+    capture = Capture(OpusDecoder)
+    (rtp, payload), *_ = OpusSender().packets(tone(0.02))
+    assert capture.packet(rtp, b"", 20.0, 0.02) == [] and capture.due() is None
+    assert len(capture.packet(rtp, payload, 20.0, 0.02)) == 1
+
+
 def test_a_packet_libopus_refuses_is_junk_and_the_stream_goes_on():
     sender = OpusSender()
     packets = sender.packets(tone(0.2))

@@ -114,7 +114,10 @@ class CaptureStream:
         self.dropped_late = 0
 
     def packet(self, rtp: int, payload: bytes, page_ms: float, now: float) -> list[Step]:
-        """A packet with RTP timestamp ``rtp`` that reached the page at ``page_ms``; raises ``OpusJunk``."""
+        """A packet with RTP timestamp ``rtp`` that reached the page at ``page_ms``; raises ``OpusJunk``. An empty
+        payload (Chromium hands some over between a sender's packets) carries no audio and is skipped."""
+        if not payload:
+            return []
         samples = packet_samples(payload)
         steps: list[Step] = []
         delta = 0 if self._next is None else _signed(rtp - self._next)
