@@ -68,7 +68,8 @@ RECEIVED = """async () => {
 async def test_lunas_page_decodes_and_plays_nobody(start_service, launch_human, tmp_path):
     """Luna's page forwards each person's Opus packets as they arrive and Python decodes them: the page plays no
     media element for them, feeds no WebAudio graph with them, runs no capture worklet, and Chromium decodes
-    none of their audio (their receivers' stats count packets but no samples). Python still hears them."""
+    none of their audio (their receivers' stats count packets but no samples). Python still hears them, and her
+    AudioContext, which only her voice renders in now, sleeps while she is silent."""
     pages: list[Page] = []
     heard: list[bytes] = []
 
@@ -92,6 +93,11 @@ async def test_lunas_page_decodes_and_plays_nobody(start_service, launch_human, 
         return sum(loud(pcm) for pcm in heard) >= 50
 
     await until(tone_heard, 15, "a second of Ann's tone in Python")
+
+    async def asleep() -> bool:  # Luna says nothing (policy never): hearing Ann does not keep her context awake
+        return (await svc.call("GET", "/rooms/cost/luna"))[1]["page"].get("audio_context") == "suspended"
+
+    await until(asleep, 10, "Luna's AudioContext to sleep while Ann is heard")
     cost = await pages[0].evaluate(RECEIVED)
     assert cost["played"] == 0 and cost["sources"] == 0 and cost["worklets"] == ["luna-playback"], cost
     assert cost["packets"] and min(cost["packets"]) >= 50 and cost["decoded"] == [0] * len(cost["packets"]), cost
