@@ -41,8 +41,6 @@ from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _
 from luna_voice.bots import pipeline, session
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.bots.pipeline import Pipeline
-from luna_voice.bots.session import PageSession
-from luna_voice.bridge import protocol as bp
 from luna_voice.config import Settings
 from luna_voice.conversation.core import Conversation
 from luna_voice.conversation.pacing import Pacer
@@ -138,14 +136,14 @@ _WORKLET_BLOB = """async function oldWorklet(name) {
 """
 
 
-def _git_show(path: str, commit: str = OLD_PAGE_COMMIT) -> str:
+def _git_show(path: str) -> str:
     try:
         out = subprocess.run(
-            ["git", "-C", str(_REPO), "show", f"{commit}:{path}"], capture_output=True, text=True, check=True
+            ["git", "-C", str(_REPO), "show", f"{OLD_PAGE_COMMIT}:{path}"], capture_output=True, text=True, check=True
         )
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
-        raise SystemExit(f"profile: the old page needs git history ({commit}:{path}): {detail}") from None
+        raise SystemExit(f"profile: the old page needs git history ({OLD_PAGE_COMMIT}:{path}): {detail}") from None
     return out.stdout
 
 
@@ -186,65 +184,6 @@ def page_socket() -> dict[str, str]:
     }
 
 
-# The page just before its capture went encoded: Chromium decoded every person, played them into a muted media
-# element and a capture worklet each, and the worklet's 16 kHz PCM went to Python (frame kind 1, since retired).
-WEBAUDIO_PAGE_COMMIT = "df142f2"
-
-
-@functools.cache
-def webaudio_capture() -> dict[str, str]:
-    """Page path → source of the WebAudio-capturing page's modules. Its socket worker, loaded from a blob (routes
-    miss it), gets the wire constants of its own day inline: the current protocol.js has no kind 1."""
-    show = functools.partial(_git_show, commit=WEBAUDIO_PAGE_COMMIT)
-    line = 'await ctx.audioWorklet.addModule(new URL("./audio/capture-worklet.js", import.meta.url));'
-    bot = _patched(
-        show("bot_page/bot.js"), line, 'await ctx.audioWorklet.addModule(await oldWorklet("capture-worklet.js"));'
-    )
-    bot = _patched(bot, "// --- audio graph", _WORKLET_BLOB.replace("relayed-", "webaudio-") + "\n// --- audio graph")
-    wire = re.findall(r"export const (\w+) = (.+);", show("bot_page/protocol.js"))
-    inline = "const wire = {" + ", ".join(f"{name}: {value}" for name, value in wire) + "};"
-    worker = json.dumps(
-        _patched(show("bot_page/lib/socket-worker.js"), 'import * as wire from "../protocol.js";', inline)
-    )
-    socket = _patched(
-        show("bot_page/lib/worker-socket.js"),
-        'new SharedWorker(new URL("./socket-worker.js", import.meta.url), { name, type: "module" })',
-        f'new SharedWorker(URL.createObjectURL(new Blob([{worker}], {{ type: "text/javascript" }})), {{ name }})',
-    )
-    return {
-        "bot.js": bot,
-        "audio/webaudio-capture-worklet.js": show("bot_page/audio/capture-worklet.js"),
-        "lib/worker-socket.js": socket,
-        "lib/audio-sleep.js": show("bot_page/lib/audio-sleep.js"),  # it kept the context awake while capturing
-    }
-
-
-def hear_pcm_capture() -> None:
-    """The rungs that serve an old page send 16 kHz PCM (kind 1, retired from the wire): this process's service
-    takes it straight to the pipeline, as the service did then. Only the profile does this; the encoded page's
-    frames (kind 3) go the shipped way."""
-    if getattr(bp.decode_audio, "pcm_too", False):
-        return
-    decode, on_audio = bp.decode_audio, PageSession._on_audio
-
-    def decode_audio(data: bytes) -> bp.AudioFrame:
-        if len(data) > bp.HEADER.size and data[1] == 1:
-            _version, kind, participant, seq, ts = bp.HEADER.unpack_from(data)
-            return bp.AudioFrame(kind, participant, seq, ts, data[bp.HEADER.size :])
-        return decode(data)
-
-    def _on_audio(self: PageSession, frame: bp.AudioFrame) -> None:
-        if frame.kind != 1:
-            return on_audio(self, frame)
-        if (pid := self._pids.get(frame.participant)) is not None:
-            self._feed(pid, [(frame.timestamp_ms, frame.payload)])
-        return None
-
-    decode_audio.pcm_too = True  # type: ignore[attr-defined]
-    bp.decode_audio = decode_audio  # type: ignore[assignment]
-    PageSession._on_audio = _on_audio  # type: ignore[method-assign]
-
-
 def unmuted() -> dict[str, str]:
     """The local room's adapter without the microphone state: every person captured, muted or not. (The static
     route ignores the query, which keeps this route from serving itself.)"""
@@ -276,24 +215,19 @@ VARIANTS = [
     Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES, **_OLD),
     Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False, blas_threads=CORES, **_OLD),  # Silero off the loop
     Variant("+silence gate", CHROMIUM_ARGS, relayed, blas_threads=CORES, **_OLD),  # silent windows skip the model
-    Variant("+direct worklets", CHROMIUM_ARGS, webaudio_capture, blas_threads=CORES, **_OLD),  # audio off main thread
-    Variant("+one BLAS thread", CHROMIUM_ARGS, webaudio_capture, **_OLD),  # Smart Turn without OpenBLAS's spinning
+    Variant("+direct worklets", CHROMIUM_ARGS, blas_threads=CORES, **_OLD),  # audio off the page's main thread
+    Variant("+one BLAS thread", CHROMIUM_ARGS, **_OLD),  # Smart Turn's matmuls without OpenBLAS's spinning worker
     # the core asks for the clock only when something is due; Luna's lead is topped up 100 ms at a time
-    Variant("+fewer wake-ups", CHROMIUM_ARGS, webaudio_capture, bridge_deflate=True, playback_frames=1),
-    Variant("+bridge without deflate", CHROMIUM_ARGS, webaudio_capture, playback_frames=1),  # no permessage-deflate
-    Variant("+larger playback messages", CHROMIUM_ARGS, webaudio_capture),  # a refill's frames in one message
-    # the same Luna with a muted second person: captured as before, then dropped while muted
-    Variant("muted guest captured", CHROMIUM_ARGS, lambda: {**webaudio_capture(), **unmuted()}, muted_guest=True),
-    Variant("+muted guest dropped", CHROMIUM_ARGS, webaudio_capture, muted_guest=True),
+    Variant("+fewer wake-ups", CHROMIUM_ARGS, bridge_deflate=True, playback_frames=1),
+    Variant("+bridge without deflate", CHROMIUM_ARGS, playback_frames=1),  # no permessage-deflate on the bridge
+    Variant("+larger playback messages", CHROMIUM_ARGS),  # a refill's frames in one bridge message
+    # the same Luna with a muted second person: captured as before, then dropped while muted (what ships)
+    Variant("muted guest captured", CHROMIUM_ARGS, unmuted, muted_guest=True),
+    Variant("+muted guest dropped (after)", CHROMIUM_ARGS, muted_guest=True),
     # a muted listener (nobody captured) and Luna speaking now and then: her audio awake all along, then asleep
-    # while she is silent
-    Variant(
-        "muted listener, audio awake", CHROMIUM_ARGS, lambda: {**webaudio_capture(), **awake()}, listener_muted=True
-    ),
-    Variant("+audio sleeps", CHROMIUM_ARGS, webaudio_capture, listener_muted=True),
-    # what ships: each person's Opus packets forwarded as received, decoded in Python; her context then sleeps
-    # while she is silent even while people are heard (compare with "+larger playback messages": one speaker)
-    Variant("+encoded capture (after)", CHROMIUM_ARGS),
+    # while she is silent (what ships)
+    Variant("muted listener, audio awake", CHROMIUM_ARGS, awake, listener_muted=True),
+    Variant("+audio sleeps (after)", CHROMIUM_ARGS, listener_muted=True),
 ]
 
 
@@ -565,7 +499,6 @@ async def run(
     browser = await rig.browser(
         _wav(tmp, "profile", _loop(sg.speech("Luna, say something.", sg.MIC_RATE), PERIOD_S)), loop=True
     )
-    hear_pcm_capture()
     runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     for r in range(rounds):
         for v in variants if r % 2 == 0 else variants[::-1]:  # A B B A: none always goes first

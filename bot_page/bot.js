@@ -1,12 +1,10 @@
-// Luna's page. It joins a room through a room adapter (rooms/<backend>.js), forwards every other participant's
-// encoded audio (Opus, as received: Python decodes it) over the bridge WebSocket, and plays what Python sends into
-// a WebAudio graph whose MediaStreamDestination track is Luna's microphone in the room. The bridge protocol is
-// documented in src/luna_voice/bridge/protocol.py, which generates ./protocol.js. The page builds its audio graph
-// itself at load (no test hooks), so an AudioContext left suspended by the autoplay policy shows up here and not
-// only in production. Audio does not cross this page's main thread: the receive worker (each person's
-// RTCRtpScriptTransform) and the playback worklet have channels of their own to the bridge's shared worker
-// (lib/socket-worker.js); only control messages (JSON) come here.
-import * as receivers from "./lib/receivers.js"; // first: it must see every RTCPeerConnection made
+// Luna's page. It joins a room through a room adapter (rooms/<backend>.js), captures every other participant's
+// audio and streams it to Python over the bridge WebSocket, and plays what Python sends into a WebAudio graph
+// whose MediaStreamDestination track is Luna's microphone in the room. The bridge protocol is documented in
+// src/luna_voice/bridge/protocol.py, which generates ./protocol.js. The page builds its audio graph itself at
+// load (no test hooks), so an AudioContext left suspended by the autoplay policy shows up here and not only in
+// production. Audio does not cross this page's main thread: each worklet has a channel of its own to the bridge's
+// shared worker (lib/socket-worker.js); only control messages (JSON) come here.
 import { AudioSleep } from "./lib/audio-sleep.js";
 import { WorkerSocket } from "./lib/worker-socket.js";
 import * as wire from "./protocol.js";
@@ -15,7 +13,7 @@ import * as wire from "./protocol.js";
 const b64 = location.hash.slice(1).replace(/-/g, "+").replace(/_/g, "/");
 const cfg = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))));
 const statusEl = document.getElementById("status");
-const participants = new Map(); // id -> {index, name, track, enabled, trackId, key, capture, heardAt}
+const participants = new Map(); // id -> {index, name, track, enabled, trackId, sink, source, node, capture, heardAt}
 let nextIndex = 1;
 let nextCapture = 1; // ids of capture channels in the socket worker
 let bridge;
@@ -42,11 +40,12 @@ function setState(state, sub_code = null, reason = null) {
   }
 }
 
-// --- audio graph: Luna's voice only ------------------------------------------------------------------------
+// --- audio graph ------------------------------------------------------------------------------------------
 const ctx = new AudioContext({ sampleRate: wire.PLAYBACK_RATE, latencyHint: "interactive" });
 const silentOut = ctx.createGain();
 silentOut.gain.value = 0;
-silentOut.connect(ctx.destination); // keeps the playback worklet pulled by the render graph
+silentOut.connect(ctx.destination); // keeps capture worklets pulled by the render graph
+await ctx.audioWorklet.addModule(new URL("./audio/capture-worklet.js", import.meta.url));
 await ctx.audioWorklet.addModule(new URL("./audio/playback-worklet.js", import.meta.url));
 const playback = new AudioWorkletNode(ctx, "luna-playback", { numberOfInputs: 0, outputChannelCount: [1] });
 const mic = ctx.createMediaStreamDestination();
@@ -55,8 +54,8 @@ playback.connect(mic);
 playback.connect(silentOut);
 const micTrack = mic.stream.getAudioTracks()[0];
 if (ctx.state !== "running") await ctx.resume().catch(() => {});
-// The context sleeps while she is silent (lib/audio-sleep.js): nobody she hears renders in it.
-const audioSleep = new AudioSleep(ctx);
+// The context sleeps while she is silent and no capture worklet renders in it (lib/audio-sleep.js).
+const audioSleep = new AudioSleep(ctx, () => [...participants.values()].some((p) => p.node));
 playback.port.onmessage = ({ data }) => audioSleep.speaking(data.speaking);
 ctx.onstatechange = () => send({ type: "audio_context", state: ctx.state });
 
@@ -73,7 +72,7 @@ function openBridge() {
         capture_rate: wire.CAPTURE_RATE, playback_rate: ctx.sampleRate, // Python refuses rates it does not use
       }));
       resolve();
-      audioSleep.update(); // from here on her context sleeps while she is silent
+      audioSleep.update(); // from here on her context sleeps while she is silent and nobody is captured
     };
     bridge.onerror = () => reject(new Error("bridge unreachable"));
     bridge.onclose = (ev) => {
@@ -90,58 +89,70 @@ function openBridge() {
   });
 }
 
-// --- per-participant capture: encoded frames off each person's receiver ------------------------------------
-const heardByKey = new Map(); // receiver's key -> participant: their frames arrive (the room's watchdog reads it)
-receivers.onHeard((key) => {
-  const p = heardByKey.get(key);
-  if (p) p.heardAt = performance.now();
-});
-
+// --- per-participant capture -------------------------------------------------------------------------------
 function stopCapture(p) {
-  if (p.capture) {
+  if (p.node) {
+    // a disconnected worklet would go on posting frames of zeros under this participant's index
     bridge.uncapture(p.capture); // before participant_left, on the same port: no frame of theirs follows it
-    receivers.detach(p.key);
-    heardByKey.delete(p.key);
+    p.node.port.onmessage = null;
+    p.node.port.postMessage("stop");
+    p.node.disconnect();
   }
-  p.capture = p.key = p.trackId = null;
+  if (p.source) p.source.disconnect();
+  if (p.sink) p.sink.srcObject = null;
+  p.node = p.source = p.sink = null;
+  p.trackId = null;
+  audioSleep.update();
 }
 
 function participantJoined({ id, name }) {
   if (participants.has(id)) return participants.get(id);
-  const p = { index: nextIndex++, id, name, track: null, enabled: true, trackId: null, heardAt: performance.now() };
+  const p = {
+    index: nextIndex++, id, name, track: null, enabled: true, trackId: null, attaching: Promise.resolve(),
+    heardAt: performance.now(),
+  };
   participants.set(id, p);
   send({ type: "participant_joined", index: p.index, id, name });
   return p;
 }
 
 // A person's audio track, and whether the room says their microphone is on (`enabled`; a null track keeps the
-// last one). A muted person costs nothing: their frames are not forwarded (and a muted sender sends none);
-// unmuting attaches again. A replaced track (device change, new consumer) detaches the old one first, so a person
-// is never heard twice.
+// last one). A muted person costs nothing: no media element, no worklet, no frames to Python; unmuting attaches
+// again. Attaches run one after another per participant: two quick track swaps must not both finish (each after
+// its `await sink.play()`) and leave two capture nodes for one person, who would then be heard twice.
 function audioTrack({ id, name, track, enabled = true }) {
   const p = participants.get(id) || participantJoined({ id, name });
   if (track) p.track = track;
   p.enabled = enabled !== false;
-  attach(p);
+  p.attaching = p.attaching.then(() => attach(p));
+  return p.attaching;
 }
 
-function attach(p) {
+async function attach(p) {
+  if (participants.get(p.id) !== p) return;
   const track = p.enabled && p.track && p.track.readyState === "live" ? p.track : null;
   if (track && p.trackId === track.id) return;
-  stopCapture(p);
+  stopCapture(p); // muted, or the track was replaced (device change, reconnect): re-attach
   if (!track) return;
-  const { key, error } = receivers.captureOf(track);
-  if (error) {
-    log("error", `cannot hear ${p.name}: ${error}`);
-    return;
-  }
-  const { port1, port2 } = new MessageChannel(); // the frames' own way to the bridge
   p.trackId = track.id;
-  p.key = key;
+  const stream = new MediaStream([track]);
+  // Chromium gives WebAudio silence from a remote track unless a media element is also playing it.
+  const sink = (p.sink = new Audio());
+  sink.muted = true;
+  sink.srcObject = stream;
+  await sink.play().catch((err) => log("warn", `sink for ${p.name} refused to play: ${err}`));
+  if (p.sink !== sink) return; // dropped while the sink started
+  p.source = ctx.createMediaStreamSource(stream);
+  const options = { numberOfInputs: 1, outputChannelCount: [1], processorOptions: { direct: true } };
+  p.node = new AudioWorkletNode(ctx, "luna-capture", options);
+  p.node.port.onmessage = () => (p.heardAt = performance.now()); // "heard", twice a second: the room's watchdog
+  const { port1, port2 } = new MessageChannel(); // the frames' own way to the bridge
   p.capture = nextCapture++;
-  heardByKey.set(key, p);
+  p.node.port.postMessage({ type: "bridge", port: port1 }, [port1]);
   bridge.capture(p.capture, p.index, port2);
-  receivers.attach(key, port1);
+  p.source.connect(p.node);
+  p.node.connect(silentOut);
+  audioSleep.update();
 }
 
 function dropParticipant(id) {

@@ -1,8 +1,7 @@
 """Luna's audio sleeps while she is silent, in the local room: with only a muted listener nothing else renders in
 her page's AudioContext (a muted person is not captured), so it is suspended; a ``say`` wakes it and the listener
 hears her whole, from the first syllable (the same voiced span as the words' own audio) with every sample marked
-played; when she is done it sleeps again. (People she hears do not keep it awake: their audio reaches Python
-encoded and renders nothing in it; tests/test_bot_page_cost.py checks it sleeps while a person speaks.)"""
+played; when she is done it sleeps again. A person who unmutes is captured, and that keeps it awake."""
 
 from __future__ import annotations
 
@@ -69,3 +68,5 @@ async def test_her_context_sleeps_while_she_is_silent_and_a_say_is_heard_whole(s
     assert abs(got - want) <= 0.06, f"the listener heard {got:.2f} s of voice from {want:.2f} s of her words"
 
     await until(lambda: context_is("suspended"), 10, "Luna's AudioContext to sleep again once she is done")
+    await alice.evaluate("lunaDemo.setMic(true)")  # Alice is captured again: her worklet renders in the context
+    await until(lambda: context_is("running"), 10, "Luna's AudioContext to wake for Alice's capture")

@@ -8,8 +8,8 @@
 //
 // The rule, in one place: the context runs while her playback queue has audio (the worklet says so), for a
 // hangover after it ran empty or was cleared (a duck or a next sentence may follow), for a while after Python says
-// she is about to speak (`wake`: a reply was asked for, or a `say` is being synthesised). Otherwise it is
-// suspended: nothing else renders in it (the people she hears are forwarded encoded, lib/receivers.js). PCM
+// she is about to speak (`wake`: a reply was asked for, or a `say` is being synthesised), and whenever `needed()`
+// says something else renders in it (capture worklets of people being heard). Otherwise it is suspended. PCM
 // that arrives while it sleeps wakes it at once and plays whole: the worklet queues it and starts on the audio
 // clock, so the first syllable and the "played" marks are as they would have been, only later by the resume.
 
@@ -18,14 +18,17 @@ const WAKE_MS = 15_000; // after `wake`: a reply engine's first sentence; past i
 
 export class AudioSleep {
   #ctx;
+  #needed;
   #speaking = false;
   #wokenUntil = 0;
   #timer = null;
   #suspending = null;
   #closed = false;
 
-  constructor(ctx) {
+  /** `needed()`: something else renders in the context; call `update()` whenever its answer may have changed. */
+  constructor(ctx, needed) {
     this.#ctx = ctx;
+    this.#needed = needed;
   }
 
   /** From the playback worklet: her queue got audio (true), or ran empty or was cleared (false). */
@@ -51,7 +54,7 @@ export class AudioSleep {
     if (this.#closed) return;
     clearTimeout(this.#timer);
     this.#timer = null;
-    if (this.#speaking) {
+    if (this.#speaking || this.#needed()) {
       this.#resume();
     } else if (performance.now() < this.#wokenUntil) {
       this.#resume();
@@ -68,7 +71,7 @@ export class AudioSleep {
   }
 
   #sleep() {
-    if (this.#closed || this.#speaking || this.#ctx.state !== "running") return;
+    if (this.#closed || this.#speaking || this.#needed() || this.#ctx.state !== "running") return;
     this.#suspending = this.#ctx.suspend().catch(() => {}).finally(() => {
       this.#suspending = null;
       this.update();
