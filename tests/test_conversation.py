@@ -200,6 +200,15 @@ def test_same_speaker_while_luna_thinks_is_merged():
     assert second["state"] == "thinking"
 
 
+def _alice_waits(text: str) -> tuple[Room, dict]:
+    """Alice alone with Luna asks ``text``; the reply engine does not answer until the test says so."""
+    room = Room()
+    room.join(("a", "Alice"))
+    room.auto_reply = False
+    room.say("a", text)
+    return room, room.turn_by("a")
+
+
 def _reply_now(room: Room, turn_id: str, text: str = "Sunny all day.") -> None:
     """The reply engine answers ``turn_id`` now (the scripted room's synthesis follows at once)."""
     room.core.reply_delta(turn_id, text, room.now)
@@ -210,11 +219,7 @@ def _reply_now(room: Room, turn_id: str, text: str = "Sunny all day.") -> None:
 def test_her_answer_waits_while_the_asker_goes_on_then_takes_both_halves():
     """Smart Turn ended the turn at a pause and the reply is synthesized, but Alice is talking again: nothing of
     the answer to the first half is sent, and the whole sentence is answered once she stops."""
-    room = Room()
-    room.join(("a", "Alice"))
-    room.auto_reply = False
-    room.say("a", "Luna, how much would it cost to fly", then_silence=0.6)
-    first = room.turn_by("a")
+    room, first = _alice_waits("Luna, how much would it cost to fly")
     assert first["state"] == "thinking"
     room.transcripts["a"] = "to Tokyo next week?"
     room.talk(0.3, a=True)  # she goes on
@@ -233,11 +238,7 @@ def test_her_answer_waits_while_the_asker_goes_on_then_takes_both_halves():
 
 
 def test_a_cough_from_the_asker_delays_her_answer_only_until_it_is_dropped():
-    room = Room()
-    room.join(("a", "Alice"))
-    room.auto_reply = False
-    room.say("a", "Luna, what time is it?")
-    asked = room.turn_by("a")
+    room, asked = _alice_waits("Luna, what time is it?")
     room.talk(0.06, a=True)  # a click: too short to transcribe
     _reply_now(room, asked["id"], "It is noon.")
     assert room.of(act.SendAudio) == []  # it might be the start of more words
@@ -347,11 +348,7 @@ def test_leaving_mid_answer_closes_the_turn_with_what_was_heard():
 
 
 def test_leaving_while_thinking_closes_the_turn_with_nothing_heard():
-    room = Room()
-    room.join(("a", "Alice"))
-    room.auto_reply = False
-    room.say("a", "What is the weather?")
-    turn = room.turn_by("a")
+    room, turn = _alice_waits("What is the weather?")
     assert turn["state"] == "thinking"
 
     room.core.stay_ended(room.now)

@@ -7,6 +7,9 @@ its page needs to join a local demo room hosted here (``LUNA_API_TOKEN`` makes t
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from aiohttp import web
 
 from luna_voice.api import bodies
@@ -28,12 +31,19 @@ def _bearer(request: web.Request) -> str:
     return value.strip()
 
 
+@contextlib.contextmanager
+def _secret_checked(refusal: str) -> Iterator[None]:
+    """The fleet's ``Unauthorized`` (a wrong boot or stay secret) as a 401 with ``refusal`` as its message."""
+    try:
+        yield
+    except Unauthorized:
+        raise ApiError(401, "unauthorized", refusal) from None
+
+
 @internal_routes.post("/internal/machines/{machine_id}/assignment")
 async def assignment(request: web.Request) -> web.Response:
-    try:
+    with _secret_checked("unknown machine or wrong boot secret"):
         body = request.app[FLEET].assignment(request.match_info["machine_id"], _bearer(request))
-    except Unauthorized:
-        raise ApiError(401, "unauthorized", "unknown machine or wrong boot secret") from None
     if body is None:
         raise ApiError(404, "not_assigned", "this machine has no live stay")
     return web.json_response(body)
@@ -45,20 +55,16 @@ async def report(request: web.Request) -> web.Response:
     # The API's strict body reader: it reads to the end (content.read(n) may stop at whatever is buffered), counts
     # chunked bodies, and refuses deep nesting before json.loads can overflow the stack.
     status = await bodies.json_object(request, max_bytes=MAX_REPORT)
-    try:
+    with _secret_checked("wrong stay secret"):
         live = request.app[FLEET].report(request.match_info["stay_id"], secret, status)
-    except Unauthorized:
-        raise ApiError(401, "unauthorized", "wrong stay secret") from None
     return web.json_response({"live": live})
 
 
 @internal_routes.post("/internal/stays/{stay_id}/local-ticket")
 async def local_ticket(request: web.Request) -> web.Response:
     """A ticket for Luna's page into her stay's local room, which only this dispatcher's hub can admit her to."""
-    try:
+    with _secret_checked("wrong stay secret"):
         room_id = request.app[FLEET].live_room(request.match_info["stay_id"], _bearer(request))
-    except Unauthorized:
-        raise ApiError(401, "unauthorized", "wrong stay secret") from None
     if room_id is None:
         raise ApiError(404, "not_live", "this stay has ended")
     tickets = request.app.get(LOCAL_TICKETS)
