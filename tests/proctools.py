@@ -10,13 +10,20 @@ from pathlib import Path
 import luna_voice
 
 
+def _children(task: Path) -> list[int]:
+    """A thread's child processes; none once the thread has gone (threads come and go while this reads)."""
+    try:
+        return [int(c) for c in (task / "children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
 def descendants(pid: int) -> set[int]:
     found, frontier = set(), [pid]
     while frontier:
         parent = frontier.pop()
         for task in Path(f"/proc/{parent}/task").glob("*"):
-            children = (task / "children").read_text().split() if (task / "children").exists() else []
-            for child in map(int, children):
+            for child in _children(task):
                 if child not in found:
                     found.add(child)
                     frontier.append(child)
