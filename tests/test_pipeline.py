@@ -580,29 +580,39 @@ async def test_a_speaker_who_leaves_while_silero_still_scores_their_words_is_nev
 
 
 async def test_the_ticker_does_not_pass_while_someone_speaks_and_nothing_is_due():
-    """While Alice spoke the ticker passed every 20 ms (the core asked for the clock every frame), each pass a few
-    wake-ups of the event loop; her frames need it only if they stop, so it sleeps till then."""
+    """While Alice spoke the ticker passed every 20 ms (the core asked for the clock every frame, so each frame woke
+    it), each pass a few wake-ups of the event loop; her frames need it only if they stop, so it sleeps till then."""
     p = page(["Hello?"])
-    ticks = 0
+    wakes = 0
+    wake = p.pipe._wake.set
+
+    def counting_wake() -> None:
+        nonlocal wakes
+        wakes += 1
+        wake()
+
+    looked = asyncio.Event()
     tick = p.pipe.core.tick
 
-    def counting_tick(now: float) -> None:
-        nonlocal ticks
-        ticks += 1
+    def noting_tick(now: float) -> None:
         tick(now)
+        looked.set()  # the ticker re-arms its timer before it next awaits, so before this test runs again
 
-    p.pipe.core.tick = counting_tick  # type: ignore[method-assign]
+    p.pipe._wake.set = counting_wake  # type: ignore[method-assign]
+    p.pipe.core.tick = noting_tick  # type: ignore[method-assign]
     p.talk(0.2, VOICED)  # an utterance is open
-    before = ticks
+    looked.clear()
+    async with asyncio.timeout(5):
+        await looked.wait()  # the ticker looked once at the open utterance
+    before = wakes
     for _ in range(20):  # 0.4 s more of her voice, a frame every 20 ms as the page sends them
         p.now += 0.02
         p.pipe.frame("a", p.now * 1000, VOICED)
-        await asyncio.sleep(0.02)
-    passes = ticks - before
+    woken = wakes - before
     p.now += 0.6  # her frames stop: the timer armed for the stall ends the utterance
     await p.turn(0, lambda t: t["end"]["reason"] == "stalled", "the utterance to end as stalled")
     await p.pipe.aclose()
-    assert passes <= 2, passes  # 20 before
+    assert woken == 0, woken  # 20 before: one per frame
 
 
 async def test_frames_released_together_leave_in_one_message_and_keep_their_seqs():
