@@ -45,6 +45,7 @@ Rules that are easy to get wrong, in one place:
 from __future__ import annotations
 
 import itertools
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -821,9 +822,7 @@ class Conversation:
         turn = self._active
         if turn is None or not self._unsent(turn):
             return False
-        pid = turn.speaker_id
-        pending = any(t.speaker_id == pid for t, _ in self._by_utterance.values())
-        return pid in self._open or pid in self._held or pending
+        return turn.speaker_id in self._held or self._going_on(turn.speaker_id, math.inf)
 
     def _pump(self, now: float) -> None:
         if self._asker_going_on():
