@@ -243,6 +243,8 @@ def chosen(only: str | None) -> list[Variant]:
 # ------------------------------------------------------------------------------------------ processes, threads
 def _kind(argv: list[str]) -> str:
     """What a process of Luna's is: Chromium's own ``--type`` (utilities by their service), or the driver."""
+    if not argv:  # a process that exited while its cmdline was read (or a zombie): nothing of Luna's to count
+        return "exited"
     if os.path.basename(argv[0]) == "node":
         return "playwright driver"
     flags = dict(a[2:].split("=", 1) for a in argv if a.startswith("--") and "=" in a)
