@@ -42,6 +42,7 @@ class Plan:
 
 SETTLE_S = 2.0  # after a page joins, before measuring: its start-up load has passed
 FRAME_S = 0.005  # loudness frames when looking for silence at the ear
+RECORDER_BEHIND_MAX_S = 0.2  # the speaker's own recorder hears its microphone at most this much after the sample
 
 
 def ms(seconds: np.ndarray | list[float]) -> dict[str, float | int]:
@@ -112,8 +113,10 @@ async def floor_and_hearing(rig: Rig, svc: Running, plan: Plan, tmp: Path) -> di
     stamp = np.array([f[1] / 1000 for f in frames])
     py = np.concatenate([sg.from_int16(f[3]) for f in frames])
     frame_of = sg.click_peaks(py) // 320  # a sample reaches Python when its 20 ms frame does
-    hearing = sg.match_lag(src, arrival[frame_of])
-    to_page = sg.match_lag(src, stamp[frame_of])  # until Luna's page sent the frame (bridge hop excluded)
+    # Luna can hear a click before the speaker's own recorder does (that recorder is tens of ms behind the
+    # microphone; her page forwards the packet as it arrives), so her lag from src may be below zero.
+    hearing = sg.match_lag(src, arrival[frame_of], min_lag=-RECORDER_BEHIND_MAX_S)
+    to_page = sg.match_lag(src, stamp[frame_of], min_lag=-RECORDER_BEHIND_MAX_S)  # bridge hop excluded
 
     # The speaker's own recorder hears each click later than the microphone took it (bench/README.md, "Row 3 leg
     # by leg"); timed from the microphone's sample, like row 3 from Python's, the floor and row 2 add that back.

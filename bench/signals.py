@@ -108,8 +108,12 @@ def click_peaks(x: np.ndarray, rate: int = RATE, rel: float = 0.25, refractory_s
     return np.array(peaks, int)
 
 
-def match_lag(src: np.ndarray, rcv: np.ndarray, max_lag: float = 3.0, tol: float = 0.06) -> np.ndarray:
-    """Latency of each source event (s; NaN where it was not received).
+def match_lag(
+    src: np.ndarray, rcv: np.ndarray, max_lag: float = 3.0, tol: float = 0.06, min_lag: float = 0.0
+) -> np.ndarray:
+    """Latency of each source event (s; NaN where it was not received), between ``min_lag`` and ``max_lag``.
+    A negative ``min_lag`` is for a source timed later than the event itself (a recorder of the speaker's own
+    microphone hears it tens of ms after the microphone took it, and a fast path can beat that).
 
     Anchor: the (source, received) pair whose latency also explains the most of the two source events on
     either side (within 20 ms); random click intervals make a wrong pair explain almost none. From there the
@@ -129,7 +133,7 @@ def match_lag(src: np.ndarray, rcv: np.ndarray, max_lag: float = 3.0, tol: float
         i = np.searchsorted(padded, t)
         gap = np.minimum(t - padded[i - 1], padded[i] - t)
         score += valid[:, None] & (gap < 0.02)
-    score[(d < 0) | (d > max_lag)] = -1
+    score[(d < min_lag) | (d > max_lag)] = -1
     anchor, j = np.unravel_index(np.argmax(score), d.shape)
     if score[anchor, j] < 0:
         return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from bench import legs
+from bench import signals as sg
 
 SSRC, RTP0, T0 = 1234, 2**32 - 5 * 960, 1_700_000_000.0  # the RTP timestamps wrap inside the stream
 
@@ -64,3 +65,12 @@ def test_clicks_in_separate_replies_are_placed_per_reply() -> None:
 
     assert summary["n"] == 8
     assert 3 <= summary["source→sample"] <= 9  # 5 + 1 ms; four clicks per reply place it less tightly
+
+
+def test_a_listener_faster_than_the_speaker_s_own_recorder_is_still_matched() -> None:
+    """Row 2 times Luna from the speaker's recorder, which hears the microphone tens of ms late; encoded capture
+    can beat it. Those clicks must be found at their negative lag, not paired with later ones or lost."""
+    src = 7.0 + np.cumsum(np.random.default_rng(1).uniform(0.15, 0.45, 60))
+    heard = src - 0.02
+    assert not np.allclose(sg.match_lag(src, heard), -0.02)  # the old matcher: lost, or paired with later clicks
+    assert np.allclose(sg.match_lag(src, heard, min_lag=-0.2), -0.02)
