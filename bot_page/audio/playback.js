@@ -102,3 +102,27 @@ export class PlaybackQueue {
     return said;
   }
 }
+
+/** Her track's frame clock: frame k is due at `start` + k × `frameMs` (ms on one monotonic clock). */
+export class FrameClock {
+  constructor(start, frameMs) {
+    this.start = start;
+    this.frameMs = frameMs;
+    this.written = 0; // frames handed out so far
+  }
+
+  /** The frames due at `now` and not handed out yet, as [index, start time]: all of them, so that a late wake
+   * costs a few frames at once and never stretches the timeline; none ahead of its time. */
+  due(now) {
+    const out = [];
+    for (; this.start + this.written * this.frameMs <= now; this.written++) {
+      out.push([this.written, this.start + this.written * this.frameMs]);
+    }
+    return out;
+  }
+
+  /** When the next frame is due. */
+  get next() {
+    return this.start + this.written * this.frameMs;
+  }
+}

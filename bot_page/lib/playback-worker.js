@@ -7,15 +7,15 @@
 // so a late timer costs a pair of frames at once, never a stretched timeline, and nothing is written ahead.
 // PCM, clear and duck come, and marks go, on a channel of its own to the bridge's shared worker (the page hands
 // it one per bridge), so the page's main thread is not on her voice's path. Wire: ../protocol.js.
-import { PlaybackQueue } from "../audio/playback.js";
+import { FrameClock, PlaybackQueue } from "../audio/playback.js";
 import { PLAYBACK_FRAME_SAMPLES as FRAME, PLAYBACK_RATE as RATE } from "../protocol.js";
 
 const FRAME_MS = (1000 * FRAME) / RATE;
 const queue = new PlaybackQueue(RATE);
 let bridge = null; // the socket worker's channel
 let writer = null;
-let start = 0;
-let written = 0; // frames written so far
+let clock = null;
+const pcm = new Float32Array(FRAME); // each frame's samples (AudioData copies them)
 
 function fromBridge(msg) {
   if (msg.type === "pcm") queue.push(msg.seq, new Int16Array(msg.buffer), performance.now() / 1000);
@@ -24,24 +24,22 @@ function fromBridge(msg) {
 }
 
 function tick() {
-  const due = Math.floor((performance.now() - start) / FRAME_MS) + 1; // frames whose start time has come
-  for (; written < due; written++) {
-    const pcm = new Float32Array(FRAME);
-    const said = queue.render(pcm, (start + written * FRAME_MS) / 1000);
+  for (const [index, at] of clock.due(performance.now())) {
+    const said = queue.render(pcm, at / 1000);
     const frame = new AudioData({
       format: "f32-planar", sampleRate: RATE, numberOfChannels: 1, numberOfFrames: FRAME,
-      timestamp: Math.round(written * FRAME_MS * 1000), data: pcm, // µs on her track's own timeline
+      timestamp: Math.round(index * FRAME_MS * 1000), data: pcm, // µs on her track's own timeline
     });
     writer.write(frame).catch(() => {}); // the page stopped her track: it is leaving
     for (const msg of said) bridge?.postMessage(msg);
   }
-  setTimeout(tick, start + written * FRAME_MS - performance.now());
+  setTimeout(tick, Math.ceil(clock.next - performance.now())); // whole ms: 19.7 would wake at 19, for nothing
 }
 
 onmessage = ({ data }) => {
   if (data.writable) {
     writer = data.writable.getWriter();
-    start = performance.now();
+    clock = new FrameClock(performance.now(), FRAME_MS);
     tick();
   } else if (data.bridge) {
     bridge?.close();
