@@ -57,7 +57,11 @@ async def test_her_voice_is_heard_whole_while_her_audio_context_sleeps(start_ser
 
     async def watch(context: BrowserContext, _url: str) -> None:
         await context.add_init_script(script=WATCH_AUDIO)
-        context.on("page", pages.append)
+
+        def on_page(page: Page) -> None:  # a function: Playwright cannot wrap a builtin method as a handler
+            pages.append(page)
+
+        context.on("page", on_page)
 
     host = ChromiumHost(Settings(_env_file=None).chromium_path, prepare_context=watch)
     svc = await start_service(greeting="", host=host)  # she says only the test's words
@@ -73,6 +77,7 @@ async def test_her_voice_is_heard_whole_while_her_audio_context_sleeps(start_ser
 
     await until(page_audio, 30, "Luna to join the local room")
     alice = await human_page(launch_human, svc.url, "sleep", "Alice", None)
+    await until(lambda: context_is("running"), 10, "Luna's AudioContext to run for Alice's capture")
     await alice.evaluate("lunaDemo.setMic(false)")  # a muted listener is not captured: nothing else needs it
     await until(lambda: context_is("suspended"), 10, "Luna's AudioContext to sleep while nobody is captured")
     (luna,) = pages
