@@ -68,7 +68,7 @@ function openBridge() {
     bridge.onopen = () => {
       bridge.send(JSON.stringify({
         type: "hello", token: cfg.token, backend: cfg.backend, audio_context: ctx.state,
-        capture_rate: wire.CAPTURE_RATE, playback_rate: ctx.sampleRate, // Python refuses rates it does not use
+        capture_rate: wire.CAPTURE_RATE, playback_rate: wire.PLAYBACK_RATE, // her voice's rate (the worker's frames)
       }));
       resolve();
       audioSleep.update(); // from here on her context sleeps while nobody is captured
