@@ -20,12 +20,15 @@ from playwright.async_api import Route
 from bench import signals as sg
 from bench.harness import Rig
 
+_BOT_PAGE = Path(__file__).resolve().parent.parent / "bot_page"
 _ORIGIN = "http://127.0.0.1:9"  # answered by the route below, never by a socket: a secure context for worklets
 
 # Each variant's track: "mic" (Chromium's fake device, 10 ms chunks on a timer) or a context's options.
 VARIANTS: dict[str, dict[str, Any]] = {
     "fake microphone (floor)": {"mic": True},
-    "context 48 kHz, interactive (Luna's)": {"sampleRate": 48_000, "latencyHint": "interactive"},
+    "context 48 kHz, interactive (Luna's before)": {"sampleRate": 48_000, "latencyHint": "interactive"},
+    # her track now: a MediaStreamTrackGenerator that a dedicated worker writes on her frame clock
+    "generator written by a worker (Luna's)": {"generator": True},
     "context 48 kHz, playback": {"sampleRate": 48_000, "latencyHint": "playback"},
     "context 48 kHz, no output device": {"sampleRate": 48_000, "sinkId": {"type": "none"}},
     "context 44.1 kHz, interactive": {"sampleRate": 44_100, "latencyHint": "interactive"},
@@ -37,7 +40,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
 _PAGE = """<!doctype html><script>
 window.probe = async (opts, seconds) => {
   let track, ctx;
-  if (opts.mic) {
+  if (opts.generator) {
+    track = new MediaStreamTrackGenerator({kind: "audio"});
+    const tone = `${opts.generator}
+      let writer, clock;
+      const tick = () => {
+        for (const [k] of clock.due(performance.now())) {
+          const pcm = new Float32Array(960);
+          for (let i = 0; i < 960; i++) pcm[i] = 0.5 * Math.sin(2 * Math.PI * 440 * (k * 960 + i) / 48000);
+          const data = {format: "f32-planar", sampleRate: 48000, numberOfChannels: 1, numberOfFrames: 960};
+          writer.write(new AudioData({...data, timestamp: k * 20000, data: pcm})).catch(() => {});
+        }
+        setTimeout(tick, Math.ceil(clock.next - performance.now()));
+      };
+      onmessage = ({data}) => { writer = data.getWriter(); clock = new FrameClock(performance.now(), 20); tick(); };`;
+    const worker = new Worker(URL.createObjectURL(new Blob([tone], {type: "text/javascript"})));
+    worker.postMessage(track.writable, [track.writable]);
+    ctx = {close: async () => worker.terminate(), baseLatency: null};
+  } else if (opts.mic) {
     const constraints = {echoCancellation: false, noiseSuppression: false, autoGainControl: false};
     track = (await navigator.mediaDevices.getUserMedia({audio: constraints})).getAudioTracks()[0];
   } else {
@@ -77,6 +97,12 @@ window.probe = async (opts, seconds) => {
 </script>"""
 
 
+def _frame_clock() -> str:
+    """Luna's frame clock as the playback worker has it (``bot_page/audio/playback.js``), for a worker blob."""
+    source = (_BOT_PAGE / "audio" / "playback.js").read_text()
+    return source[source.index("export class FrameClock") :].removeprefix("export ")
+
+
 async def _page(route: Route) -> None:
     await route.fulfill(content_type="text/html", body=_PAGE)
 
@@ -97,7 +123,10 @@ async def run(rig: Rig, tmp: Path, *, rounds: int, seconds: float) -> dict[str, 
     order = list(VARIANTS)
     for r in range(rounds):
         for name in order if r % 2 == 0 else order[::-1]:
-            runs[name].append(await page.evaluate("([o, s]) => probe(o, s)", [VARIANTS[name], seconds]))
+            options = VARIANTS[name]
+            if "generator" in options:
+                options = {**options, "generator": _frame_clock()}
+            runs[name].append(await page.evaluate("([o, s]) => probe(o, s)", [options, seconds]))
     await browser.close()
     out = {}
     for name, windows in runs.items():

@@ -136,14 +136,14 @@ _WORKLET_BLOB = """async function oldWorklet(name) {
 """
 
 
-def _git_show(path: str) -> str:
+def _git_show(path: str, commit: str = OLD_PAGE_COMMIT) -> str:
     try:
         out = subprocess.run(
-            ["git", "-C", str(_REPO), "show", f"{OLD_PAGE_COMMIT}:{path}"], capture_output=True, text=True, check=True
+            ["git", "-C", str(_REPO), "show", f"{commit}:{path}"], capture_output=True, text=True, check=True
         )
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
-        raise SystemExit(f"profile: the old page needs git history ({OLD_PAGE_COMMIT}:{path}): {detail}") from None
+        raise SystemExit(f"profile: the old page needs git history ({commit}:{path}): {detail}") from None
     return out.stdout
 
 
@@ -184,6 +184,25 @@ def page_socket() -> dict[str, str]:
     }
 
 
+# The page whose voice was the playback worklet in a 48 kHz AudioContext (its MediaStreamDestination was her
+# microphone track, and the context ran whenever she might speak), before the worker-written track.
+WEBAUDIO_VOICE_COMMIT = "473cc20"
+
+
+@functools.cache
+def webaudio_voice() -> dict[str, str]:
+    """Page path → source of the modules that differ on the page with her voice in WebAudio."""
+    bot = _git_show("bot_page/bot.js", WEBAUDIO_VOICE_COMMIT)
+    line = 'await ctx.audioWorklet.addModule(new URL("./audio/playback-worklet.js", import.meta.url));'
+    bot = _patched(bot, line, 'await ctx.audioWorklet.addModule(await oldWorklet("playback-worklet.js"));')
+    bot = _patched(bot, "// --- audio graph", _WORKLET_BLOB + "\n// --- audio graph")
+    return {
+        "bot.js": bot,
+        "audio/relayed-playback-worklet.js": _git_show("bot_page/audio/playback-worklet.js", WEBAUDIO_VOICE_COMMIT),
+        "lib/audio-sleep.js": _git_show("bot_page/lib/audio-sleep.js", WEBAUDIO_VOICE_COMMIT),
+    }
+
+
 def unmuted() -> dict[str, str]:
     """The local room's adapter without the microphone state: every person captured, muted or not. (The static
     route ignores the query, which keeps this route from serving itself.)"""
@@ -195,8 +214,10 @@ def unmuted() -> dict[str, str]:
 
 
 def awake() -> dict[str, str]:
-    """Luna's page with her AudioContext running all the time, as before it slept while she is silent."""
-    return {"lib/audio-sleep.js": "export class AudioSleep { speaking() {} wake() {} update() {} close() {} }\n"}
+    """Luna's page (her voice in WebAudio) with her AudioContext running all the time, as before it slept while she
+    is silent."""
+    sleepless = "export class AudioSleep { speaking() {} wake() {} update() {} close() {} }\n"
+    return {**webaudio_voice(), "lib/audio-sleep.js": sleepless}
 
 
 # Chromium's flags before the cuts: one --disable-features of our own, which replaced Playwright's list and left
@@ -215,19 +236,24 @@ VARIANTS = [
     Variant("+one renderer", CHROMIUM_ARGS, relayed, vad_on_loop=True, vad_gate=False, blas_threads=CORES, **_OLD),
     Variant("+batched VAD", CHROMIUM_ARGS, relayed, vad_gate=False, blas_threads=CORES, **_OLD),  # Silero off the loop
     Variant("+silence gate", CHROMIUM_ARGS, relayed, blas_threads=CORES, **_OLD),  # silent windows skip the model
-    Variant("+direct worklets", CHROMIUM_ARGS, blas_threads=CORES, **_OLD),  # audio off the page's main thread
-    Variant("+one BLAS thread", CHROMIUM_ARGS, **_OLD),  # Smart Turn's matmuls without OpenBLAS's spinning worker
+    # audio off the page's main thread
+    Variant("+direct worklets", CHROMIUM_ARGS, webaudio_voice, blas_threads=CORES, **_OLD),
+    # Smart Turn's matmuls without OpenBLAS's spinning worker
+    Variant("+one BLAS thread", CHROMIUM_ARGS, webaudio_voice, **_OLD),
     # the core asks for the clock only when something is due; Luna's lead is topped up 100 ms at a time
-    Variant("+fewer wake-ups", CHROMIUM_ARGS, bridge_deflate=True, playback_frames=1),
-    Variant("+bridge without deflate", CHROMIUM_ARGS, playback_frames=1),  # no permessage-deflate on the bridge
-    Variant("+larger playback messages", CHROMIUM_ARGS),  # a refill's frames in one bridge message
-    # the same Luna with a muted second person: captured as before, then dropped while muted (what ships)
-    Variant("muted guest captured", CHROMIUM_ARGS, unmuted, muted_guest=True),
-    Variant("+muted guest dropped (after)", CHROMIUM_ARGS, muted_guest=True),
+    Variant("+fewer wake-ups", CHROMIUM_ARGS, webaudio_voice, bridge_deflate=True, playback_frames=1),
+    # no permessage-deflate on the bridge
+    Variant("+bridge without deflate", CHROMIUM_ARGS, webaudio_voice, playback_frames=1),
+    Variant("+larger playback messages", CHROMIUM_ARGS, webaudio_voice),  # a refill's frames in one bridge message
+    Variant("+voice from a worker (after)", CHROMIUM_ARGS),  # her track written by a worker, no WebAudio
+    # the same Luna with a muted second person: captured as before, then dropped while muted
+    Variant("muted guest captured", CHROMIUM_ARGS, lambda: {**webaudio_voice(), **unmuted()}, muted_guest=True),
+    Variant("+muted guest dropped", CHROMIUM_ARGS, webaudio_voice, muted_guest=True),
     # a muted listener (nobody captured) and Luna speaking now and then: her audio awake all along, then asleep
-    # while she is silent (what ships)
+    # while she is silent, then her voice from a worker and no context at all (what ships)
     Variant("muted listener, audio awake", CHROMIUM_ARGS, awake, listener_muted=True),
-    Variant("+audio sleeps (after)", CHROMIUM_ARGS, listener_muted=True),
+    Variant("+audio sleeps", CHROMIUM_ARGS, webaudio_voice, listener_muted=True),
+    Variant("+voice from a worker, muted listener (after)", CHROMIUM_ARGS, listener_muted=True),
 ]
 
 

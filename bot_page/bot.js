@@ -1,10 +1,11 @@
 // Luna's page. It joins a room through a room adapter (rooms/<backend>.js), captures every other participant's
-// audio and streams it to Python over the bridge WebSocket, and plays what Python sends into a WebAudio graph
-// whose MediaStreamDestination track is Luna's microphone in the room. The bridge protocol is documented in
+// audio and streams it to Python over the bridge WebSocket, and plays what Python sends into Luna's microphone in
+// the room: a MediaStreamTrackGenerator that a dedicated worker writes on a clock of its own
+// (lib/playback-worker.js). The bridge protocol is documented in
 // src/luna_voice/bridge/protocol.py, which generates ./protocol.js. The page builds its audio graph itself at
 // load (no test hooks), so an AudioContext left suspended by the autoplay policy shows up here and not only in
-// production. Audio does not cross this page's main thread: each worklet has a channel of its own to the bridge's
-// shared worker (lib/socket-worker.js); only control messages (JSON) come here.
+// production. Audio does not cross this page's main thread: each capture worklet and the playback worker have a
+// channel of their own to the bridge's shared worker (lib/socket-worker.js); only control messages (JSON) come here.
 import { AudioSleep } from "./lib/audio-sleep.js";
 import { WorkerSocket } from "./lib/worker-socket.js";
 import * as wire from "./protocol.js";
@@ -40,23 +41,21 @@ function setState(state, sub_code = null, reason = null) {
   }
 }
 
-// --- audio graph ------------------------------------------------------------------------------------------
+// --- her voice --------------------------------------------------------------------------------------------
+// Her microphone track, written by a worker of its own: no AudioContext renders her voice.
+const micTrack = new MediaStreamTrackGenerator({ kind: "audio" });
+const voice = new Worker(new URL("./lib/playback-worker.js", import.meta.url), { type: "module", name: "voice" });
+voice.postMessage({ writable: micTrack.writable }, [micTrack.writable]);
+
+// --- capture graph ----------------------------------------------------------------------------------------
 const ctx = new AudioContext({ sampleRate: wire.PLAYBACK_RATE, latencyHint: "interactive" });
 const silentOut = ctx.createGain();
 silentOut.gain.value = 0;
 silentOut.connect(ctx.destination); // keeps capture worklets pulled by the render graph
 await ctx.audioWorklet.addModule(new URL("./audio/capture-worklet.js", import.meta.url));
-await ctx.audioWorklet.addModule(new URL("./audio/playback-worklet.js", import.meta.url));
-const playback = new AudioWorkletNode(ctx, "luna-playback", { numberOfInputs: 0, outputChannelCount: [1] });
-const mic = ctx.createMediaStreamDestination();
-mic.channelCount = 1;
-playback.connect(mic);
-playback.connect(silentOut);
-const micTrack = mic.stream.getAudioTracks()[0];
 if (ctx.state !== "running") await ctx.resume().catch(() => {});
-// The context sleeps while she is silent and no capture worklet renders in it (lib/audio-sleep.js).
+// The context runs only while a capture worklet renders in it (lib/audio-sleep.js).
 const audioSleep = new AudioSleep(ctx, () => [...participants.values()].some((p) => p.node));
-playback.port.onmessage = ({ data }) => audioSleep.speaking(data.speaking);
 ctx.onstatechange = () => send({ type: "audio_context", state: ctx.state });
 
 // --- bridge -----------------------------------------------------------------------------------------------
@@ -64,25 +63,24 @@ function openBridge() {
   return new Promise((resolve, reject) => {
     bridge = new WorkerSocket(cfg.bridgeUrl, cfg.botId); // not a page WebSocket: see lib/worker-socket.js
     const { port1, port2 } = new MessageChannel(); // playback PCM, clear and duck in; "played"/"cleared" out
-    playback.port.postMessage({ type: "bridge", port: port1 }, [port1]);
+    voice.postMessage({ bridge: port1 }, [port1]);
     bridge.playback(port2);
     bridge.onopen = () => {
       bridge.send(JSON.stringify({
         type: "hello", token: cfg.token, backend: cfg.backend, audio_context: ctx.state,
-        capture_rate: wire.CAPTURE_RATE, playback_rate: ctx.sampleRate, // Python refuses rates it does not use
+        capture_rate: wire.CAPTURE_RATE, playback_rate: wire.PLAYBACK_RATE, // her voice's rate (the worker's frames)
       }));
       resolve();
-      audioSleep.update(); // from here on her context sleeps while she is silent and nobody is captured
+      audioSleep.update(); // from here on her context sleeps while nobody is captured
     };
     bridge.onerror = () => reject(new Error("bridge unreachable"));
     bridge.onclose = (ev) => {
       statusEl.textContent = `bridge closed ${ev.code} ${ev.reason}`;
       if (!ended && room) room.leave(); // Python is gone: do not stay in the room unattended
     };
-    bridge.onmessage = ({ data }) => { // JSON only: the worker hands audio, clear and duck to the worklet
+    bridge.onmessage = ({ data }) => { // JSON only: the socket worker hands audio, clear and duck to the voice
       const msg = JSON.parse(data);
       if (msg.type === "leave") leave();
-      else if (msg.type === "wake") audioSleep.wake();
       else if (msg.type === "unmute" && room && room.unmute) room.unmute();
       else if (msg.type === "chat") chat(msg.text);
     };

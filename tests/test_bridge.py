@@ -95,7 +95,6 @@ def test_control_messages_parse():
     )
     assert bp.decode_text('{"type":"muted","muted":false}') == bp.Muted(False, None)
     assert json.loads(bp.control("unmute")) == {"type": "unmute"}
-    assert json.loads(bp.control("wake")) == {"type": "wake"}
     assert bp.decode_text('{"type":"audio_context","state":"suspended"}') == bp.AudioContextState("suspended")
     with pytest.raises(bp.ProtocolError):
         bp.decode_text('{"type":"audio_context","state":7}')

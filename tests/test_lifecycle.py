@@ -492,7 +492,6 @@ async def test_dismissed_mid_answer_the_app_is_told_what_the_room_heard(start_se
             turn = await until(speaking, 15, "Luna to answer out loud")
         finally:
             capture.cancel()
-        assert json.loads((await ws.receive(timeout=5)).data) == {"type": "wake"}  # before her first frames
         heard: list[int] = []
         while len(heard) < 10:  # playback messages carry one or more frames
             frame = bp.decode_audio((await ws.receive(timeout=5)).data)

@@ -344,24 +344,3 @@ def test_no_say_and_no_goodbye_while_a_host_has_muted_her():
     room.say("a", ENGLISH[2])
     room.wait(1)
     assert room.of(act.Leave) == [act.Leave("Alice asked Luna to leave")] and room.of(act.Synthesize) == []
-
-
-def test_her_page_audio_is_woken_before_each_reply_request_and_each_say():
-    """The page's audio sleeps while she is silent: it is told to wake as soon as she is about to speak (a reply
-    asked for, a say or greeting synthesised), ahead of her first PCM, not by that PCM."""
-    room = Room(greeting=GREETING)
-    room.join(("a", "Alice"))
-    room.core.arrived(room.now)
-    room.wait(4)
-    room.say("a", "Luna, what time is it?")
-    room.wait(4)
-    room.core.say("The meeting moves to three.", room.now)
-    room.run()
-    room.wait(4)
-    kinds = [type(a) for a in room.log if isinstance(a, act.WakePlayback | act.RequestReply | act.Synthesize)]
-    first_audio = [i for i, a in enumerate(room.log) if isinstance(a, act.SendAudio)]
-    assert kinds.count(act.WakePlayback) == 3  # greeting, the answer, the say
-    for start in (i for i, k in enumerate(kinds) if k is act.WakePlayback):
-        assert kinds[start + 1] in (act.RequestReply, act.Synthesize), kinds  # each wake comes before its turn
-    wakes = [i for i, a in enumerate(room.log) if isinstance(a, act.WakePlayback)]
-    assert wakes[0] < first_audio[0]

@@ -1,16 +1,17 @@
 // Shared worker behind lib/worker-socket.js: one WebSocket per connecting page. The page's strings and
 // ArrayBuffers pass through to the socket, and the socket's open, error and close become {event} messages. The
 // audio does not cross the page's main thread (where the RTK SDK, GC and everything else run): each capture
-// worklet and the playback worklet have a MessageChannel of their own to this worker. Capture frames (raw 20 ms
-// Int16 PCM) get their header here and go out; playback PCM, `clear` and `duck` go straight to the playback
-// worklet, and its "played"/"cleared" marks come back to go out as JSON. Frame layout: ../protocol.js.
+// worklet and the playback worker (playback-worker.js) have a MessageChannel of their own to this worker. Capture
+// frames (raw 20 ms Int16 PCM) get their header here and go out; playback PCM, `clear` and `duck` go straight to
+// the playback worker, and its "played"/"cleared" marks (and a full queue's warning) go out as JSON. Frame
+// layout: ../protocol.js.
 import * as wire from "../protocol.js";
 
 const wallClockMs = () => performance.timeOrigin + performance.now();
 
 onconnect = ({ ports: [page] }) => {
   let ws = null;
-  let playback = null; // the playback worklet's channel
+  let playback = null; // the playback worker's channel
   const captures = new Map(); // capture id -> the capture worklet's channel
   const seqs = new Map(); // participant index -> next frame seq (it survives a replaced track)
   const isOpen = () => ws?.readyState === WebSocket.OPEN;

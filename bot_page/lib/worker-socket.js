@@ -3,7 +3,8 @@
 // frames a second which Chromium, Playwright's driver and Python serialised for nothing (bench/README.md,
 // "profile"). Playwright does not attach to shared workers, so a socket there costs only the hop between the page
 // and the worker. WorkerSocket has the part of the WebSocket interface that bot.js uses, plus the wiring of the
-// worklets' own channels to the worker (capture, uncapture, playback), which keeps audio off the main thread.
+// capture worklets' and the playback worker's own channels to the worker (capture, uncapture, playback), which
+// keeps audio off the main thread.
 
 export class WorkerSocket {
   constructor(url, name) {
@@ -44,7 +45,7 @@ export class WorkerSocket {
     this.port.postMessage({ uncapture: id });
   }
 
-  /** Playback PCM, clear and duck go to `port` (the playback worklet's channel); its marks come back on it. */
+  /** Playback PCM, clear and duck go to `port` (the playback worker's channel); its marks come back on it. */
   playback(port) {
     this.port.postMessage({ playback: port }, [port]);
   }

@@ -292,7 +292,6 @@ class Service(LocalRooms):
             unmute=bot.unmute,
             leave=lambda reason: bot.request_end(sc.ASKED_TO_LEAVE, reason),
             set_playback_gain=bot.set_playback_gain,
-            wake_playback=bot.wake_playback,
             vad_threshold=s.vad_threshold,
             new_vad=self.new_vad,
             audio_tap=functools.partial(self.audio_tap, bot.room_id) if self.audio_tap is not None else None,

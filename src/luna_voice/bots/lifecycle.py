@@ -310,11 +310,6 @@ class Bot:
         if self.session is not None:
             self.session.set_playback_gain(gain)
 
-    def wake_playback(self) -> None:
-        """Luna is about to speak: her page wakes its audio (asleep while she is silent) ahead of her PCM."""
-        if self.session is not None:
-            self.session.wake_playback()
-
     def unmute(self) -> None:
         """Ask the page to publish Luna's voice again after someone else muted her."""
         if self.session is not None:

@@ -65,7 +65,6 @@ class Pipeline:
         unmute: Callable[[], None] = lambda: None,
         leave: Callable[[str], None] = lambda reason: None,
         set_playback_gain: Callable[[float], None] = lambda _gain: None,
-        wake_playback: Callable[[], None] = lambda: None,
         vad_threshold: float = 0.5,
         new_vad: Callable[[], VoiceDetector] | None = None,
         predict_end: Callable[[bytes], Awaitable[float | None]] | None = turn_model.probability_complete,
@@ -80,7 +79,6 @@ class Pipeline:
         self._unmute = unmute
         self._leave = leave
         self._set_playback_gain = set_playback_gain
-        self._wake_playback = wake_playback
         # One Silero state per speaker; the model, and the thread that runs it off the event loop, are shared.
         self._new_vad = new_vad or (lambda: shared_batcher().stream(vad_threshold))
         self._vads: dict[str, VoiceDetector] = {}
@@ -285,8 +283,6 @@ class Pipeline:
             self._unmute()
         elif isinstance(a, act.SetPlaybackGain):
             self._set_playback_gain(a.gain)
-        elif isinstance(a, act.WakePlayback):
-            self._wake_playback()
         elif isinstance(a, act.RecordSpoken):
             task = asyncio.ensure_future(self.llm.record_spoken(self.core.cfg.room_id, a.turn_id, a.text, a.reason))
             self._closing.add(task)

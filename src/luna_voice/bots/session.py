@@ -179,9 +179,6 @@ class PageSession:
     def unmute(self) -> None:
         self._outbox.put_nowait(bp.control("unmute"))
 
-    def wake_playback(self) -> None:
-        self._outbox.put_nowait(bp.control("wake"))
-
     def send_chat(self, text: str) -> None:
         self._outbox.put_nowait(bp.chat(text))
 

@@ -28,12 +28,11 @@ JSON text messages, page → Python: ``hello {token, backend, audio_context, cap
 ``participant_left {index, id}``, ``played {seq, idle}`` (the highest playback seq fully rendered, -1 before the
 first; ``idle`` when the buffer ran empty), ``cleared {dropped_ms}``, ``log {level, message}``, ``muted {muted,
 reason?}`` (someone else turned Luna's audio in the room off, or she is audible again), ``audio_context {state}``
-(her AudioContext changed state: it sleeps while she is silent and nothing else needs it).
+(her AudioContext changed state: it hosts the capture worklets and sleeps while nobody is captured).
 Python → page: ``clear`` (drop all queued playback now), ``duck {gain}`` (ramp Luna's voice to ``gain``, 1.0 =
 full, over a few ms; nothing is dropped), ``leave`` (leave the room, then close), ``unmute`` (publish Luna's voice
-again after someone else muted her), ``wake`` (she is about to speak: wake her audio before the first PCM),
-``chat {text}`` (post a chat message in the room, for ``LUNA_CHAT_MIRROR``; the page logs a warning if the room
-refuses it).
+again after someone else muted her), ``chat {text}`` (post a chat message in the room, for ``LUNA_CHAT_MIRROR``;
+the page logs a warning if the room refuses it).
 Every field is checked for type and range (pydantic); a message that fails is junk: the bot logs the reason
 once per socket and drops it, so nothing malformed reaches the lifecycle.
 
@@ -261,7 +260,7 @@ def decode_hello(text: str, token: str) -> Hello:
     return hello
 
 
-def control(kind: Literal["clear", "leave", "unmute", "wake"]) -> str:
+def control(kind: Literal["clear", "leave", "unmute"]) -> str:
     return json.dumps({"type": kind})
 
 

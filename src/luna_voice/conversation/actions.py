@@ -84,11 +84,6 @@ class Unmute:
 
 
 @dataclass(frozen=True)
-class WakePlayback:
-    """Luna is about to speak: her page's audio, asleep while she is silent, starts waking now, before her PCM."""
-
-
-@dataclass(frozen=True)
 class SetPlaybackGain:
     """Ramp Luna's voice in the page to ``gain`` (1.0 = full): ducked under a possible interruption."""
 
@@ -131,7 +126,6 @@ Action = (
     | SendAudio
     | ClearPlayback
     | Unmute
-    | WakePlayback
     | SetPlaybackGain
     | RecordSpoken
     | Leave

@@ -703,7 +703,7 @@ class Conversation:
     def _start_speech(self, turn: Turn, now: float) -> None:
         """Speak a given text with her voice and the usual chunking; no reply engine involved."""
         self._active = turn
-        self._think(turn)
+        turn.move(TurnState.THINKING)
         chunker = self._new_chunker()
         for sentence in [*chunker.feed(turn.reply_text), *chunker.flush()]:
             self._add_sentence(turn, sentence)
@@ -772,12 +772,6 @@ class Conversation:
             self.stats["ducks"] += ducked
             self._out.append(act.SetPlaybackGain(self.cfg.duck_gain if ducked else 1.0))
 
-    def _think(self, turn: Turn) -> None:
-        """Her turn is about to make sound: the page's audio, asleep while she is silent, wakes now, while the
-        reply is asked for or synthesised, not when her first PCM arrives."""
-        turn.move(TurnState.THINKING)
-        self._out.append(act.WakePlayback())
-
     def _start(self, turn: Turn, may_stay_silent: bool, now: float) -> bool:
         """Ask for a reply to ``turn``; False if the reply engine asked us to wait (the turn fails at once)."""
         if now < self._llm_cooldown_until:
@@ -786,7 +780,7 @@ class Conversation:
             return False
         self._active = turn
         self._chunker = self._new_chunker()
-        self._think(turn)
+        turn.move(TurnState.THINKING)
         context = [line for line in self._context if line.at < turn.timings["end_of_speech"]]
         request = ReplyRequest(
             room_id=self.cfg.room_id,

@@ -1,7 +1,8 @@
-"""Luna's audio sleeps while she is silent, in the local room: with only a muted listener nothing else renders in
-her page's AudioContext (a muted person is not captured), so it is suspended; a ``say`` wakes it and the listener
-hears her whole, from the first syllable (the same voiced span as the words' own audio) with every sample marked
-played; when she is done it sleeps again. A person who unmutes is captured, and that keeps it awake."""
+"""Luna's voice without WebAudio, in the local room: her microphone track is written by a worker, so with only a
+muted listener (a muted person is not captured) her page's AudioContext is suspended and stays so while she speaks:
+no AudioWorkletNode renders her voice. A ``say`` is heard whole, from the first syllable (the same voiced span as
+the words' own audio), with every sample marked played. A person who unmutes is captured, and that wakes the
+context for their capture worklet."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import base64
 
 import numpy as np
 import pytest
+from playwright.async_api import BrowserContext, Page
 
+from luna_voice.bots.host import ChromiumHost
+from luna_voice.config import Settings
 from luna_voice.providers.base import PIPELINE_RATE
 from luna_voice.providers.offline.piper_tts import OfflineTTS
 from roomtools import human_page, luna_quiet_at, until
@@ -21,6 +25,24 @@ pytestmark = pytest.mark.browser
 SAID = "会议室已经订好了。"  # one sentence: one synthesis, as below
 FRAME = PIPELINE_RATE // 50  # 20 ms
 
+# In Luna's page, before its own scripts: every state her AudioContexts take, and every AudioWorkletNode made.
+WATCH_AUDIO = """(() => {
+  const seen = (window.__audio = { states: [], worklets: [] });
+  const Context = window.AudioContext, Node = window.AudioWorkletNode;
+  window.AudioContext = class extends Context {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("statechange", () => seen.states.push(this.state));
+    }
+  };
+  window.AudioWorkletNode = class extends Node {
+    constructor(ctx, name, options) {
+      super(ctx, name, options);
+      seen.worklets.push(name);
+    }
+  };
+})();"""
+
 
 def voiced_span_s(pcm: np.ndarray, threshold: float = 0.02) -> float:
     """From the first to the last 20 ms frame louder than ``threshold`` (RMS, full scale 1.0), in seconds."""
@@ -30,8 +52,19 @@ def voiced_span_s(pcm: np.ndarray, threshold: float = 0.02) -> float:
     return float((loud[-1] - loud[0] + 1) * 0.02) if loud.size else 0.0
 
 
-async def test_her_context_sleeps_while_she_is_silent_and_a_say_is_heard_whole(start_service, launch_human):
-    svc = await start_service(greeting="")  # she says only the test's words
+async def test_her_voice_is_heard_whole_while_her_audio_context_sleeps(start_service, launch_human):
+    pages: list[Page] = []
+
+    async def watch(context: BrowserContext, _url: str) -> None:
+        await context.add_init_script(script=WATCH_AUDIO)
+
+        def on_page(page: Page) -> None:  # a function: Playwright cannot wrap a builtin method as a handler
+            pages.append(page)
+
+        context.on("page", on_page)
+
+    host = ChromiumHost(Settings(_env_file=None).chromium_path, prepare_context=watch)
+    svc = await start_service(greeting="", host=host)  # she says only the test's words
     status, _ = await svc.call("POST", "/rooms/sleep/luna", json={"backend": "local"})
     assert status == 201
 
@@ -44,8 +77,11 @@ async def test_her_context_sleeps_while_she_is_silent_and_a_say_is_heard_whole(s
 
     await until(page_audio, 30, "Luna to join the local room")
     alice = await human_page(launch_human, svc.url, "sleep", "Alice", None)
+    await until(lambda: context_is("running"), 10, "Luna's AudioContext to run for Alice's capture")
     await alice.evaluate("lunaDemo.setMic(false)")  # a muted listener is not captured: nothing else needs it
-    await until(lambda: context_is("suspended"), 10, "Luna's AudioContext to sleep while she is silent")
+    await until(lambda: context_is("suspended"), 10, "Luna's AudioContext to sleep while nobody is captured")
+    (luna,) = pages
+    asleep = len((await luna.evaluate("window.__audio"))["states"])
 
     await alice.evaluate("lunaDemo.startRecording('Luna')")
     status, said = await svc.call("POST", "/rooms/sleep/luna/say", json={"text": SAID})
@@ -67,6 +103,8 @@ async def test_her_context_sleeps_while_she_is_silent_and_a_say_is_heard_whole(s
     got = voiced_span_s(heard)
     assert abs(got - want) <= 0.06, f"the listener heard {got:.2f} s of voice from {want:.2f} s of her words"
 
-    await until(lambda: context_is("suspended"), 10, "Luna's AudioContext to sleep again once she is done")
+    seen = await luna.evaluate("window.__audio")
+    assert seen["states"][asleep:] == [], "her AudioContext ran while she spoke and nobody was captured"
+    assert set(seen["worklets"]) <= {"luna-capture"}, seen["worklets"]  # no worklet renders her voice
     await alice.evaluate("lunaDemo.setMic(true)")  # Alice is captured again: her worklet renders in the context
     await until(lambda: context_is("running"), 10, "Luna's AudioContext to wake for Alice's capture")
