@@ -95,6 +95,8 @@ async def run(
     if receiver_stamps:
         plan = dataclasses.replace(plan, frames=FrameStamps.ALL)
     audio = ReplyAudio()
+    if compare:
+        profile.hear_pcm_capture()  # the ladder's first rung serves a page that sends PCM
     variants: dict[str, dict[str, Any]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="luna-bench-") as tmp:

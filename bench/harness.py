@@ -72,7 +72,7 @@ _JITTER = """async () => {
   return best && best.ms;
 }"""
 
-# Records the page's own microphone with the same capture worklet as Luna's page and the demo recorder.
+# Records the page's own microphone with the same capture worklet as the demo recorder.
 _TAP_START = """async () => {
   const ctx = new AudioContext({ sampleRate: 48000 });
   await ctx.audioWorklet.addModule("/bot/audio/capture-worklet.js");
@@ -226,8 +226,10 @@ class Running:
     async def prepare(self, context: BrowserContext) -> None:
         """Runs on each new bot page's context (the host's hook): adds the frame stamps to the room asking."""
         if self.stamping is not None:
-            room, frames = self.stamping
-            await context.add_init_script(frames.script)
+            room, _frames = self.stamping
+            # Her sent frames only: her receivers carry her own capture transform (bot_page/lib/receivers.js),
+            # which takes every frame they receive; a second transform would replace it.
+            await context.add_init_script(FrameStamps.SENT.script)
             self.stamped[room] = context
 
     async def luna_frames(self, room: str, since: float) -> list[list[Any]]:

@@ -41,6 +41,8 @@ from bench.scenarios import SETTLE_S, _answered, _click_latency, _gaps_at_ear, _
 from luna_voice.bots import pipeline, session
 from luna_voice.bots.host import CHROMIUM_ARGS
 from luna_voice.bots.pipeline import Pipeline
+from luna_voice.bots.session import PageSession
+from luna_voice.bridge import protocol as bp
 from luna_voice.config import Settings
 from luna_voice.conversation.core import Conversation
 from luna_voice.conversation.pacing import Pacer
@@ -184,23 +186,77 @@ def page_socket() -> dict[str, str]:
     }
 
 
-# The page whose voice was the playback worklet in a 48 kHz AudioContext (its MediaStreamDestination was her
-# microphone track, and the context ran whenever she might speak), before the worker-written track.
+# Pages that captured people in WebAudio (a muted media element and a capture worklet each, their 16 kHz PCM sent
+# as frame kind 1, since retired): with her voice in a playback worklet too, and then with her voice from a worker.
 WEBAUDIO_VOICE_COMMIT = "473cc20"
+WEBAUDIO_CAPTURE_COMMIT = "7271a9d"
 
 
 @functools.cache
-def webaudio_voice() -> dict[str, str]:
-    """Page path → source of the modules that differ on the page with her voice in WebAudio."""
-    bot = _git_show("bot_page/bot.js", WEBAUDIO_VOICE_COMMIT)
-    line = 'await ctx.audioWorklet.addModule(new URL("./audio/playback-worklet.js", import.meta.url));'
-    bot = _patched(bot, line, 'await ctx.audioWorklet.addModule(await oldWorklet("playback-worklet.js"));')
-    bot = _patched(bot, "// --- audio graph", _WORKLET_BLOB + "\n// --- audio graph")
+def webaudio_page(commit: str) -> dict[str, str]:
+    """Page path → source of the modules of the page at ``commit`` that differ today: its bot.js with its worklets
+    from blobs, its audio sleep, and its socket worker, loaded from a blob (routes miss it), with the wire
+    constants of its own day inline: the current protocol.js has no kind 1."""
+    show = functools.partial(_git_show, commit=commit)
+    bot = show("bot_page/bot.js")
+    worklets = {}
+    for name in ("capture-worklet.js", "playback-worklet.js"):
+        line = f'await ctx.audioWorklet.addModule(new URL("./audio/{name}", import.meta.url));'
+        if line in bot:
+            bot = _patched(bot, line, f'await ctx.audioWorklet.addModule(await oldWorklet("{name}"));')
+            worklets[f"audio/webaudio-{name}"] = show(f"bot_page/audio/{name}")
+    anchor = "// --- audio graph" if "// --- audio graph" in bot else "// --- capture graph"
+    bot = _patched(bot, anchor, _WORKLET_BLOB.replace("relayed-", "webaudio-") + "\n" + anchor)
+    wire = re.findall(r"export const (\w+) = (.+);", show("bot_page/protocol.js"))
+    inline = "const wire = {" + ", ".join(f"{name}: {value}" for name, value in wire) + "};"
+    worker = json.dumps(
+        _patched(show("bot_page/lib/socket-worker.js"), 'import * as wire from "../protocol.js";', inline)
+    )
+    socket = _patched(
+        show("bot_page/lib/worker-socket.js"),
+        'new SharedWorker(new URL("./socket-worker.js", import.meta.url), { name, type: "module" })',
+        f'new SharedWorker(URL.createObjectURL(new Blob([{worker}], {{ type: "text/javascript" }})), {{ name }})',
+    )
     return {
+        **worklets,
         "bot.js": bot,
-        "audio/relayed-playback-worklet.js": _git_show("bot_page/audio/playback-worklet.js", WEBAUDIO_VOICE_COMMIT),
-        "lib/audio-sleep.js": _git_show("bot_page/lib/audio-sleep.js", WEBAUDIO_VOICE_COMMIT),
+        "lib/worker-socket.js": socket,
+        "lib/audio-sleep.js": show("bot_page/lib/audio-sleep.js"),
     }
+
+
+def webaudio_voice() -> dict[str, str]:
+    return webaudio_page(WEBAUDIO_VOICE_COMMIT)
+
+
+def webaudio_capture() -> dict[str, str]:
+    return webaudio_page(WEBAUDIO_CAPTURE_COMMIT)
+
+
+def hear_pcm_capture() -> None:
+    """The rungs that serve an old page send 16 kHz PCM (kind 1, retired from the wire): this process's service
+    takes it straight to the pipeline, as the service did then. Only the profile does this; the encoded page's
+    frames (kind 3) go the shipped way."""
+    if getattr(bp.decode_audio, "pcm_too", False):
+        return
+    decode, on_audio = bp.decode_audio, PageSession._on_audio
+
+    def decode_audio(data: bytes) -> bp.AudioFrame:
+        if len(data) > bp.HEADER.size and data[1] == 1:
+            _version, kind, participant, seq, ts = bp.HEADER.unpack_from(data)
+            return bp.AudioFrame(kind, participant, seq, ts, data[bp.HEADER.size :])
+        return decode(data)
+
+    def _on_audio(self: PageSession, frame: bp.AudioFrame) -> None:
+        if frame.kind != 1:
+            return on_audio(self, frame)
+        if (pid := self._pids.get(frame.participant)) is not None:
+            self._feed(pid, [(frame.timestamp_ms, frame.payload)])
+        return None
+
+    decode_audio.pcm_too = True  # type: ignore[attr-defined]
+    bp.decode_audio = decode_audio  # type: ignore[assignment]
+    PageSession._on_audio = _on_audio  # type: ignore[method-assign]
 
 
 def unmuted() -> dict[str, str]:
@@ -245,15 +301,18 @@ VARIANTS = [
     # no permessage-deflate on the bridge
     Variant("+bridge without deflate", CHROMIUM_ARGS, webaudio_voice, playback_frames=1),
     Variant("+larger playback messages", CHROMIUM_ARGS, webaudio_voice),  # a refill's frames in one bridge message
-    Variant("+voice from a worker (after)", CHROMIUM_ARGS),  # her track written by a worker, no WebAudio
+    Variant("+voice from a worker", CHROMIUM_ARGS, webaudio_capture),  # her track written by a worker
+    # each person's Opus packets forwarded as received, decoded in Python: no AudioContext renders anything
+    Variant("+encoded capture (after)", CHROMIUM_ARGS),
     # the same Luna with a muted second person: captured as before, then dropped while muted
     Variant("muted guest captured", CHROMIUM_ARGS, lambda: {**webaudio_voice(), **unmuted()}, muted_guest=True),
     Variant("+muted guest dropped", CHROMIUM_ARGS, webaudio_voice, muted_guest=True),
     # a muted listener (nobody captured) and Luna speaking now and then: her audio awake all along, then asleep
-    # while she is silent, then her voice from a worker and no context at all (what ships)
+    # while she is silent, then her voice from a worker, then the encoded capture (what ships)
     Variant("muted listener, audio awake", CHROMIUM_ARGS, awake, listener_muted=True),
     Variant("+audio sleeps", CHROMIUM_ARGS, webaudio_voice, listener_muted=True),
-    Variant("+voice from a worker, muted listener (after)", CHROMIUM_ARGS, listener_muted=True),
+    Variant("+voice from a worker, muted listener", CHROMIUM_ARGS, webaudio_capture, listener_muted=True),
+    Variant("+encoded capture, muted listener (after)", CHROMIUM_ARGS, listener_muted=True),
 ]
 
 
@@ -527,6 +586,7 @@ async def run(
     browser = await rig.browser(
         _wav(tmp, "profile", _loop(sg.speech("Luna, say something.", sg.MIC_RATE), PERIOD_S)), loop=True
     )
+    hear_pcm_capture()
     runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in variants}
     for r in range(rounds):
         for v in variants if r % 2 == 0 else variants[::-1]:  # A B B A: none always goes first

@@ -1,11 +1,11 @@
-// Luna's page. It joins a room through a room adapter (rooms/<backend>.js), captures every other participant's
-// audio and streams it to Python over the bridge WebSocket, and plays what Python sends into Luna's microphone in
-// the room: a MediaStreamTrackGenerator that a dedicated worker writes on a clock of its own
-// (lib/playback-worker.js). The bridge protocol is documented in
-// src/luna_voice/bridge/protocol.py, which generates ./protocol.js. The page builds its audio graph itself at
-// load (no test hooks), so an AudioContext left suspended by the autoplay policy shows up here and not only in
-// production. Audio does not cross this page's main thread: each capture worklet and the playback worker have a
-// channel of their own to the bridge's shared worker (lib/socket-worker.js); only control messages (JSON) come here.
+// Luna's page. It joins a room through a room adapter (rooms/<backend>.js), forwards every other participant's
+// encoded audio (Opus, as received: Python decodes it) over the bridge WebSocket, and plays what Python sends into
+// Luna's microphone in the room: a MediaStreamTrackGenerator that a dedicated worker writes on a clock of its own
+// (lib/playback-worker.js). The bridge protocol is documented in src/luna_voice/bridge/protocol.py, which
+// generates ./protocol.js. Audio does not cross this page's main thread: the receive worker (each person's
+// RTCRtpScriptTransform) and the playback worker have channels of their own to the bridge's shared worker
+// (lib/socket-worker.js); only control messages (JSON) come here.
+import * as receivers from "./lib/receivers.js"; // first: it must see every RTCPeerConnection made
 import { AudioSleep } from "./lib/audio-sleep.js";
 import { WorkerSocket } from "./lib/worker-socket.js";
 import * as wire from "./protocol.js";
@@ -14,7 +14,7 @@ import * as wire from "./protocol.js";
 const b64 = location.hash.slice(1).replace(/-/g, "+").replace(/_/g, "/");
 const cfg = JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))));
 const statusEl = document.getElementById("status");
-const participants = new Map(); // id -> {index, name, track, enabled, trackId, sink, source, node, capture, heardAt}
+const participants = new Map(); // id -> {index, name, track, enabled, trackId, key, capture, heardAt}
 let nextIndex = 1;
 let nextCapture = 1; // ids of capture channels in the socket worker
 let bridge;
@@ -47,15 +47,11 @@ const micTrack = new MediaStreamTrackGenerator({ kind: "audio" });
 const voice = new Worker(new URL("./lib/playback-worker.js", import.meta.url), { type: "module", name: "voice" });
 voice.postMessage({ writable: micTrack.writable }, [micTrack.writable]);
 
-// --- capture graph ----------------------------------------------------------------------------------------
+// --- the AudioContext: nothing renders in it any more -------------------------------------------------------
+// People reach Python encoded (lib/receivers.js) and her voice is the worker's, so it sleeps from the bridge's
+// open on. It is left only for the hello's and the status's `audio_context`, to be removed with them.
 const ctx = new AudioContext({ sampleRate: wire.PLAYBACK_RATE, latencyHint: "interactive" });
-const silentOut = ctx.createGain();
-silentOut.gain.value = 0;
-silentOut.connect(ctx.destination); // keeps capture worklets pulled by the render graph
-await ctx.audioWorklet.addModule(new URL("./audio/capture-worklet.js", import.meta.url));
-if (ctx.state !== "running") await ctx.resume().catch(() => {});
-// The context runs only while a capture worklet renders in it (lib/audio-sleep.js).
-const audioSleep = new AudioSleep(ctx, () => [...participants.values()].some((p) => p.node));
+const audioSleep = new AudioSleep(ctx, () => false);
 ctx.onstatechange = () => send({ type: "audio_context", state: ctx.state });
 
 // --- bridge -----------------------------------------------------------------------------------------------
@@ -71,7 +67,7 @@ function openBridge() {
         capture_rate: wire.CAPTURE_RATE, playback_rate: wire.PLAYBACK_RATE, // her voice's rate (the worker's frames)
       }));
       resolve();
-      audioSleep.update(); // from here on her context sleeps while nobody is captured
+      audioSleep.update(); // from here on her context sleeps: nothing renders in it
     };
     bridge.onerror = () => reject(new Error("bridge unreachable"));
     bridge.onclose = (ev) => {
@@ -87,70 +83,58 @@ function openBridge() {
   });
 }
 
-// --- per-participant capture -------------------------------------------------------------------------------
+// --- per-participant capture: encoded frames off each person's receiver ------------------------------------
+const heardByKey = new Map(); // receiver's key -> participant: their frames arrive (the room's watchdog reads it)
+receivers.onHeard((key) => {
+  const p = heardByKey.get(key);
+  if (p) p.heardAt = performance.now();
+});
+
 function stopCapture(p) {
-  if (p.node) {
-    // a disconnected worklet would go on posting frames of zeros under this participant's index
+  if (p.capture) {
     bridge.uncapture(p.capture); // before participant_left, on the same port: no frame of theirs follows it
-    p.node.port.onmessage = null;
-    p.node.port.postMessage("stop");
-    p.node.disconnect();
+    receivers.detach(p.key);
+    heardByKey.delete(p.key);
   }
-  if (p.source) p.source.disconnect();
-  if (p.sink) p.sink.srcObject = null;
-  p.node = p.source = p.sink = null;
-  p.trackId = null;
-  audioSleep.update();
+  p.capture = p.key = p.trackId = null;
 }
 
 function participantJoined({ id, name }) {
   if (participants.has(id)) return participants.get(id);
-  const p = {
-    index: nextIndex++, id, name, track: null, enabled: true, trackId: null, attaching: Promise.resolve(),
-    heardAt: performance.now(),
-  };
+  const p = { index: nextIndex++, id, name, track: null, enabled: true, trackId: null, heardAt: performance.now() };
   participants.set(id, p);
   send({ type: "participant_joined", index: p.index, id, name });
   return p;
 }
 
 // A person's audio track, and whether the room says their microphone is on (`enabled`; a null track keeps the
-// last one). A muted person costs nothing: no media element, no worklet, no frames to Python; unmuting attaches
-// again. Attaches run one after another per participant: two quick track swaps must not both finish (each after
-// its `await sink.play()`) and leave two capture nodes for one person, who would then be heard twice.
+// last one). A muted person costs nothing: their frames are not forwarded (and a muted sender sends none);
+// unmuting attaches again. A replaced track (device change, new consumer) detaches the old one first, so a person
+// is never heard twice.
 function audioTrack({ id, name, track, enabled = true }) {
   const p = participants.get(id) || participantJoined({ id, name });
   if (track) p.track = track;
   p.enabled = enabled !== false;
-  p.attaching = p.attaching.then(() => attach(p));
-  return p.attaching;
+  attach(p);
 }
 
-async function attach(p) {
-  if (participants.get(p.id) !== p) return;
+function attach(p) {
   const track = p.enabled && p.track && p.track.readyState === "live" ? p.track : null;
   if (track && p.trackId === track.id) return;
-  stopCapture(p); // muted, or the track was replaced (device change, reconnect): re-attach
+  stopCapture(p);
   if (!track) return;
-  p.trackId = track.id;
-  const stream = new MediaStream([track]);
-  // Chromium gives WebAudio silence from a remote track unless a media element is also playing it.
-  const sink = (p.sink = new Audio());
-  sink.muted = true;
-  sink.srcObject = stream;
-  await sink.play().catch((err) => log("warn", `sink for ${p.name} refused to play: ${err}`));
-  if (p.sink !== sink) return; // dropped while the sink started
-  p.source = ctx.createMediaStreamSource(stream);
-  const options = { numberOfInputs: 1, outputChannelCount: [1], processorOptions: { direct: true } };
-  p.node = new AudioWorkletNode(ctx, "luna-capture", options);
-  p.node.port.onmessage = () => (p.heardAt = performance.now()); // "heard", twice a second: the room's watchdog
+  const { key, error } = receivers.captureOf(track);
+  if (error) {
+    log("error", `cannot hear ${p.name}: ${error}`);
+    return;
+  }
   const { port1, port2 } = new MessageChannel(); // the frames' own way to the bridge
+  p.trackId = track.id;
+  p.key = key;
   p.capture = nextCapture++;
-  p.node.port.postMessage({ type: "bridge", port: port1 }, [port1]);
+  heardByKey.set(key, p);
   bridge.capture(p.capture, p.index, port2);
-  p.source.connect(p.node);
-  p.node.connect(silentOut);
-  audioSleep.update();
+  receivers.attach(key, port1);
 }
 
 function dropParticipant(id) {

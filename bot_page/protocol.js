@@ -1,8 +1,8 @@
 // GENERATED from src/luna_voice/bridge/protocol.py by `python -m luna_voice.bridge.protocol`; do not edit.
 // The bridge's wire contract as the page sees it (tests/test_wire_contract.py checks it is current).
 export const VERSION = 1;
-export const KIND_CAPTURE = 1;
 export const KIND_PLAYBACK = 2;
+export const KIND_CAPTURE_OPUS = 3;
 export const HEADER_BYTES = 16;
 export const OFFSET_VERSION = 0;
 export const OFFSET_KIND = 1;

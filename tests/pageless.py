@@ -74,8 +74,8 @@ class Page:
         async for msg in self.ws:
             if msg.type == aiohttp.WSMsgType.BINARY:
                 frame = bp.decode_audio(msg.data)
-                self.samples += len(frame.pcm) // 2
-                last = bp.playback_seqs(frame.seq, frame.pcm)[-1]
+                self.samples += len(frame.payload) // 2
+                last = bp.playback_seqs(frame.seq, frame.payload)[-1]
                 await self.ws.send_str(json.dumps({"type": "played", "seq": last, "idle": True}))
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 self.controls.append(json.loads(msg.data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,25 @@ async def until(predicate, limit: float, what: str, step: float = 0.2):  # type:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {limit:.0f} s waiting for {what}")
         await asyncio.sleep(step)
+
+
+TONE_HZ = 440
+
+
+def tone_wav(path: Path, seconds: float = 90.0, level: float = 0.3) -> Path:
+    """A microphone that plays a steady tone from the moment the person joins (level 0: a silent one)."""
+    t = np.arange(int(seconds * 48_000)) / 48_000
+    pcm = (level * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(48_000)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def loud(pcm: bytes) -> bool:
+    return float(np.sqrt(np.mean(np.frombuffer(pcm, np.int16).astype(np.float64) ** 2))) > 1000
 
 
 def speech_file(tmp_path: Path, text: str, lead_silence_s: float, name: str = "mic") -> Path:

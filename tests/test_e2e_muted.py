@@ -5,36 +5,16 @@ unmute keeps its first syllable: the start lost is under the pre-roll the endpoi
 
 from __future__ import annotations
 
-import wave
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from luna_voice.bridge import protocol as bp
 from luna_voice.config import Settings
-from roomtools import human_page, until
+from roomtools import TONE_HZ, human_page, loud, tone_wav, until
 
 pytestmark = pytest.mark.browser
-
-TONE_HZ = 440
-
-
-def tone_wav(path: Path, seconds: float = 90.0) -> Path:
-    """A microphone that plays a steady tone from the moment the person joins."""
-    t = np.arange(int(seconds * 48_000)) / 48_000
-    pcm = (0.3 * 32767 * np.sin(2 * np.pi * TONE_HZ * t)).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(48_000)
-        w.writeframes(pcm.tobytes())
-    return path
-
-
-def loud(pcm: bytes) -> bool:
-    return float(np.sqrt(np.mean(np.frombuffer(pcm, np.int16).astype(np.float64) ** 2))) > 1000
 
 
 async def test_a_muted_person_sends_no_frames_and_is_heard_from_the_unmute_on(start_service, launch_human, tmp_path):
@@ -48,7 +28,8 @@ async def test_a_muted_person_sends_no_frames_and_is_heard_from_the_unmute_on(st
 
     await until(luna_joined, 30, "Luna to join the local room")
     alice = await human_page(launch_human, svc.url, "mute", "Alice", tone_wav(tmp_path / "tone.wav"))
-    await human_page(launch_human, svc.url, "mute", "Bob", None)  # silent, but captured: the test's clock
+    # a silent microphone, but sending (a person without one sends no packets): the test's clock
+    await human_page(launch_human, svc.url, "mute", "Bob", tone_wav(tmp_path / "silence.wav", level=0))
 
     async def ids() -> dict[str, str] | None:
         people = {p["name"]: p["id"] for p in (await svc.call("GET", "/rooms/mute/luna"))[1]["participants"]}
@@ -72,7 +53,9 @@ async def test_a_muted_person_sends_no_frames_and_is_heard_from_the_unmute_on(st
     await until(alice_loud, 15, "Alice's tone at Luna")
 
     await alice.evaluate("lunaDemo.setMic(false)")
-    await after_bob(50)  # the mute reaches Luna's page, and frames already on their way arrive
+    # the mute reaches Luna's page, frames already on their way arrive, and Python stops filling her silence
+    # (bridge/opus_stream.py: PAUSE_S after a sender's last packet)
+    await after_bob(75)
     muted_at = len(frames[a])
     await after_bob(100)
     assert len(frames[a]) == muted_at, "a muted person's capture kept sending frames"

@@ -18,6 +18,7 @@ from luna_voice.conversation.domain import Usage
 from luna_voice.providers.base import Transcript
 from luna_voice.providers.botsession import BotSessionEngine
 from luna_voice.providers.select import ProviderSet
+from opus_packets import OpusSender
 from pageless import PagelessHost, page_config, page_hello
 from roomtools import until
 from scripted_room import Room
@@ -476,11 +477,12 @@ async def test_dismissed_mid_answer_the_app_is_told_what_the_room_heard(start_se
         ws = await _joined_with(svc, bot, page_config(host.urls[0]), "Ann")
         words = speech_frames("Luna, are you there?", tmp_path / "ann.wav", bp.CAPTURE_FRAME_SAMPLES)
         silence = bytes(2 * bp.CAPTURE_FRAME_SAMPLES)
+        sender = OpusSender()
 
-        async def ann_speaks_then_is_quiet() -> None:  # in real time, as a page captures, until cancelled
+        async def ann_speaks_then_is_quiet() -> None:  # in real time, as a page forwards it, until cancelled
             for seq in itertools.count():
-                pcm = words[seq] if seq < len(words) else silence
-                await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE, 1, seq, seq * 20.0, pcm))
+                for rtp, payload in sender.packets(words[seq] if seq < len(words) else silence):
+                    await ws.send_bytes(bp.encode_audio(bp.KIND_CAPTURE_OPUS, 1, rtp, seq * 20.0, payload))
                 await asyncio.sleep(bp.FRAME_MS / 1000)  # paces real-time audio
 
         async def speaking():  # type: ignore[no-untyped-def]
@@ -495,7 +497,7 @@ async def test_dismissed_mid_answer_the_app_is_told_what_the_room_heard(start_se
         heard: list[int] = []
         while len(heard) < 10:  # playback messages carry one or more frames
             frame = bp.decode_audio((await ws.receive(timeout=5)).data)
-            heard += bp.playback_seqs(frame.seq, frame.pcm)
+            heard += bp.playback_seqs(frame.seq, frame.payload)
         heard = heard[:10]
         await ws.send_str(json.dumps({"type": "played", "seq": heard[-1], "idle": False}))  # the room heard 0.2 s
         await _sync(svc, ws, "marker")

@@ -45,6 +45,9 @@ from conftest import CHROMIUM, free_port
 from fakes.cloudflare_rtk import FakeCloudflareRtk, decode_token_payload
 from luna_voice.bots.host import CHROMIUM_ARGS, ChromiumHost
 from luna_voice.bridge import protocol as bp
+from luna_voice.bridge.capture import Capture
+from luna_voice.bridge.opus_av import OpusDecoder
+from luna_voice.bridge.opus_stream import OpusJunk
 from luna_voice.rooms.rtk_api import RtkApi
 from pageless import page_config
 from roomtools import speech_file, until
@@ -186,6 +189,10 @@ async def install_mock(context: BrowserContext, params: dict[str, Any]) -> None:
         path = NODE_MODULES / route.request.url.split("/node_modules/", 1)[1]
         await route.fulfill(path=path.with_name(path.stem + ".js"), content_type="text/javascript")
 
+    # The harness's loopbacks need host candidates on 127.0.0.1: Chromium gathers them only for a page that may use
+    # the microphone (else only the default route's, and a test's network namespace has none). Luna's page itself
+    # never asks for one.
+    await context.grant_permissions(["microphone"])
     await context.add_init_script(script=f"window.__rtkMockParams = {json.dumps(params)};")
     await context.add_init_script(path=HARNESS)
     await context.route("**/node_modules/@cloudflare/realtimekit/dist/ClientMock.es.js", serve_mock)
@@ -206,6 +213,15 @@ async def mint_token(cloudflare: FakeCloudflareRtk) -> str:
 
 
 # --- Python's side of the bridge -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Heard:
+    """One Opus packet Python received from a person, decoded as the service decodes it (``Capture``)."""
+
+    rtp: int
+    timestamp_ms: float
+    pcm: bytes
+
+
 @dataclass
 class Python:
     """Serves ``bot_page/`` at ``/bot`` (as the service does) and plays Python's end of the bridge."""
@@ -213,7 +229,8 @@ class Python:
     base_url: str = ""
     token: str = "bridge-secret"
     messages: list[bp.Message] = field(default_factory=list)
-    frames: dict[int, list[bp.AudioFrame]] = field(default_factory=dict)
+    frames: dict[int, list[Heard]] = field(default_factory=dict)  # participant index -> their packets
+    captures: dict[int, Capture] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     ws: web.WebSocketResponse | None = None
     # answers GET /blocked, which the page requests synchronously to block its main thread (BLOCK_MAIN_THREAD)
@@ -238,9 +255,17 @@ class Python:
                     self.messages.append(message)
                 elif msg.type == WSMsgType.BINARY:
                     frame = bp.decode_audio(msg.data)
-                    self.frames.setdefault(frame.participant, []).append(frame)
-            except bp.ProtocolError as exc:
-                self.errors.append(exc.reason)
+                    if frame.kind != bp.KIND_CAPTURE_OPUS:
+                        self.errors.append(f"the page sent a frame of kind {frame.kind}")
+                        continue
+                    capture = self.captures.setdefault(frame.participant, Capture(OpusDecoder))
+                    decoded = capture.packet(
+                        frame.seq, frame.payload, frame.timestamp_ms, asyncio.get_running_loop().time()
+                    )
+                    pcm = b"".join(pcm for _, pcm in decoded)
+                    self.frames.setdefault(frame.participant, []).append(Heard(frame.seq, frame.timestamp_ms, pcm))
+            except (bp.ProtocolError, OpusJunk) as exc:
+                self.errors.append(str(exc))
         return ws
 
     def page_url(self, room: dict[str, Any]) -> str:
@@ -406,7 +431,7 @@ async def soon(check: Callable[[], Any], what: str, limit: float = 5) -> Any:
     return await until(poll, limit, what, step=0.05)
 
 
-def dominant_hz(frames: list[bp.AudioFrame]) -> float:
+def dominant_hz(frames: list[Heard]) -> float:
     pcm = np.frombuffer(b"".join(f.pcm for f in frames), dtype=np.int16).astype(np.float32)
     spectrum = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm))))
     return float(np.argmax(spectrum) * bp.CAPTURE_RATE / len(pcm))
@@ -482,7 +507,7 @@ async def test_people_joining_and_leaving_later_reach_python_with_their_names(op
     assert python.present() == {"peer-alice": "Alice", "peer-carol": "Carol"}
 
 
-def tone_power(frames: list[bp.AudioFrame], hz: float) -> float:
+def tone_power(frames: list[Heard], hz: float) -> float:
     """Share of the signal's power within 15 Hz of ``hz``."""
     pcm = np.frombuffer(b"".join(f.pcm for f in frames), dtype=np.int16).astype(np.float32)
     power = np.abs(np.fft.rfft(pcm * np.hanning(len(pcm)))) ** 2
@@ -515,12 +540,14 @@ BLOCK_MAIN_THREAD = """() => {
 
 @page_test
 async def test_audio_flows_both_ways_while_the_pages_main_thread_is_blocked(open_luna, python):
-    """Audio does not cross the page's main thread, where the RTK SDK and GC run: each worklet has its own channel
-    to the bridge's worker. While that thread is blocked, Alice's frames still reach Python, and what Python plays
-    is rendered into Luna's track (the playback worklet's "played" mark for it comes back)."""
+    """Audio does not cross the page's main thread, where the RTK SDK and GC run: the receive worker and the
+    playback worklet have their own channels to the bridge's worker. While that thread is blocked, Alice's frames
+    still reach Python, and what Python plays is rendered into Luna's track (the playback worklet's "played" mark
+    for it comes back)."""
     page = await open_luna()
     await joined(python, page)
     alice = python.index_of("peer-alice")
+    await soon(lambda: len(python.frames.get(alice, [])) >= 5, "Alice's microphone")  # its loopback is made
     tone = (0.5 * 32767 * np.sin(2 * np.pi * 440 * np.arange(24_000) / 48_000)).astype(np.int16).tobytes()
 
     async def while_blocked() -> str:
@@ -566,25 +593,20 @@ async def test_a_playback_message_of_several_frames_is_marked_frame_by_frame(ope
 
 
 # A replaced track: the stub cannot make the SDK replace a live consumer's track (that needs a real media server
-# re-producing), so the test emits the participant's documented audioUpdate with new tracks made in the page.
+# re-producing), so the test emits the participant's documented audioUpdate with new remote tracks (each through
+# its own loopback, as the harness delivers consumers' tracks), back to back.
 SWAP_ALICES_TRACK = """async (tones) => {
-  const alice = window.__rtkHarness.meetings.at(-1).participants.joined.get('peer-alice');
-  for (const hz of tones) {
-    const ctx = new AudioContext({sampleRate: 48000});
-    const osc = new OscillatorNode(ctx, {frequency: hz});
-    const out = ctx.createMediaStreamDestination();
-    osc.connect(out);
-    osc.start();
-    (window.__tones ||= []).push(ctx);
-    alice.emit('audioUpdate', {audioEnabled: true, audioTrack: out.stream.getAudioTracks()[0]});
-  }
+  const harness = window.__rtkHarness;
+  const alice = harness.meetings.at(-1).participants.joined.get('peer-alice');
+  const tracks = await Promise.all(tones.map((hz) => harness.server.remoteTrack(hz)));
+  for (const audioTrack of tracks) alice.emit('audioUpdate', {audioEnabled: true, audioTrack});
 }"""
 
 
 @page_test
 async def test_two_quick_track_swaps_leave_one_capture_of_the_new_track(open_luna, python):
-    """Two swaps back to back: each attach awaits its sink's play(); unserialised, both finish and Alice is
-    captured twice (twice the frames, the old tone mixed in)."""
+    """Two swaps back to back: each must detach the capture of the track before, or Alice is captured twice (twice
+    the frames, the old tone mixed in)."""
     page = await open_luna()
     await joined(python, page)
     alice, bob = python.index_of("peer-alice"), python.index_of("peer-bob")
@@ -698,6 +720,12 @@ async def test_luna_consumes_audio_only_after_join_and_after_a_rejoin(open_luna,
     await joined(python, page)
     s = await soon(lambda: _consumed_all(page, 0), "the SDK to consume both microphones")
     assert consumed(s) == MICS and s["videoSubscribed"] == []
+
+    async def delivered() -> dict[str, Any] | None:  # each track comes through its loopback, once connected
+        s = await snapshot(page)
+        return s if len(s["delivered"]) >= len(MICS) else None
+
+    s = await soon(delivered, "both microphones' tracks")
     assert {d["kind"] for d in s["delivered"]} == {"audio"}
 
     before = len(s["consumes"])

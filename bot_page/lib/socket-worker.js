@@ -1,34 +1,30 @@
 // Shared worker behind lib/worker-socket.js: one WebSocket per connecting page. The page's strings and
 // ArrayBuffers pass through to the socket, and the socket's open, error and close become {event} messages. The
-// audio does not cross the page's main thread (where the RTK SDK, GC and everything else run): each capture
-// worklet and the playback worker (playback-worker.js) have a MessageChannel of their own to this worker. Capture
-// frames (raw 20 ms Int16 PCM) get their header here and go out; playback PCM, `clear` and `duck` go straight to
-// the playback worker, and its "played"/"cleared" marks (and a full queue's warning) go out as JSON. Frame
-// layout: ../protocol.js.
+// audio does not cross the page's main thread (where the RTK SDK, GC and everything else run): each person's
+// capture (the receive worker's encoded Opus frames, lib/receive-worker.js) and the playback worker
+// (playback-worker.js) have a MessageChannel of their own to this worker. Capture packets get their header here
+// (kind 3: the RTP timestamp in the seq field, the page's receive time as the timestamp) and go out; playback PCM,
+// `clear` and `duck` go straight to the playback worker, and its "played"/"cleared" marks (and a full queue's
+// warning) go out as JSON. Frame layout: ../protocol.js.
 import * as wire from "../protocol.js";
-
-const wallClockMs = () => performance.timeOrigin + performance.now();
 
 onconnect = ({ ports: [page] }) => {
   let ws = null;
   let playback = null; // the playback worker's channel
-  const captures = new Map(); // capture id -> the capture worklet's channel
-  const seqs = new Map(); // participant index -> next frame seq (it survives a replaced track)
+  const captures = new Map(); // capture id -> its channel from the receive worker
   const isOpen = () => ws?.readyState === WebSocket.OPEN;
 
   function capture(id, index, port) {
     captures.set(id, port);
-    port.onmessage = ({ data }) => {
+    port.onmessage = ({ data: { rtp, t, data } }) => {
       if (!captures.has(id) || !isOpen()) return;
-      const seq = seqs.get(index) ?? 0;
-      seqs.set(index, seq + 1);
       const frame = new Uint8Array(wire.HEADER_BYTES + data.byteLength);
       const head = new DataView(frame.buffer);
       head.setUint8(wire.OFFSET_VERSION, wire.VERSION);
-      head.setUint8(wire.OFFSET_KIND, wire.KIND_CAPTURE);
+      head.setUint8(wire.OFFSET_KIND, wire.KIND_CAPTURE_OPUS);
       head.setUint16(wire.OFFSET_PARTICIPANT, index, true);
-      head.setUint32(wire.OFFSET_SEQ, seq >>> 0, true);
-      head.setFloat64(wire.OFFSET_TIMESTAMP, wallClockMs(), true);
+      head.setUint32(wire.OFFSET_SEQ, rtp >>> 0, true);
+      head.setFloat64(wire.OFFSET_TIMESTAMP, t, true);
       frame.set(new Uint8Array(data), wire.HEADER_BYTES);
       ws.send(frame.buffer);
     };

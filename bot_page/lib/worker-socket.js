@@ -3,8 +3,8 @@
 // frames a second which Chromium, Playwright's driver and Python serialised for nothing (bench/README.md,
 // "profile"). Playwright does not attach to shared workers, so a socket there costs only the hop between the page
 // and the worker. WorkerSocket has the part of the WebSocket interface that bot.js uses, plus the wiring of the
-// capture worklets' and the playback worker's own channels to the worker (capture, uncapture, playback), which
-// keeps audio off the main thread.
+// audio's own channels to the worker (capture and uncapture for each person's encoded frames from the receive
+// worker, playback for the playback worker), which keeps audio off the main thread.
 
 export class WorkerSocket {
   constructor(url, name) {
@@ -35,7 +35,7 @@ export class WorkerSocket {
     this.port.postMessage(data, data instanceof ArrayBuffer ? [data] : []);
   }
 
-  /** Frames posted on `port` (a capture worklet's channel) go over the bridge as participant `index`'s. */
+  /** Opus packets posted on `port` (a channel from the receive worker) go out as participant `index`'s. */
   capture(id, index, port) {
     this.port.postMessage({ capture: id, index, port }, [port]);
   }

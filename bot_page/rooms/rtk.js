@@ -239,7 +239,7 @@ export async function createRoom(config, handlers) {
     else handlers.state("joined", null, null);
   }
 
-  // Guard for deafness we have no event for: a participant whose audio has been silent (no samples at all) for
+  // Guard for deafness we have no event for: a participant from whom no encoded audio frames arrived for
   // watchdogMs while someone else was heard is re-subscribed, with a warning. Someone who is really silent (a
   // hardware mute) would be re-subscribed again and again, so the wait doubles each time, up to 8 x watchdogMs,
   // until they are heard.

@@ -11,8 +11,14 @@
 //
 // On top of the mock, the harness plays the media server (SFU) where the mock is silent, through the SDK's own
 // socket and transport paths: it answers consume requests (recording which producers the SDK asked for) and
-// delivers a tone track for each audio consumer as the receive transport's "track" event; it can flip the stub
+// delivers a track for each audio consumer as the receive transport's "track" event; it can flip the stub
 // peer connections' ICE state, and push media broadcasts (a host muting Luna, a participant muting themselves).
+//
+// A delivered track is as real as a media server's: the tone (or recording) is sent through a loopback pair of
+// real RTCPeerConnections, Opus-encoded, and what is delivered is the receiving connection's remote track, whose
+// RTCRtpReceiver has encoded frames. The pair is made with the constructor the page had before the stubs went in
+// (the page's own, which registers every connection), as the SDK's own connection would be. A silent producer's
+// loopback sends no packets at all: a consumer that delivers nothing.
 //
 // window.__rtkMockParams (set by the test in an earlier init script):
 //   {mockParticipants: [{peerId, displayName, stageStatus, producerStates?: [{producerId, kind, hz?, audioUrl?, …}]}],
@@ -86,6 +92,31 @@
     window.RTK_MOCK_SERVER.emit("message", bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length));
   }
 
+  // A remote track as a browser receives it: `source` (null: a sender with no track, so no packets) sent through a
+  // loopback pair of real peer connections.
+  let PeerConnection = null; // the page's RTCPeerConnection, taken before the stubs replace it
+  const loopbacks = []; // every pair, so a test can count them
+  async function loopback(source) {
+    const tx = new PeerConnection();
+    const rx = new PeerConnection();
+    loopbacks.push({ tx, rx });
+    if (source) tx.addTrack(source, new MediaStream([source]));
+    else tx.addTransceiver("audio", { direction: "sendonly" });
+    const received = new Promise((resolve) => (rx.ontrack = ({ track }) => resolve(track)));
+    const described = async (pc) => { // the description with all its candidates (no trickling between the two)
+      await pc.setLocalDescription();
+      if (pc.iceGatheringState !== "complete") {
+        await new Promise((resolve) => pc.addEventListener("icegatheringstatechange", () =>
+          pc.iceGatheringState === "complete" && resolve()));
+      }
+      return pc.localDescription;
+    };
+    await rx.setRemoteDescription(await described(tx));
+    await tx.setRemoteDescription(await described(rx));
+    const track = await received;
+    return { track, close: () => (tx.close(), rx.close()) };
+  }
+
   // What the media server hands the SDK for a consumed audio producer: a tone, different per producer, or
   // silence until the test makes the participant say their recording (audioUrl, server.speak).
   const tones = new Map(); // producerId -> {ctx, out, recording?}
@@ -102,10 +133,10 @@
         const osc = new OscillatorNode(ctx, { frequency: hz });
         osc.connect(out);
         osc.start();
-      } // hz 0: a microphone track that carries no samples at all
+      } // hz 0: a microphone that sends nothing at all
       tones.set(producerId, entry);
     }
-    return tones.get(producerId).out.stream.getAudioTracks()[0].clone();
+    return hz || audioUrl ? tones.get(producerId).out.stream.getAudioTracks()[0].clone() : null;
   }
 
   // The media server's answer to a consume request (media.edge.ConsumePeersRequest {requests=1
@@ -145,15 +176,16 @@
     return { producerId, kind, screenShare: !!state.screenShare, hz: state.hz, audioUrl: state.audioUrl };
   }
 
-  function deliver(tracks) {
+  async function deliver(tracks) {
     const pc = record.pcs.filter((p) => p.recv).at(-1);
     for (const { producer, streamId } of tracks) {
       if (producer.kind !== "audio") continue; // no video is ever made here: a video consumer is the failure
-      const track = toneTrack(producer.producerId, producer.hz, producer.audioUrl);
+      const { track, close } = await loopback(toneTrack(producer.producerId, producer.hz, producer.audioUrl));
       const receiver = { track, getStats: async () => new Map(), getSynchronizationSources: () => [] };
       const transceiver = { mid: streamId, receiver, stop() {}, direction: "recvonly" };
       record.delivered.push({ producerId: producer.producerId, kind: track.kind, trackId: track.id });
       pc.tracks.push(track);
+      pc.loopbacks.push(close);
       pc.emit("track", { track, transceiver, streams: [] });
     }
   }
@@ -200,6 +232,16 @@
       source.connect(out);
       source.start();
     },
+    // A remote track of a tone at `hz`, through its own loopback (for a test that swaps a participant's track).
+    remoteTrack: async (hz) => {
+      const ctx = new AudioContext({ sampleRate: 48000 });
+      const out = ctx.createMediaStreamDestination();
+      const osc = new OscillatorNode(ctx, { frequency: hz });
+      osc.connect(out);
+      osc.start();
+      return (await loopback(out.stream.getAudioTracks()[0])).track;
+    },
+    loopbacks: () => loopbacks.map(({ tx, rx }) => [tx.connectionState, rx.connectionState]),
     // The newest receive transport's ICE state changes (the browser's iceconnectionstatechange).
     recvIce: (state) => {
       const pc = record.pcs.filter((p) => p.recv).at(-1);
@@ -262,9 +304,11 @@
         // The stub never stores a remote description; the SDK reads the current one (its mids) to close consumers.
         this.remoteDescription = { type: "offer", sdp: "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n" };
         this.tracks = []; // delivered remote tracks end when their peer connection closes, as in a browser
+        this.loopbacks = []; // ... and their loopbacks close with it
         const close = this.close.bind(this);
         this.close = () => {
           for (const track of this.tracks) track.stop();
+          for (const closeLoopback of this.loopbacks) closeLoopback();
           return close();
         };
         const add = this.addEventListener;
@@ -283,6 +327,7 @@
     // server must answer the socket join with that id, or the SDK would take Luna for another participant.
     window.fetch = (input, init) => {
       const peerId = new Headers(init && init.headers).get("tracing-id");
+      PeerConnection = window.RTCPeerConnection;
       mock.setupStubs({ peerId, mockParticipants: params.mockParticipants });
       recordPeerConnections();
       recordJoins(window.RTK_MOCK_SERVER);

@@ -94,7 +94,7 @@ class Bot:
         self.in_room_since: float | None = None
         self.ended: float | None = None
         self.rejoins: list[dict[str, Any]] = []
-        self.stats = {"frames_in": 0, "bytes_out": 0, "malformed": 0}
+        self.stats = {"frames_in": 0, "bytes_out": 0, "malformed": 0, "frames_filled": 0, "packets_late": 0}
         self.pipeline = self.make_pipeline(self)
         self.session: PageSession | None = None
         self._generation = 0

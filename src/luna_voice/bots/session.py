@@ -24,6 +24,9 @@ from luna_voice.bots import states as sc
 from luna_voice.bots.host import PageHandle
 from luna_voice.bots.pipeline import Pipeline
 from luna_voice.bridge import protocol as bp
+from luna_voice.bridge.capture import Capture
+from luna_voice.bridge.opus_av import OpusDecoder
+from luna_voice.bridge.opus_stream import OpusJunk
 
 log = structlog.get_logger(__name__)
 
@@ -75,6 +78,8 @@ class PageSession:
         self._ws: web.WebSocketResponse | None = None
         self._outbox: asyncio.Queue[bytes | str] = asyncio.Queue()
         self._pids: dict[int, str] = {}
+        self._captures: dict[int, Capture] = {}  # participant index -> their Opus stream's decoding
+        self._fill: asyncio.Handle | None = None  # when a capture next has silence to fill (DTX, loss)
         self._junk: set[str] = set()  # reasons already logged
 
     def __repr__(self) -> str:
@@ -146,6 +151,8 @@ class PageSession:
                 self._on_control(bp.decode_text(data))
         except bp.ProtocolError as exc:
             self._drop(exc.reason)
+        except OpusJunk as exc:
+            self._drop(str(exc))
         except Exception as exc:  # a bug in handling one message must not take the page down with it
             log.exception("bridge.message_failed", bot=self.bot_id, generation=self.generation)
             self._drop(f"{type(exc).__name__}: {exc}")
@@ -191,10 +198,45 @@ class PageSession:
 
     def _on_audio(self, frame: bp.AudioFrame) -> None:
         pid = self._pids.get(frame.participant)
-        if frame.kind != bp.KIND_CAPTURE or pid is None:
+        if frame.kind != bp.KIND_CAPTURE_OPUS or pid is None:
             return
-        self._stats["frames_in"] += 1
-        self._pipeline.frame(pid, frame.timestamp_ms, frame.pcm)
+        capture = self._captures.get(frame.participant)
+        if capture is None:
+            capture = self._captures[frame.participant] = Capture(OpusDecoder)
+        late = capture.dropped_late
+        self._feed(pid, capture.packet(frame.seq, frame.payload, frame.timestamp_ms, self._clock()))
+        self._stats["packets_late"] += capture.dropped_late - late
+        if self._fill is None:
+            self._schedule_fill()
+
+    def _feed(self, pid: str, frames: list[tuple[float, bytes]]) -> None:
+        for page_ms, pcm in frames:
+            self._stats["frames_in"] += 1
+            self._pipeline.frame(pid, page_ms, pcm)
+
+    def _schedule_fill(self) -> None:
+        """Wake when the earliest capture has silence to fill. Not rescheduled per packet (50 a second per
+        speaker): a wake-up that finds nothing due yet sleeps again until the new earliest."""
+        dues = [due for capture in self._captures.values() if (due := capture.due()) is not None]
+        if dues and not self.retired:
+            delay = max(0.0, min(dues) - self._clock())
+            self._fill = asyncio.get_running_loop().call_later(delay, self._fill_after_reads)
+
+    def _fill_after_reads(self) -> None:
+        """Fill one loop pass later. After the loop was busy, a due timer runs in the same pass as the socket's
+        read, before the reader task has taken the packets that waited meanwhile: filling first would drop them
+        as late (their time filled)."""
+        self._fill = asyncio.get_running_loop().call_soon(self._fill_silence)
+
+    def _fill_silence(self) -> None:
+        self._fill = None
+        now = self._clock()
+        for index, capture in list(self._captures.items()):
+            if (pid := self._pids.get(index)) is not None:
+                frames = capture.tick(now)
+                self._stats["frames_filled"] += len(frames)
+                self._feed(pid, frames)
+        self._schedule_fill()
 
     def _on_control(self, msg: bp.Message) -> None:
         if isinstance(msg, bp.ParticipantJoined):
@@ -203,6 +245,7 @@ class PageSession:
             self._pipeline.participant_joined(msg.id, msg.name)
         elif isinstance(msg, bp.ParticipantLeft):
             pid = self._pids.pop(msg.index, msg.id)
+            self._captures.pop(msg.index, None)
             self._pipeline.participant_left(pid)
             if not self._pids:
                 self.alone_since = self._clock()
@@ -244,6 +287,10 @@ class PageSession:
         for pid in list(self._pids.values()):  # the next page announces who is there again
             self._pipeline.participant_left(pid)
         self._pids.clear()
+        self._captures.clear()
+        if self._fill is not None:
+            self._fill.cancel()
+            self._fill = None
 
     async def close(self) -> None:
         """Retire, then close the bridge and the page, each bounded."""

@@ -8,20 +8,24 @@ One WebSocket per bot, opened by the page at ``/bridge/{bot_id}``. The page's fi
 ``hello`` carrying the bot's token and the rates it captures and plays at; a wrong token closes the socket with
 4401, a malformed hello or rates other than ours with 4400 and a reason that names them.
 
-Binary audio frames, both directions: a 16-byte little-endian header, then int16 LE mono PCM::
+Binary audio frames, both directions: a 16-byte little-endian header, then the payload::
 
     offset size  field
     0      1     version (1)
-    1      1     kind: 1 = capture (page → Python, one remote participant), 2 = playback (Python → page)
+    1      1     kind: 3 = capture Opus (page → Python, one remote participant), 2 = playback (Python → page)
     2      2     participant index (capture: the index announced in ``participant_joined``; playback: 0)
-    4      4     sequence number (per participant, wraps at 2**32)
-    8      8     timestamp, float64 ms since the Unix epoch (page: ``performance.timeOrigin + performance.now()``)
+    4      4     capture: the packet's RTP timestamp (48 kHz); playback: sequence number (wraps at 2**32)
+    8      8     timestamp, float64 ms since the Unix epoch (page: ``performance.timeOrigin + performance.now()``);
+                 capture: when the packet reached the page
 
-Capture frames are 16 kHz, 20 ms (320 samples). 20 ms matches Opus; per-frame overhead stays small with several
-speakers. A playback message carries one or more consecutive 48 kHz frames: ``seq`` is the first one's, each is
-20 ms (960 samples) but the last, which may be shorter (a sentence's tail), and the page marks each frame's own
-seq as it is rendered, so a message of five frames costs one message, not five, and the marks are as fine as
-before. A message is at most 64 KB; a larger one closes the socket (1009) and the bot logs why.
+Capture frames carry one encoded Opus packet as it came off the network (an ``RTCRtpScriptTransform`` on the
+person's receiver, which never hands it back, so the page does not decode it): Python orders, fills and decodes
+them (``opus_stream``, ``capture``) into the 20 ms 16 kHz frames the pipeline takes. A payload that is not Opus is
+junk (logged once, dropped). Kind 1 (16 kHz PCM from a capture worklet) is retired. A playback message carries
+one or more consecutive 48 kHz int16 frames: ``seq`` is the first one's, each is 20 ms (960 samples) but the
+last, which may be shorter (a sentence's tail), and the page marks each frame's own seq as it is rendered, so a
+message of five frames costs one message, not five, and the marks are as fine as before. A message is at most
+64 KB; a larger one closes the socket (1009) and the bot logs why.
 
 JSON text messages, page → Python: ``hello {token, backend, audio_context, capture_rate, playback_rate}``,
 ``room_state {state, sub_code?, reason?}``, ``participant_joined {index, id, name}``,
@@ -52,8 +56,8 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import from_json
 
 VERSION = 1
-KIND_CAPTURE = 1
 KIND_PLAYBACK = 2
+KIND_CAPTURE_OPUS = 3  # 1 was 16 kHz PCM captured on the page; retired with the page's decoding
 # (field, struct code) in wire order; HEADER and the page's offsets both come from this one list.
 HEADER_FIELDS: tuple[tuple[str, str], ...] = (
     ("version", "B"),
@@ -99,9 +103,9 @@ _Text = Annotated[StrictStr, Field(max_length=_CUT_TO["reason"])]
 class AudioFrame:
     kind: int
     participant: int
-    seq: int
+    seq: int  # playback: sequence number; capture: RTP timestamp
     timestamp_ms: float
-    pcm: bytes
+    payload: bytes  # playback: int16 PCM; capture: one Opus packet
 
 
 @dataclass(frozen=True, config=_STRICT)
@@ -191,8 +195,8 @@ def _json(text: str) -> Any:
     return from_json(text)  # ValueError for bad JSON and for nesting over its recursion limit
 
 
-def encode_audio(kind: int, participant: int, seq: int, timestamp_ms: float, pcm: bytes) -> bytes:
-    return HEADER.pack(VERSION, kind, participant, seq & 0xFFFFFFFF, timestamp_ms) + pcm
+def encode_audio(kind: int, participant: int, seq: int, timestamp_ms: float, payload: bytes) -> bytes:
+    return HEADER.pack(VERSION, kind, participant, seq & 0xFFFFFFFF, timestamp_ms) + payload
 
 
 def decode_audio(data: bytes) -> AudioFrame:
@@ -203,12 +207,12 @@ def decode_audio(data: bytes) -> AudioFrame:
     version, kind, participant, seq, ts = HEADER.unpack_from(data)
     if version != VERSION:
         raise ProtocolError(CLOSE_MALFORMED, f"unsupported frame version {version}")
-    if kind not in (KIND_CAPTURE, KIND_PLAYBACK):
+    if kind not in (KIND_CAPTURE_OPUS, KIND_PLAYBACK):
         raise ProtocolError(CLOSE_MALFORMED, f"unknown frame kind {kind}")
-    pcm = data[HEADER.size :]
-    if len(pcm) % 2:
+    payload = data[HEADER.size :]
+    if kind == KIND_PLAYBACK and len(payload) % 2:
         raise ProtocolError(CLOSE_MALFORMED, "PCM payload is not a whole number of int16 samples")
-    return AudioFrame(kind, participant, seq, ts, pcm)
+    return AudioFrame(kind, participant, seq, ts, payload)
 
 
 def playback_seqs(seq: int, pcm: bytes) -> range:
@@ -283,8 +287,8 @@ def javascript() -> str:
         at += struct.calcsize("<" + code)
     values: dict[str, Any] = {
         "VERSION": VERSION,
-        "KIND_CAPTURE": KIND_CAPTURE,
         "KIND_PLAYBACK": KIND_PLAYBACK,
+        "KIND_CAPTURE_OPUS": KIND_CAPTURE_OPUS,
         "HEADER_BYTES": HEADER.size,
         **{f"OFFSET_{name.upper()}": offset for name, offset in offsets.items()},
         "CAPTURE_RATE": CAPTURE_RATE,
