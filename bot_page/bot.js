@@ -6,7 +6,6 @@
 // RTCRtpScriptTransform) and the playback worker have channels of their own to the bridge's shared worker
 // (lib/socket-worker.js); only control messages (JSON) come here.
 import * as receivers from "./lib/receivers.js"; // first: it must see every RTCPeerConnection made
-import { AudioSleep } from "./lib/audio-sleep.js";
 import { WorkerSocket } from "./lib/worker-socket.js";
 import * as wire from "./protocol.js";
 
@@ -36,7 +35,6 @@ function setState(state, sub_code = null, reason = null) {
   send({ type: "room_state", state, sub_code, reason });
   if (state === "left" || state === "failed") {
     ended = true;
-    audioSleep.close();
     for (const id of [...participants.keys()]) dropParticipant(id);
   }
 }
@@ -47,13 +45,6 @@ const micTrack = new MediaStreamTrackGenerator({ kind: "audio" });
 const voice = new Worker(new URL("./lib/playback-worker.js", import.meta.url), { type: "module", name: "voice" });
 voice.postMessage({ writable: micTrack.writable }, [micTrack.writable]);
 
-// --- the AudioContext: nothing renders in it any more -------------------------------------------------------
-// People reach Python encoded (lib/receivers.js) and her voice is the worker's, so it sleeps from the bridge's
-// open on. It is left only for the hello's and the status's `audio_context`, to be removed with them.
-const ctx = new AudioContext({ sampleRate: wire.PLAYBACK_RATE, latencyHint: "interactive" });
-const audioSleep = new AudioSleep(ctx, () => false);
-ctx.onstatechange = () => send({ type: "audio_context", state: ctx.state });
-
 // --- bridge -----------------------------------------------------------------------------------------------
 function openBridge() {
   return new Promise((resolve, reject) => {
@@ -63,11 +54,10 @@ function openBridge() {
     bridge.playback(port2);
     bridge.onopen = () => {
       bridge.send(JSON.stringify({
-        type: "hello", token: cfg.token, backend: cfg.backend, audio_context: ctx.state,
-        capture_rate: wire.CAPTURE_RATE, playback_rate: wire.PLAYBACK_RATE, // her voice's rate (the worker's frames)
+        type: "hello", token: cfg.token, backend: cfg.backend,
+        playback_rate: wire.PLAYBACK_RATE, // her voice's rate (the worker's frames)
       }));
       resolve();
-      audioSleep.update(); // from here on her context sleeps: nothing renders in it
     };
     bridge.onerror = () => reject(new Error("bridge unreachable"));
     bridge.onclose = (ev) => {
@@ -168,7 +158,6 @@ async function leave() {
 // --- start ------------------------------------------------------------------------------------------------
 try {
   await openBridge();
-  log("info", `audio context ${ctx.state} at ${ctx.sampleRate} Hz`);
   setState("joining");
   const { createRoom } = await import(`./rooms/${cfg.backend}.js`);
   room = await createRoom(cfg.room, {

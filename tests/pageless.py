@@ -54,8 +54,6 @@ def page_hello(cfg: dict[str, Any], **override: Any) -> str:
         "type": "hello",
         "token": cfg["token"],
         "backend": cfg["backend"],
-        "audio_context": "running",
-        "capture_rate": bp.CAPTURE_RATE,
         "playback_rate": bp.PLAYBACK_RATE,
     }
     return json.dumps({**hello, **override})

@@ -1,7 +1,7 @@
-"""Luna's voice without WebAudio, in the local room: her microphone track is written by a worker, so with only a
-muted listener her page's AudioContext is suspended and stays so while she speaks: no AudioWorkletNode renders her
-voice (nor anyone's capture: people reach Python encoded, tests/test_bot_page_cost.py). A ``say`` is heard whole,
-from the first syllable (the same voiced span as the words' own audio), with every sample marked played."""
+"""Luna's voice without WebAudio, in the local room: her microphone track is written by a worker, and people
+reach Python encoded (tests/test_bot_page_cost.py), so her page makes no AudioContext and no AudioWorkletNode at
+all. A ``say`` is heard whole, from the first syllable (the same voiced span as the words' own audio), with every
+sample marked played."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ pytestmark = pytest.mark.browser
 SAID = "会议室已经订好了。"  # one sentence: one synthesis, as below
 FRAME = PIPELINE_RATE // 50  # 20 ms
 
-# In Luna's page, before its own scripts: every state her AudioContexts take, and every AudioWorkletNode made.
+# In Luna's page, before its own scripts: every AudioContext and every AudioWorkletNode made.
 WATCH_AUDIO = """(() => {
-  const seen = (window.__audio = { states: [], worklets: [] });
+  const seen = (window.__audio = { contexts: 0, worklets: [] });
   const Context = window.AudioContext, Node = window.AudioWorkletNode;
   window.AudioContext = class extends Context {
     constructor(...args) {
       super(...args);
-      this.addEventListener("statechange", () => seen.states.push(this.state));
+      seen.contexts += 1;
     }
   };
   window.AudioWorkletNode = class extends Node {
@@ -51,7 +51,7 @@ def voiced_span_s(pcm: np.ndarray, threshold: float = 0.02) -> float:
     return float((loud[-1] - loud[0] + 1) * 0.02) if loud.size else 0.0
 
 
-async def test_her_voice_is_heard_whole_while_her_audio_context_sleeps(start_service, launch_human):
+async def test_her_voice_is_heard_whole_with_no_webaudio_on_her_page(start_service, launch_human):
     pages: list[Page] = []
 
     async def watch(context: BrowserContext, _url: str) -> None:
@@ -67,19 +67,13 @@ async def test_her_voice_is_heard_whole_while_her_audio_context_sleeps(start_ser
     status, _ = await svc.call("POST", "/rooms/sleep/luna", json={"backend": "local"})
     assert status == 201
 
-    async def page_audio() -> str | None:
-        bot = (await svc.call("GET", "/rooms/sleep/luna"))[1]
-        return bot["page"].get("audio_context") if bot["state"] == "joined" else None
+    async def joined() -> bool:
+        return (await svc.call("GET", "/rooms/sleep/luna"))[1]["state"] == "joined"
 
-    async def context_is(state: str) -> bool:
-        return await page_audio() == state
-
-    await until(page_audio, 30, "Luna to join the local room")
+    await until(joined, 30, "Luna to join the local room")
     alice = await human_page(launch_human, svc.url, "sleep", "Alice", None)
     await alice.evaluate("lunaDemo.setMic(false)")  # a muted listener
-    await until(lambda: context_is("suspended"), 10, "Luna's AudioContext to sleep: nothing renders in it")
     (luna,) = pages
-    asleep = len((await luna.evaluate("window.__audio"))["states"])
 
     await alice.evaluate("lunaDemo.startRecording('Luna')")
     status, said = await svc.call("POST", "/rooms/sleep/luna/say", json={"text": SAID})
@@ -102,5 +96,4 @@ async def test_her_voice_is_heard_whole_while_her_audio_context_sleeps(start_ser
     assert abs(got - want) <= 0.06, f"the listener heard {got:.2f} s of voice from {want:.2f} s of her words"
 
     seen = await luna.evaluate("window.__audio")
-    assert seen["states"][asleep:] == [], "her AudioContext ran while she spoke and nobody was captured"
-    assert seen["worklets"] == [], seen["worklets"]  # no worklet renders her voice, nor captures anyone
+    assert seen == {"contexts": 0, "worklets": []}, seen  # nothing renders her voice, nor captures anyone

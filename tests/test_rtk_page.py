@@ -248,9 +248,7 @@ class Python:
             try:
                 if msg.type == WSMsgType.TEXT:
                     message = bp.decode_text(msg.data)
-                    if not self.messages and message != bp.Hello(
-                        self.token, "rtk", "running", bp.CAPTURE_RATE, bp.PLAYBACK_RATE
-                    ):
+                    if not self.messages and message != bp.Hello(self.token, "rtk", bp.PLAYBACK_RATE):
                         self.errors.append(f"the page's first message was not its hello: {message}")
                     self.messages.append(message)
                 elif msg.type == WSMsgType.BINARY:

@@ -72,7 +72,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-quic",
     "--disable-dev-shm-usage",
-    # An AudioContext made at page load stays suspended without this; Luna's page has no user to click.
+    # The RTK SDK makes AudioContexts of its own (audio middleware, level meters); made at page load they stay
+    # suspended without this, and Luna's page has no user to click.
     "--autoplay-policy=no-user-gesture-required",
     "--allow-loopback-in-peer-connection",
     "--disable-features=" + ",".join(DISABLED_FEATURES),  # the only one Chromium reads: see above

@@ -116,8 +116,8 @@ class PageSession:
             await ws.close(code=bp.CLOSE_CONFLICT, message=b"a page is already attached to this bot")
             return
         self._ws = ws
-        self.info.update(backend=hello.backend, audio_context=hello.audio_context)
-        log.info("bridge.attached", bot=self.bot_id, generation=self.generation, audio_context=hello.audio_context)
+        self.info.update(backend=hello.backend)
+        log.info("bridge.attached", bot=self.bot_id, generation=self.generation)
         sender = asyncio.create_task(self._send_loop(ws))
         try:
             async for msg in ws:
@@ -257,8 +257,6 @@ class PageSession:
             log.info("page.log", bot=self.bot_id, level=msg.level, message=msg.message)
         elif isinstance(msg, bp.Cleared):
             log.info("playback.cleared", bot=self.bot_id, dropped_ms=round(msg.dropped_ms))
-        elif isinstance(msg, bp.AudioContextState):
-            self.info["audio_context"] = msg.state
         elif isinstance(msg, bp.Muted):
             log.warning("bot.muted_by_host", bot=self.bot_id, muted=msg.muted, reason=msg.reason)
             self._pipeline.muted(msg.muted, msg.reason)

@@ -36,10 +36,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from luna_voice.bridge.clock import PageClock
+from luna_voice.bridge.protocol import CAPTURE_RATE, FRAME_MS
 
 RTP_RATE = 48_000  # Opus's RTP clock is 48 kHz whatever the coded bandwidth (RFC 7587 §4.1)
-OUT_RATE = 16_000
-FRAME_MS = 20
+OUT_RATE = CAPTURE_RATE  # the pipeline's rate: people are decoded to what STT consumes
 OUT_FRAME_BYTES = OUT_RATE * FRAME_MS // 1000 * 2
 MAX_PACKET_SAMPLES = RTP_RATE * 120 // 1000  # RFC 6716 §3.2.5: a packet holds at most 120 ms
 MAX_PACKET_BYTES = 1500  # an RTP payload never exceeds an Ethernet MTU; 1275 bytes is one Opus frame's limit

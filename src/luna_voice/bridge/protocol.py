@@ -27,12 +27,11 @@ last, which may be shorter (a sentence's tail), and the page marks each frame's 
 message of five frames costs one message, not five, and the marks are as fine as before. A message is at most
 64 KB; a larger one closes the socket (1009) and the bot logs why.
 
-JSON text messages, page → Python: ``hello {token, backend, audio_context, capture_rate, playback_rate}``,
+JSON text messages, page → Python: ``hello {token, backend, playback_rate}``,
 ``room_state {state, sub_code?, reason?}``, ``participant_joined {index, id, name}``,
 ``participant_left {index, id}``, ``played {seq, idle}`` (the highest playback seq fully rendered, -1 before the
 first; ``idle`` when the buffer ran empty), ``cleared {dropped_ms}``, ``log {level, message}``, ``muted {muted,
-reason?}`` (someone else turned Luna's audio in the room off, or she is audible again), ``audio_context {state}``
-(her AudioContext changed state: it hosts the capture worklets and sleeps while nobody is captured).
+reason?}`` (someone else turned Luna's audio in the room off, or she is audible again).
 Python → page: ``clear`` (drop all queued playback now), ``duck {gain}`` (ramp Luna's voice to ``gain``, 1.0 =
 full, over a few ms; nothing is dropped), ``leave`` (leave the room, then close), ``unmute`` (publish Luna's voice
 again after someone else muted her), ``chat {text}`` (post a chat message in the room, for ``LUNA_CHAT_MIRROR``;
@@ -67,8 +66,8 @@ HEADER_FIELDS: tuple[tuple[str, str], ...] = (
     ("timestamp", "d"),
 )
 HEADER = struct.Struct("<" + "".join(code for _, code in HEADER_FIELDS))
-CAPTURE_RATE = 16_000  # Hz, what the page sends and STT consumes
-PLAYBACK_RATE = 48_000  # Hz, the page's AudioContext: what Luna's voice is played at
+CAPTURE_RATE = 16_000  # Hz, what people's Opus is decoded to for the pipeline and STT (and the demo page records at)
+PLAYBACK_RATE = 48_000  # Hz, what Luna's voice is sent and played at (her track generator's frames)
 FRAME_MS = 20
 CAPTURE_FRAME_SAMPLES = CAPTURE_RATE * FRAME_MS // 1000
 PLAYBACK_FRAME_SAMPLES = PLAYBACK_RATE * FRAME_MS // 1000
@@ -112,8 +111,6 @@ class AudioFrame:
 class Hello:
     token: Annotated[StrictStr, Field(max_length=256)]
     backend: Annotated[StrictStr, Field(max_length=32)]
-    audio_context: Annotated[StrictStr, Field(max_length=32)]
-    capture_rate: StrictInt
     playback_rate: StrictInt
 
 
@@ -162,16 +159,7 @@ class Muted:
     reason: _Text | None = None
 
 
-@dataclass(frozen=True, config=_STRICT)
-class AudioContextState:
-    """Luna's AudioContext changed state (``running``, ``suspended``, ``closed``): shown in the bot's status."""
-
-    state: Annotated[StrictStr, Field(max_length=32)]
-
-
-_PageMessage = (
-    Hello | RoomState | ParticipantJoined | ParticipantLeft | Played | Cleared | PageLog | Muted | AudioContextState
-)
+_PageMessage = Hello | RoomState | ParticipantJoined | ParticipantLeft | Played | Cleared | PageLog | Muted
 Message = AudioFrame | _PageMessage
 
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
@@ -185,7 +173,6 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
         "cleared": Cleared,
         "log": PageLog,
         "muted": Muted,
-        "audio_context": AudioContextState,
     }.items()
 }
 
@@ -255,11 +242,9 @@ def decode_hello(text: str, token: str) -> Hello:
         raise ProtocolError(CLOSE_UNAUTHORIZED, "first message must be a hello with the bot token")
     hello = decode_text(text)
     assert isinstance(hello, Hello)
-    if hello.capture_rate != CAPTURE_RATE or hello.playback_rate != PLAYBACK_RATE:
+    if hello.playback_rate != PLAYBACK_RATE:
         raise ProtocolError(
-            CLOSE_MALFORMED,
-            f"page audio at capture {hello.capture_rate} Hz / playback {hello.playback_rate} Hz; "
-            f"the bridge needs {CAPTURE_RATE} / {PLAYBACK_RATE}",
+            CLOSE_MALFORMED, f"page plays Luna's voice at {hello.playback_rate} Hz; the bridge sends {PLAYBACK_RATE}"
         )
     return hello
 

@@ -22,7 +22,7 @@ from typing import Protocol
 from luna_voice.bridge.protocol import CAPTURE_RATE
 from luna_voice.conversation.domain import Confidence, ReplyRequest, SpokenReason, Usage
 
-PIPELINE_RATE = CAPTURE_RATE  # Hz, what the page sends and STT consumes (the bridge's wire contract)
+PIPELINE_RATE = CAPTURE_RATE  # Hz, what the bridge decodes people to and STT consumes
 
 
 class ProviderError(Exception):
