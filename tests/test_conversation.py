@@ -186,16 +186,24 @@ def test_failing_provider_fails_the_turn_and_the_next_turn_works():
     assert room.turn_by("a", 1)["state"] == "done"
 
 
-def test_same_speaker_while_luna_thinks_is_merged():
+@pytest.mark.parametrize(
+    ("first", "then", "merged_text"),
+    [
+        ("Luna, how is the weather", "in Paris tomorrow?", "Luna, how is the weather in Paris tomorrow?"),
+        ("露娜，明天北京天气怎么样？", "后天呢？", "露娜，明天北京天气怎么样？后天呢？"),  # no space between Chinese
+    ],
+    ids=["english", "chinese"],
+)
+def test_same_speaker_while_luna_thinks_is_merged(first, then, merged_text):
     room = Room()
     room.join(("a", "Alice"))
     room.auto_reply = False
-    room.say("a", "Luna, how is the weather")  # sounds finished, and reads finished: answered at once
-    room.say("a", "in Paris tomorrow?")
+    room.say("a", first)  # sounds finished, and reads finished: answered at once
+    room.say("a", then)
     merged, second = room.turn_by("a"), room.turn_by("a", 1)
     assert merged["state"] == "merged" and merged["hold"] is None
     requests = room.of(act.RequestReply)
-    assert requests[-1].request.text == "Luna, how is the weather in Paris tomorrow?"
+    assert requests[-1].request.text == merged_text
     assert act.CancelReply(merged["id"]) in room.log
     assert second["state"] == "thinking"
 

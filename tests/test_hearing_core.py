@@ -354,10 +354,18 @@ def test_transcripts_of_noise_are_recorded_as_no_speech_and_never_answered(text,
     assert [line.text for line in request.context] == []  # the noise is not something Alice said
 
 
-def test_a_name_said_alone_before_a_pause_carries_over_to_the_request():
+@pytest.mark.parametrize(
+    ("said", "heard"),
+    [
+        (["Luna.", "please tell me a story about the sea."], "Luna. please tell me a story about the sea."),
+        (["露娜。", "给我讲一个关于大海的故事。"], "露娜。给我讲一个关于大海的故事。"),  # no space where Chinese meets
+    ],
+    ids=["english", "chinese"],
+)
+def test_a_name_said_alone_before_a_pause_carries_over_to_the_request(said, heard):
     room = Room()
     room.join(("a", "Alice"), ("b", "Bob"))  # a group: only words with her name are answered
-    room.transcripts["a"] = ["Luna.", "please tell me a story about the sea."]
+    room.transcripts["a"] = said
     room.talk(0.4, a=True)
     room.talk(0.7, a=False)  # a long pause after her name: two utterances
     room.talk(1.5, a=True)
@@ -365,7 +373,8 @@ def test_a_name_said_alone_before_a_pause_carries_over_to_the_request():
     name, request = room.turn_by("a"), room.turn_by("a", 1)
     assert (name["reason"], name["no_speech"]) == ("no_speech", "prompt_words")
     assert (request["decision"], request["reason"]) == ("answer", "addressed_by_name")
-    assert request["heard_text"] == "Luna. please tell me a story about the sea."
+    assert request["heard_text"] == heard
+    assert room.of(act.RequestReply)[-1].request.text == heard
 
 
 def test_confident_speech_passes_the_gate():

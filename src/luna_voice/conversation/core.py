@@ -333,7 +333,7 @@ class Conversation:
             return self._no_speech(turn, drop, now)
         called, at = self._called.pop(turn.speaker_id, ("", 0.0))
         if called and turn.timings["speech_started"] - at <= self.cfg.follow_up_window_s:
-            text = turn.heard_text = f"{called} {text}"  # what they said to her, in one piece
+            text = turn.heard_text = join_sentences((called, text))  # what they said to her, in one piece
         if (held := self._held.pop(turn.speaker_id, None)) is not None:  # they went on: one turn, the whole sentence
             text = turn.heard_text = join_sentences((held.turn.heard_text, text))
             turn.hold, held.turn.hold = Hold.JOINED, Hold.MERGED
@@ -402,7 +402,7 @@ class Conversation:
         if active is None:
             self._start(turn, d.may_stay_silent, now)
         elif active.speaker_id == turn.speaker_id and self._unsent(active):
-            turn.heard_text = f"{active.heard_text} {text}"
+            turn.heard_text = join_sentences((active.heard_text, text))
             self._cancel_generation(active)
             self._pacer.clear(now)  # synthesized, never sent: nobody heard it
             self._close(active, SpokenReason.MERGED)
