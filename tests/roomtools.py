@@ -81,6 +81,27 @@ async def join_room(page: Page, name: str) -> None:
     await until(luna_visible, 15, f"Luna in {name}'s participant grid")
 
 
+# Starts recording Luna alone once her audio has reached the page (her tile shows before her track arrives).
+_RECORD_LUNA = """() => {
+  try {
+    lunaDemo.startRecording("Luna");
+    return true;
+  } catch (err) {
+    if (/nobody called Luna is audible/.test(err.message)) return false;
+    throw err;
+  }
+}"""
+
+
+async def record_luna(page: Page, limit: float = 10) -> None:
+    """Start recording only Luna's voice at this person's page, as soon as her track has arrived there."""
+
+    async def started() -> bool:
+        return bool(await page.evaluate(_RECORD_LUNA))
+
+    await until(started, limit, "Luna's audio at the listener's page")
+
+
 async def luna_quiet_at(page: Page, quiet_s: float = 0.5, limit: float = 10) -> None:
     """Wait until Luna's tile on a person's page has shown no voice for ``quiet_s``: the demo's level meter reads
     the audio that actually arrived, so this is the end of her voice at that person's ear, not in Python."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from luna_voice.providers.base import PIPELINE_RATE
-from roomtools import active_seconds, human_page, join_room, luna_quiet_at, speech_file, until
+from roomtools import active_seconds, human_page, join_room, luna_quiet_at, record_luna, speech_file, until
 from speech import words_match
 
 pytestmark = pytest.mark.browser
@@ -33,7 +33,7 @@ async def test_group_addressing_and_barge_in(start_service, launch_human, tmp_pa
     carol = await human_page(
         launch_human, svc.url, "group", "Carol", speech_file(tmp_path, CAROL, 0.2, "carol"), join=False
     )
-    await bob.evaluate("lunaDemo.startRecording('Luna')")  # Bob records Luna's voice alone
+    await record_luna(bob)  # Bob records Luna's voice alone
 
     def turn_of(s, name):
         return next((t for t in s["turns"] if t["speaker"]["name"] == name and t["heard_text"]), None)

@@ -15,7 +15,7 @@ from luna_voice.bots.host import ChromiumHost
 from luna_voice.config import Settings
 from luna_voice.providers.base import PIPELINE_RATE
 from luna_voice.providers.offline.piper_tts import OfflineTTS
-from roomtools import human_page, luna_quiet_at, until
+from roomtools import human_page, luna_quiet_at, record_luna, until
 
 pytestmark = pytest.mark.browser
 
@@ -75,7 +75,7 @@ async def test_her_voice_is_heard_whole_with_no_webaudio_on_her_page(start_servi
     await alice.evaluate("lunaDemo.setMic(false)")  # a muted listener
     (luna,) = pages
 
-    await alice.evaluate("lunaDemo.startRecording('Luna')")
+    await record_luna(alice)
     status, said = await svc.call("POST", "/rooms/sleep/luna/say", json={"text": SAID})
     assert status == 202, said
 
